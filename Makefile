@@ -1,0 +1,61 @@
+# The two commands the README promises: `make test` and `make demo`. Everything they need is
+# installed here: a virtualenv under the repo, packages from PyPI, redis-server from Debian.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SANITIZE ?= 0
+PYTEST_ARGS ?=
+
+ifeq ($(SANITIZE),1)
+BUILD_FLAGS := -Cbuild-dir=build/asan -Ccmake.define.FASTCACHE_SANITIZE=ON -Ccmake.build-type=RelWithDebInfo
+# Python itself is not instrumented, so the ASan runtime is preloaded; CPython's own
+# allocations at exit are not ours to report, hence no leak detection.
+RUN_ENV := LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+           ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+           FASTCACHE_SANITIZED=1
+else
+BUILD_FLAGS :=
+RUN_ENV :=
+endif
+
+.PHONY: all venv install test demo bench redis-server clean
+
+all: test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Build requirements (for incremental --no-build-isolation builds), then the runtime, test and
+# benchmark requirements, all read from pyproject.toml so each is written down once.
+$(VENV)/.deps: pyproject.toml | $(BIN)/python
+	$(BIN)/python -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb")); \
+	  o = d["project"]["optional-dependencies"]; \
+	  print("\n".join(d["build-system"]["requires"] + d["project"]["dependencies"] + o["test"] + o["bench"]))' \
+	  > $(VENV)/requirements.txt
+	$(BIN)/pip install --quiet -r $(VENV)/requirements.txt
+	touch $@
+
+venv: $(VENV)/.deps
+
+# Incremental: the CMake build directory under build/ is kept between runs.
+install: $(VENV)/.deps
+	$(BIN)/pip install --quiet --no-build-isolation --no-deps $(BUILD_FLAGS) .
+
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "redis-server not found: installing it with apt-get"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) || \
+	  { echo "could not install redis-server"; exit 1; }; }
+
+test: install redis-server
+	$(RUN_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/python examples/demo.py
+
+bench: install redis-server
+	$(BIN)/python benchmarks/bench_cache.py
+
+clean:
+	rm -rf build $(VENV) python/django_fastcache/_core*.so

@@ -1,0 +1,34 @@
+"""The one error hierarchy of django-fastcache.
+
+Every error the package raises on purpose derives from :class:`FastCacheError`; where one
+resembles a builtin it also derives from that builtin, so ``except ValueError`` keeps
+working for callers who do not know this package.
+"""
+
+__all__ = [
+    "FastCacheError",
+    "DecodeError",
+    "SignatureError",
+    "UnknownFormatError",
+    "SerializationError",
+]
+
+
+class FastCacheError(Exception):
+    """Base class of every django-fastcache error."""
+
+
+class DecodeError(FastCacheError, ValueError):
+    """Bytes that are not a valid django-fastcache value (corrupt, truncated, foreign)."""
+
+
+class SignatureError(DecodeError):
+    """A pickled value whose HMAC signature is missing or does not verify; never unpickled."""
+
+
+class UnknownFormatError(DecodeError):
+    """A value written in a wire-format version this build does not know."""
+
+
+class SerializationError(FastCacheError, TypeError):
+    """A value that cannot be stored under the configured serializer or pickle policy."""

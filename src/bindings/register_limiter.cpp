@@ -1,0 +1,7 @@
+#include "bindings/registry.hpp"
+
+namespace fastcache::bindings {
+
+void register_limiter(pybind11::module_& /*m*/) {}
+
+}  // namespace fastcache::bindings

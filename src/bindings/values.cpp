@@ -1,0 +1,895 @@
+// Python values <-> the core's wire format, and the L1's snapshots; see values.hpp.
+// Types are matched exactly (a str subclass such as Django's SafeString is not a str
+// here), so whatever the codec cannot rebuild exactly goes through pickle instead.
+#include "bindings/values.hpp"
+
+#include <Python.h>
+#include <datetime.h>
+
+#include <charconv>
+#include <cstring>
+#include <vector>
+
+#include "core/codec.hpp"
+
+namespace py = pybind11;
+
+namespace fastcache::bindings {
+
+namespace {
+
+using codec::Tag;
+
+struct Py {
+    PyTypeObject* decimal = nullptr;
+    PyTypeObject* uuid = nullptr;
+    PyTypeObject* timezone = nullptr;
+    PyTypeObject* zoneinfo = nullptr;
+    PyObject* pickle_dumps = nullptr;
+    PyObject* pickle_loads = nullptr;
+    PyObject* zlib_compress = nullptr;
+    PyObject* zlib_decompressobj = nullptr;
+    PyObject* hmac_digest = nullptr;
+    PyObject* compare_digest = nullptr;
+    PyObject* sha256 = nullptr;       // the string "sha256"
+    PyObject* decode_error = nullptr;
+    PyObject* signature_error = nullptr;
+    PyObject* serialization_error = nullptr;
+};
+
+// Filled once at import and never released: these live as long as the interpreter.
+Py g;
+
+enum class Kind : std::uint8_t {
+    None, Bool, Int, Float, Str, Bytes, ByteArray, List, Tuple, Dict, Set, FrozenSet,
+    DateTime, Date, Time, TimeDelta, Decimal, Uuid, Other,
+};
+
+inline Kind classify(PyObject* o) {
+    PyTypeObject* t = Py_TYPE(o);
+    if (t == &PyUnicode_Type) return Kind::Str;
+    if (t == &PyLong_Type) return Kind::Int;
+    if (t == &PyDict_Type) return Kind::Dict;
+    if (t == &PyList_Type) return Kind::List;
+    if (o == Py_None) return Kind::None;
+    if (t == &PyBool_Type) return Kind::Bool;
+    if (t == &PyFloat_Type) return Kind::Float;
+    if (t == &PyTuple_Type) return Kind::Tuple;
+    if (t == &PyBytes_Type) return Kind::Bytes;
+    if (t == PyDateTimeAPI->DateTimeType) return Kind::DateTime;
+    if (t == PyDateTimeAPI->DateType) return Kind::Date;
+    if (t == PyDateTimeAPI->TimeType) return Kind::Time;
+    if (t == PyDateTimeAPI->DeltaType) return Kind::TimeDelta;
+    if (t == g.decimal) return Kind::Decimal;
+    if (t == g.uuid) return Kind::Uuid;
+    if (t == &PySet_Type) return Kind::Set;
+    if (t == &PyFrozenSet_Type) return Kind::FrozenSet;
+    if (t == &PyByteArray_Type) return Kind::ByteArray;
+    return Kind::Other;
+}
+
+inline bool is_immutable_leaf(Kind k) {
+    switch (k) {
+        case Kind::List: case Kind::Dict: case Kind::Set: case Kind::ByteArray:
+        case Kind::Tuple: case Kind::FrozenSet: case Kind::Other:
+            return false;
+        default:
+            return true;
+    }
+}
+
+[[noreturn]] void throw_python() { throw py::error_already_set(); }
+
+// Raises `type` from the current Python exception (if any) as its cause.
+[[noreturn]] void raise_chained(PyObject* type, const char* message) {
+    if (PyErr_Occurred()) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyErr_NormalizeException(&et, &ev, &tb);
+        PyErr_SetString(type, message);
+        PyObject *nt, *nv, *ntb;
+        PyErr_Fetch(&nt, &nv, &ntb);
+        PyErr_NormalizeException(&nt, &nv, &ntb);
+        PyException_SetCause(nv, ev);  // steals ev
+        Py_XDECREF(et);
+        Py_XDECREF(tb);
+        PyErr_Restore(nt, nv, ntb);
+    } else {
+        PyErr_SetString(type, message);
+    }
+    throw_python();
+}
+
+// Calls f(item) for each item of an iterable (sets: their C iteration API is private).
+template <class F>
+void for_each(PyObject* iterable, F&& f) {
+    py::object it = py::reinterpret_steal<py::object>(PyObject_GetIter(iterable));
+    if (!it) throw_python();
+    while (PyObject* raw = PyIter_Next(it.ptr())) {
+        py::object item = py::reinterpret_steal<py::object>(raw);
+        f(item.ptr());
+    }
+    if (PyErr_Occurred()) throw_python();
+}
+
+// ----------------------------------------------------------------------------- encode
+
+// Why a value could not be written as msgpack: it is then pickled as a whole.
+struct NeedsPickle {};
+
+bool tz_of(PyObject* tzinfo, codec::TzInfo& tz, py::object& keep) {
+    if (tzinfo == Py_None) return true;
+    PyTypeObject* t = Py_TYPE(tzinfo);
+    if (t == g.timezone) {
+        py::object offset = py::reinterpret_steal<py::object>(
+            PyObject_CallMethod(tzinfo, "utcoffset", "O", Py_None));
+        if (!offset) throw_python();
+        tz.kind = codec::TzInfo::Fixed;
+        tz.offset_us = (static_cast<std::int64_t>(PyDateTime_DELTA_GET_DAYS(offset.ptr())) * 86400 +
+                        PyDateTime_DELTA_GET_SECONDS(offset.ptr())) * 1000000LL +
+                       PyDateTime_DELTA_GET_MICROSECONDS(offset.ptr());
+        // Keep a custom name only: timezone(offset) and timezone(offset, name) differ.
+        py::object plain = py::reinterpret_steal<py::object>(
+            PyDateTimeAPI->TimeZone_FromTimeZone(offset.ptr(), nullptr));
+        if (!plain) throw_python();
+        py::object name = py::reinterpret_steal<py::object>(
+            PyObject_CallMethod(tzinfo, "tzname", "O", Py_None));
+        py::object plain_name = py::reinterpret_steal<py::object>(
+            PyObject_CallMethod(plain.ptr(), "tzname", "O", Py_None));
+        if (!name || !plain_name) throw_python();
+        int same = PyObject_RichCompareBool(name.ptr(), plain_name.ptr(), Py_EQ);
+        if (same < 0) throw_python();
+        if (!same) {
+            Py_ssize_t n;
+            const char* s = PyUnicode_AsUTF8AndSize(name.ptr(), &n);
+            if (!s) {
+                PyErr_Clear();
+                return false;
+            }
+            keep = name;
+            tz.name = std::string_view(s, n);
+        }
+        return true;
+    }
+    if (t == g.zoneinfo) {
+        py::object key = py::reinterpret_steal<py::object>(PyObject_GetAttrString(tzinfo, "key"));
+        if (!key) throw_python();
+        if (!PyUnicode_CheckExact(key.ptr())) return false;  // ZoneInfo.from_file: no key
+        Py_ssize_t n;
+        const char* s = PyUnicode_AsUTF8AndSize(key.ptr(), &n);
+        if (!s || n == 0 || n > 255) {
+            PyErr_Clear();
+            return false;
+        }
+        keep = key;
+        tz.kind = codec::TzInfo::Zone;
+        tz.name = std::string_view(s, n);
+        return true;
+    }
+    return false;  // pytz, dateutil, custom tzinfo: only pickle rebuilds those exactly
+}
+
+codec::TimeOfDay time_of(PyObject* o, bool is_datetime) {
+    if (is_datetime) {
+        return {PyDateTime_DATE_GET_HOUR(o), PyDateTime_DATE_GET_MINUTE(o),
+                PyDateTime_DATE_GET_SECOND(o), PyDateTime_DATE_GET_MICROSECOND(o),
+                PyDateTime_DATE_GET_FOLD(o)};
+    }
+    return {PyDateTime_TIME_GET_HOUR(o), PyDateTime_TIME_GET_MINUTE(o),
+            PyDateTime_TIME_GET_SECOND(o), PyDateTime_TIME_GET_MICROSECOND(o),
+            PyDateTime_TIME_GET_FOLD(o)};
+}
+
+class Encoder {
+public:
+    explicit Encoder(codec::Writer& w) : w_(w) {}
+
+    // Throws NeedsPickle when some part has no exact msgpack form.
+    void value(PyObject* o, int depth) {
+        switch (classify(o)) {
+            case Kind::None: return w_.nil();
+            case Kind::Bool: return w_.boolean(o == Py_True);
+            case Kind::Int: return integer(o);
+            case Kind::Float: return w_.float64(PyFloat_AS_DOUBLE(o));
+            case Kind::Str: return w_.str(utf8(o));
+            case Kind::Bytes:
+                return w_.bin(std::string_view(PyBytes_AS_STRING(o), PyBytes_GET_SIZE(o)));
+            case Kind::ByteArray:
+                return w_.bin(std::string_view(PyByteArray_AS_STRING(o), PyByteArray_GET_SIZE(o)),
+                              Tag::ByteArray);
+            case Kind::List: return sequence(o, depth, Tag::None);
+            case Kind::Tuple: return sequence(o, depth, Tag::Tuple);
+            case Kind::Dict: return dict(o, depth);
+            case Kind::Set: return set(o, depth, Tag::Set);
+            case Kind::FrozenSet: return set(o, depth, Tag::FrozenSet);
+            case Kind::DateTime: {
+                codec::TzInfo tz;
+                py::object keep;
+                if (!tz_of(PyDateTime_DATE_GET_TZINFO(o), tz, keep)) throw NeedsPickle{};
+                return w_.datetime(date_of(o), time_of(o, true), tz);
+            }
+            case Kind::Date: return w_.date(date_of(o));
+            case Kind::Time: {
+                codec::TzInfo tz;
+                py::object keep;
+                if (!tz_of(PyDateTime_TIME_GET_TZINFO(o), tz, keep)) throw NeedsPickle{};
+                return w_.time(time_of(o, false), tz);
+            }
+            case Kind::TimeDelta:
+                return w_.timedelta({PyDateTime_DELTA_GET_DAYS(o), PyDateTime_DELTA_GET_SECONDS(o),
+                                     PyDateTime_DELTA_GET_MICROSECONDS(o)});
+            case Kind::Decimal: {
+                py::object s = py::reinterpret_steal<py::object>(PyObject_Str(o));
+                if (!s) throw_python();
+                return w_.decimal(utf8(s.ptr()));
+            }
+            case Kind::Uuid: {
+                py::object b = py::reinterpret_steal<py::object>(PyObject_GetAttrString(o, "bytes"));
+                if (!b) throw_python();
+                if (!PyBytes_Check(b.ptr()) || PyBytes_GET_SIZE(b.ptr()) != 16) throw NeedsPickle{};
+                std::uint8_t raw[16];
+                std::memcpy(raw, PyBytes_AS_STRING(b.ptr()), 16);
+                return w_.uuid(raw);
+            }
+            case Kind::Other: throw NeedsPickle{};
+        }
+    }
+
+private:
+    static codec::Date date_of(PyObject* o) {
+        return {PyDateTime_GET_YEAR(o), PyDateTime_GET_MONTH(o), PyDateTime_GET_DAY(o)};
+    }
+
+    // Strings with lone surrogates have no UTF-8 form; pickle keeps them.
+    static std::string_view utf8(PyObject* o) {
+        Py_ssize_t n;
+        const char* s = PyUnicode_AsUTF8AndSize(o, &n);
+        if (!s) {
+            PyErr_Clear();
+            throw NeedsPickle{};
+        }
+        return std::string_view(s, n);
+    }
+
+    void integer(PyObject* o) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (!overflow) return w_.int64(v);
+        if (overflow > 0) {
+            unsigned long long u = PyLong_AsUnsignedLongLong(o);
+            if (!PyErr_Occurred()) return w_.uint64(u);
+            PyErr_Clear();
+        }
+        py::object s = py::reinterpret_steal<py::object>(PyObject_Str(o));
+        if (!s) {  // beyond sys.int_info.str_digits_check_threshold: pickle handles it
+            PyErr_Clear();
+            throw NeedsPickle{};
+        }
+        w_.bigint(utf8(s.ptr()));
+    }
+
+    void sequence(PyObject* o, int depth, Tag tag) {
+        if (depth >= codec::kMaxDepth) throw NeedsPickle{};
+        bool is_list = tag == Tag::None;
+        Py_ssize_t n = is_list ? PyList_GET_SIZE(o) : PyTuple_GET_SIZE(o);
+        w_.begin_array(static_cast<std::uint32_t>(n), tag);
+        for (Py_ssize_t i = 0; i < n; ++i) {
+            if (is_list && PyList_GET_SIZE(o) != n) changed();
+            value(is_list ? PyList_GET_ITEM(o, i) : PyTuple_GET_ITEM(o, i), depth + 1);
+        }
+    }
+
+    void dict(PyObject* o, int depth) {
+        if (depth >= codec::kMaxDepth) throw NeedsPickle{};
+        Py_ssize_t n = PyDict_GET_SIZE(o), pos = 0, seen = 0;
+        PyObject *k, *v;
+        w_.begin_map(static_cast<std::uint32_t>(n));
+        while (PyDict_Next(o, &pos, &k, &v)) {
+            if (++seen > n) changed();
+            value(k, depth + 1);
+            value(v, depth + 1);
+        }
+        if (seen != n) changed();
+    }
+
+    void set(PyObject* o, int depth, Tag tag) {
+        if (depth >= codec::kMaxDepth) throw NeedsPickle{};
+        Py_ssize_t n = PySet_GET_SIZE(o), seen = 0;
+        w_.begin_array(static_cast<std::uint32_t>(n), tag);
+        for_each(o, [&](PyObject* item) {
+            if (++seen > n) changed();
+            value(item, depth + 1);
+        });
+        if (seen != n) changed();
+    }
+
+    [[noreturn]] static void changed() {
+        PyErr_SetString(PyExc_RuntimeError, "container changed size while being cached");
+        throw_python();
+    }
+
+    codec::Writer& w_;
+};
+
+py::bytes pickle_dumps(py::handle value, int protocol) {
+    py::object out = py::reinterpret_steal<py::object>(
+        PyObject_CallFunction(g.pickle_dumps, "Oi", value.ptr(), protocol));
+    if (!out) throw_python();
+    return py::reinterpret_steal<py::bytes>(out.release());
+}
+
+[[noreturn]] void forbid(py::handle value) {
+    std::string message = "cannot cache a value of type '";
+    message += Py_TYPE(value.ptr())->tp_name;
+    message += "': it needs pickle and PICKLE is 'forbid'";
+    PyErr_SetString(g.serialization_error, message.c_str());
+    throw_python();
+}
+
+py::bytes mac_of(const CodecOptions& o, std::string_view header_and_body) {
+    py::object key = py::bytes(o.signing_key);
+    py::object msg = py::reinterpret_steal<py::object>(
+        PyBytes_FromStringAndSize(header_and_body.data(), header_and_body.size()));
+    py::object mac = py::reinterpret_steal<py::object>(
+        PyObject_CallFunctionObjArgs(g.hmac_digest, key.ptr(), msg.ptr(), g.sha256, nullptr));
+    if (!mac) throw_python();
+    return py::reinterpret_steal<py::bytes>(mac.release());
+}
+
+thread_local codec::Writer tls_writer;
+
+// ----------------------------------------------------------------------------- decode
+
+// Builds Python objects from the core reader's events, without recursion: each open
+// container is a frame; a finished value goes into the frame on top.
+class Builder {
+public:
+    ~Builder() {
+        for (Frame& f : stack_) {
+            Py_XDECREF(f.container);
+            Py_XDECREF(f.key);
+        }
+        Py_XDECREF(result_);
+    }
+
+    PyObject* take() {
+        PyObject* r = result_;
+        result_ = nullptr;
+        return r;
+    }
+
+    void nil() { push(Py_NewRef(Py_None)); }
+    void boolean(bool v) { push(Py_NewRef(v ? Py_True : Py_False)); }
+    void int64(std::int64_t v) { push(check(PyLong_FromLongLong(v))); }
+    void uint64(std::uint64_t v) { push(check(PyLong_FromUnsignedLongLong(v))); }
+    void float64(double v) { push(check(PyFloat_FromDouble(v))); }
+    void str(std::string_view s) {
+        push(check(PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "strict")));
+    }
+    void bin(std::string_view s, bool bytearray) {
+        auto n = static_cast<Py_ssize_t>(s.size());
+        push(check(bytearray ? PyByteArray_FromStringAndSize(s.data(), n)
+                             : PyBytes_FromStringAndSize(s.data(), n)));
+    }
+    void begin_array(std::uint32_t n, Tag tag) {
+        Frame f;
+        f.size = n;
+        f.tag = tag;
+        f.container = check(tag == Tag::Tuple ? PyTuple_New(n) : PyList_New(n));
+        stack_.push_back(f);
+    }
+    void end_array() {
+        Frame f = stack_.back();
+        stack_.pop_back();
+        PyObject* done = f.container;
+        if (f.tag == Tag::Set || f.tag == Tag::FrozenSet) {
+            done = f.tag == Tag::Set ? PySet_New(f.container) : PyFrozenSet_New(f.container);
+            Py_DECREF(f.container);
+            check(done);
+        }
+        push(done);
+    }
+    void begin_map(std::uint32_t n) {
+        Frame f;
+        f.size = n;
+        f.is_map = true;
+        f.container = check(PyDict_New());
+        stack_.push_back(f);
+    }
+    void end_map() {
+        Frame f = stack_.back();
+        stack_.pop_back();
+        push(f.container);
+    }
+    void bigint(std::string_view digits) {
+        std::string z(digits);
+        push(check(PyLong_FromString(z.c_str(), nullptr, 10)));
+    }
+    void decimal(std::string_view text) {
+        py::object s = py::reinterpret_steal<py::object>(check(
+            PyUnicode_DecodeASCII(text.data(), static_cast<Py_ssize_t>(text.size()), "strict")));
+        push(check(PyObject_CallOneArg(reinterpret_cast<PyObject*>(g.decimal), s.ptr())));
+    }
+    void uuid(const unsigned char* raw) {
+        py::object b = py::reinterpret_steal<py::object>(
+            check(PyBytes_FromStringAndSize(reinterpret_cast<const char*>(raw), 16)));
+        py::object kwargs = py::dict(py::arg("bytes") = b);
+        push(check(PyObject_Call(reinterpret_cast<PyObject*>(g.uuid), py::tuple().ptr(),
+                                 kwargs.ptr())));
+    }
+    void date(const codec::Date& d) {
+        push(check(PyDateTimeAPI->Date_FromDate(d.year, d.month, d.day, PyDateTimeAPI->DateType)));
+    }
+    void time(const codec::TimeOfDay& t, const codec::TzInfo& tz) {
+        py::object tzinfo = make_tz(tz);
+        push(check(PyDateTimeAPI->Time_FromTimeAndFold(t.hour, t.minute, t.second, t.microsecond,
+                                                       tzinfo.ptr(), t.fold,
+                                                       PyDateTimeAPI->TimeType)));
+    }
+    void datetime(const codec::Date& d, const codec::TimeOfDay& t, const codec::TzInfo& tz) {
+        py::object tzinfo = make_tz(tz);
+        push(check(PyDateTimeAPI->DateTime_FromDateAndTimeAndFold(
+            d.year, d.month, d.day, t.hour, t.minute, t.second, t.microsecond, tzinfo.ptr(),
+            t.fold, PyDateTimeAPI->DateTimeType)));
+    }
+    void timedelta(const codec::TimeDelta& td) {
+        push(check(PyDateTimeAPI->Delta_FromDelta(td.days, td.seconds, td.microseconds, 1,
+                                                  PyDateTimeAPI->DeltaType)));
+    }
+
+private:
+    struct Frame {
+        PyObject* container = nullptr;
+        PyObject* key = nullptr;  // map: a key waiting for its value
+        Py_ssize_t size = 0;
+        Py_ssize_t filled = 0;
+        Tag tag = Tag::None;
+        bool is_map = false;
+    };
+
+    // Any failure to build a Python object is the input's fault: the core has already
+    // checked the structure, so what is left is an invalid date, bad UTF-8, an unhashable
+    // key, and the like.
+    static PyObject* check(PyObject* o) {
+        if (!o) raise_chained(g.decode_error, "invalid value in cached data");
+        return o;
+    }
+
+    py::object make_tz(const codec::TzInfo& tz) {
+        switch (tz.kind) {
+            case codec::TzInfo::None:
+                return py::none();
+            case codec::TzInfo::Fixed: {
+                std::int64_t us = tz.offset_us;
+                // timedelta normalizes; days may be negative, seconds and us are not.
+                std::int64_t days = us / 86400000000LL;
+                std::int64_t rem = us % 86400000000LL;
+                if (rem < 0) {
+                    rem += 86400000000LL;
+                    --days;
+                }
+                if (days < -1 || days > 0) raise_chained(g.decode_error, "bad UTC offset");
+                py::object delta = py::reinterpret_steal<py::object>(check(
+                    PyDateTimeAPI->Delta_FromDelta(static_cast<int>(days),
+                                                   static_cast<int>(rem / 1000000),
+                                                   static_cast<int>(rem % 1000000), 1,
+                                                   PyDateTimeAPI->DeltaType)));
+                py::object name;
+                if (!tz.name.empty()) {
+                    name = py::reinterpret_steal<py::object>(check(PyUnicode_DecodeUTF8(
+                        tz.name.data(), static_cast<Py_ssize_t>(tz.name.size()), "strict")));
+                }
+                return py::reinterpret_steal<py::object>(check(PyDateTimeAPI->TimeZone_FromTimeZone(
+                    delta.ptr(), name ? name.ptr() : nullptr)));
+            }
+            case codec::TzInfo::Zone: {
+                py::object key = py::reinterpret_steal<py::object>(check(PyUnicode_DecodeUTF8(
+                    tz.name.data(), static_cast<Py_ssize_t>(tz.name.size()), "strict")));
+                return py::reinterpret_steal<py::object>(
+                    check(PyObject_CallOneArg(reinterpret_cast<PyObject*>(g.zoneinfo), key.ptr())));
+            }
+        }
+        raise_chained(g.decode_error, "bad tzinfo");
+    }
+
+    void push(PyObject* v) {  // steals v
+        if (stack_.empty()) {
+            result_ = v;
+            return;
+        }
+        Frame& f = stack_.back();
+        if (f.is_map) {
+            if (!f.key) {
+                f.key = v;
+                return;
+            }
+            int rc = PyDict_SetItem(f.container, f.key, v);
+            Py_DECREF(v);
+            Py_CLEAR(f.key);
+            if (rc < 0) raise_chained(g.decode_error, "unhashable key in cached data");
+            return;
+        }
+        if (f.tag == Tag::Tuple) {
+            PyTuple_SET_ITEM(f.container, f.filled++, v);
+        } else {
+            PyList_SET_ITEM(f.container, f.filled++, v);
+        }
+    }
+
+    std::vector<Frame> stack_;
+    PyObject* result_ = nullptr;
+};
+
+py::object decode_body(std::string_view body) {
+    Builder b;
+    try {
+        codec::read_body(body, b);
+    } catch (const DecodeError&) {
+        // A C++-side error; a pending Python error from a sink (there is none, sinks
+        // throw error_already_set) cannot be lost here.
+        throw;
+    }
+    return py::reinterpret_steal<py::object>(b.take());
+}
+
+// ----------------------------------------------------------------------------- snapshot
+
+// Approximate CPython sizes, for the L1's byte bound; exactness is not the point.
+std::size_t leaf_charge(PyObject* o, Kind k) {
+    switch (k) {
+        case Kind::Str: return 56 + static_cast<std::size_t>(PyUnicode_GET_LENGTH(o)) * PyUnicode_KIND(o);
+        case Kind::Bytes: return 40 + static_cast<std::size_t>(PyBytes_GET_SIZE(o));
+        case Kind::Int: return 32 + 4 * static_cast<std::size_t>(Py_ABS(Py_SIZE(o)));
+        case Kind::Decimal: return 104;
+        case Kind::Uuid: return 64;
+        default: return 32;
+    }
+}
+
+class Snapshotter {
+public:
+    std::size_t charge = 0;
+
+    // A private copy of `o` (new reference); `mutable_out` tells whether any part of it
+    // is mutable (else the original object itself is returned and may be shared).
+    PyObject* copy(PyObject* o, int depth, bool& mutable_out) {
+        Kind k = classify(o);
+        if (is_immutable_leaf(k)) {
+            charge += leaf_charge(o, k);
+            mutable_out = false;
+            return Py_NewRef(o);
+        }
+        if (depth >= codec::kMaxDepth || k == Kind::Other) throw NeedsPickle{};
+        switch (k) {
+            case Kind::ByteArray:
+                charge += 64 + static_cast<std::size_t>(PyByteArray_GET_SIZE(o));
+                mutable_out = true;
+                return checked(PyByteArray_FromObject(o));
+            case Kind::List: {
+                Py_ssize_t n = PyList_GET_SIZE(o);
+                charge += 56 + 8 * static_cast<std::size_t>(n);
+                py::object out = py::reinterpret_steal<py::object>(checked(PyList_New(n)));
+                for (Py_ssize_t i = 0; i < n; ++i) {
+                    if (PyList_GET_SIZE(o) != n) changed();
+                    bool m;
+                    PyList_SET_ITEM(out.ptr(), i, copy(PyList_GET_ITEM(o, i), depth + 1, m));
+                }
+                mutable_out = true;
+                return out.release().ptr();
+            }
+            case Kind::Tuple: {
+                Py_ssize_t n = PyTuple_GET_SIZE(o);
+                charge += 40 + 8 * static_cast<std::size_t>(n);
+                py::object out = py::reinterpret_steal<py::object>(checked(PyTuple_New(n)));
+                bool any = false;
+                for (Py_ssize_t i = 0; i < n; ++i) {
+                    bool m;
+                    PyTuple_SET_ITEM(out.ptr(), i, copy(PyTuple_GET_ITEM(o, i), depth + 1, m));
+                    any |= m;
+                }
+                mutable_out = any;
+                return any ? out.release().ptr() : Py_NewRef(o);
+            }
+            case Kind::Dict: {
+                Py_ssize_t n = PyDict_GET_SIZE(o), pos = 0, seen = 0;
+                charge += 64 + 48 * static_cast<std::size_t>(n);
+                py::object out = py::reinterpret_steal<py::object>(checked(PyDict_New()));
+                PyObject *key, *value;
+                while (PyDict_Next(o, &pos, &key, &value)) {
+                    if (++seen > n) changed();
+                    bool m;
+                    py::object kc = py::reinterpret_steal<py::object>(copy(key, depth + 1, m));
+                    py::object vc = py::reinterpret_steal<py::object>(copy(value, depth + 1, m));
+                    if (PyDict_SetItem(out.ptr(), kc.ptr(), vc.ptr()) < 0) throw_python();
+                }
+                if (seen != n) changed();
+                mutable_out = true;
+                return out.release().ptr();
+            }
+            case Kind::Set:
+            case Kind::FrozenSet: {
+                Py_ssize_t n = PySet_GET_SIZE(o);
+                charge += 216 + 16 * static_cast<std::size_t>(n);
+                for_each(o, [&](PyObject* item) {
+                    bool m;
+                    Py_DECREF(copy(item, depth + 1, m));  // elements are hashable: immutable
+                });
+                mutable_out = k == Kind::Set;
+                return k == Kind::Set ? checked(PySet_New(o)) : Py_NewRef(o);
+            }
+            default:
+                throw NeedsPickle{};
+        }
+    }
+
+private:
+    static PyObject* checked(PyObject* o) {
+        if (!o) throw_python();
+        return o;
+    }
+    [[noreturn]] static void changed() {
+        PyErr_SetString(PyExc_RuntimeError, "container changed size while being cached");
+        throw_python();
+    }
+};
+
+// A fresh structural copy of a stored snapshot: containers are new, immutable leaves
+// (and tuples/frozensets made only of them) are shared.
+PyObject* deep_copy(PyObject* o) {
+    Kind k = classify(o);
+    switch (k) {
+        case Kind::List: {
+            Py_ssize_t n = PyList_GET_SIZE(o);
+            PyObject* out = PyList_New(n);
+            if (!out) throw_python();
+            for (Py_ssize_t i = 0; i < n; ++i) {
+                PyObject* item = PyList_GET_ITEM(o, i);
+                PyObject* c;
+                try {
+                    c = is_immutable_leaf(classify(item)) ? Py_NewRef(item) : deep_copy(item);
+                } catch (...) {
+                    Py_DECREF(out);
+                    throw;
+                }
+                PyList_SET_ITEM(out, i, c);
+            }
+            return out;
+        }
+        case Kind::Dict: {
+            // PyDict_Copy is a fast bulk copy; then only mutable values are replaced.
+            PyObject* out = PyDict_Copy(o);
+            if (!out) throw_python();
+            Py_ssize_t pos = 0;
+            PyObject *key, *value;
+            try {
+                while (PyDict_Next(o, &pos, &key, &value)) {
+                    if (is_immutable_leaf(classify(value))) continue;
+                    py::object c = py::reinterpret_steal<py::object>(deep_copy(value));
+                    if (PyDict_SetItem(out, key, c.ptr()) < 0) throw_python();
+                }
+            } catch (...) {
+                Py_DECREF(out);
+                throw;
+            }
+            return out;
+        }
+        case Kind::Tuple: {
+            Py_ssize_t n = PyTuple_GET_SIZE(o);
+            PyObject* out = PyTuple_New(n);
+            if (!out) throw_python();
+            for (Py_ssize_t i = 0; i < n; ++i) {
+                PyObject* item = PyTuple_GET_ITEM(o, i);
+                PyObject* c;
+                try {
+                    c = is_immutable_leaf(classify(item)) ? Py_NewRef(item) : deep_copy(item);
+                } catch (...) {
+                    Py_DECREF(out);
+                    throw;
+                }
+                PyTuple_SET_ITEM(out, i, c);
+            }
+            return out;
+        }
+        case Kind::Set: {
+            PyObject* out = PySet_New(o);
+            if (!out) throw_python();
+            return out;
+        }
+        case Kind::ByteArray: {
+            PyObject* out = PyByteArray_FromObject(o);
+            if (!out) throw_python();
+            return out;
+        }
+        default:
+            return Py_NewRef(o);
+    }
+}
+
+py::object import_attr(const char* module, const char* name) {
+    return py::module_::import(module).attr(name);
+}
+
+}  // namespace
+
+void init_values() {
+    PyDateTime_IMPORT;
+    if (!PyDateTimeAPI) throw_python();
+    auto keep = [](py::object o) { return o.release().ptr(); };
+    g.decimal = reinterpret_cast<PyTypeObject*>(keep(import_attr("decimal", "Decimal")));
+    g.uuid = reinterpret_cast<PyTypeObject*>(keep(import_attr("uuid", "UUID")));
+    g.timezone = reinterpret_cast<PyTypeObject*>(keep(import_attr("datetime", "timezone")));
+    g.zoneinfo = reinterpret_cast<PyTypeObject*>(keep(import_attr("zoneinfo", "ZoneInfo")));
+    g.pickle_dumps = keep(import_attr("pickle", "dumps"));
+    g.pickle_loads = keep(import_attr("pickle", "loads"));
+    g.zlib_compress = keep(import_attr("zlib", "compress"));
+    g.zlib_decompressobj = keep(import_attr("zlib", "decompressobj"));
+    g.hmac_digest = keep(import_attr("hmac", "digest"));
+    g.compare_digest = keep(import_attr("hmac", "compare_digest"));
+    g.sha256 = keep(py::str("sha256"));
+    g.decode_error = keep(import_attr("django_fastcache.errors", "DecodeError"));
+    g.signature_error = keep(import_attr("django_fastcache.errors", "SignatureError"));
+    g.serialization_error = keep(import_attr("django_fastcache.errors", "SerializationError"));
+}
+
+py::bytes encode(py::handle value, const CodecOptions& o) {
+    PyObject* v = value.ptr();
+    if (!o.pickle_only && Py_TYPE(v) == &PyLong_Type) {
+        // Plain ints are bare decimal digits, so Redis can INCRBY them.
+        int overflow = 0;
+        long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (!overflow) {
+            char digits[24];
+            auto r = std::to_chars(digits, digits + sizeof digits, n);
+            return py::bytes(digits, r.ptr - digits);
+        }
+        py::object s = py::reinterpret_steal<py::object>(PyObject_Str(v));
+        if (s) {
+            Py_ssize_t len;
+            const char* p = PyUnicode_AsUTF8AndSize(s.ptr(), &len);
+            if (!p) throw_python();
+            return py::bytes(p, len);
+        }
+        PyErr_Clear();  // too many digits for str(): pickled below
+    }
+
+    std::string& out = tls_writer.buffer();
+    std::uint8_t flags = 0;
+    bool packed = false;
+    if (!o.pickle_only) {
+        tls_writer.reset();
+        out.push_back('\0');  // header placeholder
+        try {
+            Encoder(tls_writer).value(v, 0);
+            packed = true;
+        } catch (const NeedsPickle&) {
+        }
+    }
+    py::bytes pickled;
+    std::string_view body;
+    if (packed) {
+        body = std::string_view(out).substr(1);
+    } else {
+        if (o.pickle == PickleMode::Forbid) forbid(value);
+        pickled = pickle_dumps(value, o.pickle_protocol);
+        flags |= codec::kPickled;
+        body = std::string_view(PyBytes_AS_STRING(pickled.ptr()), PyBytes_GET_SIZE(pickled.ptr()));
+    }
+
+    py::object compressed;
+    if (o.compress_min_bytes >= 0 && static_cast<long long>(body.size()) >= o.compress_min_bytes) {
+        py::object raw = py::reinterpret_steal<py::object>(
+            PyBytes_FromStringAndSize(body.data(), static_cast<Py_ssize_t>(body.size())));
+        compressed = py::reinterpret_steal<py::object>(
+            PyObject_CallFunction(g.zlib_compress, "Oi", raw.ptr(), o.compress_level));
+        if (!compressed) throw_python();
+        if (static_cast<std::size_t>(PyBytes_GET_SIZE(compressed.ptr())) < body.size()) {
+            body = std::string_view(PyBytes_AS_STRING(compressed.ptr()),
+                                    PyBytes_GET_SIZE(compressed.ptr()));
+            flags |= codec::kCompressed;
+        }
+    }
+
+    bool sign = (flags & codec::kPickled) && o.pickle == PickleMode::Signed;
+    if (sign) flags |= codec::kSigned;
+    std::string result;
+    result.reserve(1 + (sign ? 32 : 0) + body.size());
+    result.push_back(static_cast<char>(codec::make_header(flags)));
+    if (sign) {
+        std::string signed_part;
+        signed_part.reserve(1 + body.size());
+        signed_part.push_back(result[0]);
+        signed_part.append(body);
+        py::bytes mac = mac_of(o, signed_part);
+        result.append(PyBytes_AS_STRING(mac.ptr()), PyBytes_GET_SIZE(mac.ptr()));
+    }
+    result.append(body);
+    return py::bytes(result);
+}
+
+py::object decode(std::string_view data, const CodecOptions& o) {
+    codec::Header header{};
+    if (codec::framing(data, &header) == codec::Framing::Integer) {
+        std::string z(data);
+        PyObject* n = PyLong_FromString(z.c_str(), nullptr, 10);
+        if (!n) raise_chained(g.decode_error, "invalid integer value");
+        return py::reinterpret_steal<py::object>(n);
+    }
+    std::string_view rest = data.substr(1);
+    bool pickled = header.flags & codec::kPickled;
+    if (header.flags & codec::kSigned) {
+        if (rest.size() < 32) throw DecodeError("signed value shorter than its signature");
+        if (o.signing_key.empty()) throw SignatureError("signed value but no signing key");
+        std::string signed_part;
+        signed_part.push_back(data[0]);
+        signed_part.append(rest.substr(32));
+        py::bytes expected = mac_of(o, signed_part);
+        py::bytes got(rest.substr(0, 32).data(), 32);
+        py::object same = py::reinterpret_steal<py::object>(
+            PyObject_CallFunctionObjArgs(g.compare_digest, expected.ptr(), got.ptr(), nullptr));
+        if (!same) throw_python();
+        if (same.ptr() != Py_True) throw SignatureError("signature of a pickled value does not verify");
+        rest.remove_prefix(32);
+    } else if (pickled && o.pickle == PickleMode::Signed) {
+        throw SignatureError("unsigned pickled value refused (PICKLE is 'signed')");
+    }
+    if (pickled && o.pickle == PickleMode::Forbid) {
+        throw SignatureError("pickled value refused (PICKLE is 'forbid')");
+    }
+    if (!pickled && (header.flags & codec::kSigned)) throw DecodeError("signed msgpack value");
+
+    py::object inflated;
+    if (header.flags & codec::kCompressed) {
+        py::object d = py::reinterpret_steal<py::object>(PyObject_CallNoArgs(g.zlib_decompressobj));
+        if (!d) throw_python();
+        py::object in = py::reinterpret_steal<py::object>(
+            PyBytes_FromStringAndSize(rest.data(), static_cast<Py_ssize_t>(rest.size())));
+        inflated = py::reinterpret_steal<py::object>(PyObject_CallMethod(
+            d.ptr(), "decompress", "On", in.ptr(), static_cast<Py_ssize_t>(o.max_value_bytes)));
+        if (!inflated) raise_chained(g.decode_error, "corrupt compressed value");
+        py::object eof = py::reinterpret_steal<py::object>(PyObject_GetAttrString(d.ptr(), "eof"));
+        if (!eof) throw_python();
+        if (eof.ptr() != Py_True) {
+            throw DecodeError("compressed value truncated or larger than the size bound");
+        }
+        py::object unused =
+            py::reinterpret_steal<py::object>(PyObject_GetAttrString(d.ptr(), "unused_data"));
+        if (!unused) throw_python();
+        if (PyBytes_GET_SIZE(unused.ptr()) != 0) throw DecodeError("bytes after compressed value");
+        rest = std::string_view(PyBytes_AS_STRING(inflated.ptr()), PyBytes_GET_SIZE(inflated.ptr()));
+    }
+
+    if (pickled) {
+        py::object in = py::reinterpret_steal<py::object>(
+            PyBytes_FromStringAndSize(rest.data(), static_cast<Py_ssize_t>(rest.size())));
+        PyObject* v = PyObject_CallOneArg(g.pickle_loads, in.ptr());
+        if (!v) raise_chained(g.decode_error, "pickled value could not be loaded");
+        return py::reinterpret_steal<py::object>(v);
+    }
+    return decode_body(rest);
+}
+
+Snapshot snapshot(py::handle value, const CodecOptions& o) {
+    Snapshotter s;
+    try {
+        bool is_mutable = false;
+        py::object copy = py::reinterpret_steal<py::object>(s.copy(value.ptr(), 0, is_mutable));
+        return {std::move(copy), is_mutable ? kCopy : kShared, s.charge};
+    } catch (const NeedsPickle&) {
+    }
+    if (o.pickle == PickleMode::Forbid) forbid(value);
+    py::bytes pickled = pickle_dumps(value, o.pickle_protocol);
+    std::size_t charge = 48 + static_cast<std::size_t>(PyBytes_GET_SIZE(pickled.ptr()));
+    return {std::move(pickled), kPickled, charge};
+}
+
+py::object materialize(py::handle stored, std::uint32_t tag) {
+    if (tag == kShared) return py::reinterpret_borrow<py::object>(stored);
+    if (tag == kCopy) return py::reinterpret_steal<py::object>(deep_copy(stored.ptr()));
+    PyObject* v = PyObject_CallOneArg(g.pickle_loads, stored.ptr());
+    if (!v) throw_python();
+    return py::reinterpret_steal<py::object>(v);
+}
+
+std::size_t charge_of_int(py::handle value) { return leaf_charge(value.ptr(), Kind::Int); }
+
+}  // namespace fastcache::bindings

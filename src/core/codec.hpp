@@ -1,0 +1,324 @@
+// The wire format of a cached value: a header byte, then a msgpack body whose extension
+// types carry the Python types JSON-like formats lose (tuple, set, datetime, Decimal, ...).
+//
+// Layout of a stored value:
+//   - a plain integer: its decimal digits, no header ("-12"), so Redis can INCRBY it;
+//   - anything else: one header byte, then the body.
+// Header byte: 1vvvffff. The top bit is set, so a header never looks like a digit or '-'.
+// vvv is the format version (kFormatVersion); ffff are flags (Flags below). The bindings
+// own the body transforms that need Python (pickle, HMAC, zlib); this file owns the
+// msgpack structure and the exact binary layout of every extension type.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <msgpack.hpp>
+
+#include "core/errors.hpp"
+
+namespace fastcache::codec {
+
+inline constexpr std::uint8_t kFormatVersion = 1;
+
+enum Flags : std::uint8_t {
+    kCompressed = 0x1,  // body is zlib-compressed (applied after pickling/packing)
+    kPickled = 0x2,     // body is a pickle, not msgpack
+    kSigned = 0x4,      // a 32-byte HMAC-SHA256 precedes the (possibly compressed) body
+    kKnownFlags = 0x7,
+};
+
+inline std::uint8_t make_header(std::uint8_t flags) {
+    return static_cast<std::uint8_t>(0x80 | (kFormatVersion << 4) | flags);
+}
+
+struct Header {
+    std::uint8_t flags;
+};
+
+// What the first byte of a stored value says.
+enum class Framing { Integer, Headed };
+
+// Classifies `data` and, for a headed value, checks its version and flags.
+// Throws DecodeError (empty/foreign) or UnknownFormatError (another version or flags).
+Framing framing(std::string_view data, Header* header);
+
+// Validates the digits of a plain integer value: -?[0-9]+, at most 4300 digits (CPython's
+// default int/str conversion limit). Throws DecodeError.
+void check_integer_digits(std::string_view digits);
+
+// Zero-length extension values that, as the first item of an array, say what the array
+// stands for: [TUPLE, 1, 2] is (1, 2); [BYTEARRAY, bin] is a bytearray.
+enum class Tag : std::int8_t {
+    None = 0,
+    Tuple = 1,
+    Set = 2,
+    FrozenSet = 3,
+    ByteArray = 4,
+};
+
+// Extension types that carry a whole leaf value.
+enum class Ext : std::int8_t {
+    BigInt = 10,     // ASCII -?[0-9]+ (integers outside 64 bits)
+    Decimal = 11,    // ASCII str(Decimal)
+    Uuid = 12,       // 16 bytes, big-endian
+    DateTime = 13,   // Date + TimeOfDay + TzInfo
+    Date = 14,       // Date
+    Time = 15,       // TimeOfDay + TzInfo
+    TimeDelta = 16,  // days, seconds, microseconds: 3 x int32 big-endian
+};
+
+struct Date {
+    int year = 1, month = 1, day = 1;
+};
+
+struct TimeOfDay {
+    int hour = 0, minute = 0, second = 0, microsecond = 0, fold = 0;
+};
+
+// A datetime's or time's tzinfo, limited to the kinds that round-trip exactly:
+// none, a fixed offset (datetime.timezone, with its name if not the default one),
+// or an IANA zone (zoneinfo.ZoneInfo, by key).
+struct TzInfo {
+    enum Kind : std::uint8_t { None = 0, Fixed = 1, Zone = 2 } kind = None;
+    std::int64_t offset_us = 0;  // Fixed only
+    std::string_view name;       // Fixed: custom name or empty; Zone: the key
+};
+
+struct TimeDelta {
+    std::int32_t days = 0, seconds = 0, microseconds = 0;
+};
+
+// Maximum nesting of containers, in both directions: deeper values are pickled when
+// written and refused when read, so no reader recurses without bound.
+inline constexpr int kMaxDepth = 512;
+
+// Builds a msgpack body. Not thread-safe; reuse one per thread to keep its buffer.
+class Writer {
+public:
+    Writer() : packer_(buffer_) {}
+    Writer(const Writer&) = delete;
+    Writer& operator=(const Writer&) = delete;
+
+    void reset() { buffer_.data.clear(); }
+    std::string_view view() const { return buffer_.data; }
+    std::string& buffer() { return buffer_.data; }
+
+    void nil() { packer_.pack_nil(); }
+    void boolean(bool v) { v ? packer_.pack_true() : packer_.pack_false(); }
+    void int64(std::int64_t v) { packer_.pack_int64(v); }
+    void uint64(std::uint64_t v) { packer_.pack_uint64(v); }
+    void float64(double v) { packer_.pack_double(v); }
+    void str(std::string_view s);
+    void bin(std::string_view s, Tag tag = Tag::None);
+    void begin_array(std::uint32_t n, Tag tag = Tag::None);
+    void begin_map(std::uint32_t n) { packer_.pack_map(n); }
+    void bigint(std::string_view digits) { ext(Ext::BigInt, digits); }
+    void decimal(std::string_view text) { ext(Ext::Decimal, text); }
+    void uuid(const std::uint8_t (&bytes)[16]);
+    void date(const Date& d);
+    void time(const TimeOfDay& t, const TzInfo& tz);
+    void datetime(const Date& d, const TimeOfDay& t, const TzInfo& tz);
+    void timedelta(const TimeDelta& td);
+
+private:
+    struct Buffer {
+        std::string data;
+        void write(const char* p, std::size_t n) { data.append(p, n); }
+    };
+    void tag(Tag t);
+    void ext(Ext type, std::string_view payload);
+
+    Buffer buffer_;
+    msgpack::packer<Buffer> packer_;
+    std::string scratch_;
+};
+
+namespace detail {
+
+// Parses the fixed binary layouts of the extension payloads; throws DecodeError.
+Date read_date(const unsigned char* p);
+TimeOfDay read_time(const unsigned char* p);
+TzInfo read_tz(std::string_view rest);
+TimeDelta read_timedelta(std::string_view payload);
+
+// Adapts msgpack-c's parse events to a Sink's, resolving tags and extension types, and
+// enforcing the limits that keep a hostile input cheap: depth, container sizes no larger
+// than the input, exact extension payload sizes.
+//
+// A tagged value is an array whose first item is a zero-length extension naming the tag
+// (a tuple (1, 2) is [TUPLE, 1, 2]; a bytearray is [BYTEARRAY, bin]). An array's tag is
+// only known at its first item, so the sink hears of an array when its first item (or its
+// end) arrives.
+template <class Sink>
+class Visitor : public msgpack::null_visitor {
+public:
+    Visitor(Sink& sink, std::size_t input_size) : sink_(sink), input_size_(input_size) {}
+
+    bool visit_nil() { return value(), sink_.nil(), true; }
+    bool visit_boolean(bool v) { return value(), sink_.boolean(v), true; }
+    bool visit_positive_integer(std::uint64_t v) { return value(), sink_.uint64(v), true; }
+    bool visit_negative_integer(std::int64_t v) { return value(), sink_.int64(v), true; }
+    bool visit_float32(float v) { return value(), sink_.float64(v), true; }
+    bool visit_float64(double v) { return value(), sink_.float64(v), true; }
+    bool visit_str(const char* p, std::uint32_t n) {
+        return value(), sink_.str(std::string_view(p, n)), true;
+    }
+    bool visit_bin(const char* p, std::uint32_t n) {
+        bool bytearray = !stack_.empty() && stack_.back().tag == Tag::ByteArray;
+        value(true);
+        sink_.bin(std::string_view(p, n), bytearray);
+        return true;
+    }
+    bool visit_ext(const char* p, std::uint32_t n);
+    bool start_array(std::uint32_t n) {
+        value();
+        open(n);
+        stack_.push_back(Frame{n, 0, Tag::None, true});
+        return true;
+    }
+    bool end_array() {
+        Frame f = stack_.back();
+        stack_.pop_back();
+        --depth_;
+        if (f.pending) sink_.begin_array(0, Tag::None);  // an empty untagged array
+        if (f.tag == Tag::ByteArray) {
+            if (f.seen != 2) throw DecodeError("bytearray tag without its bytes");
+            return true;
+        }
+        sink_.end_array();
+        return true;
+    }
+    bool start_map(std::uint32_t n) {
+        value();
+        open(n);
+        stack_.push_back(Frame{n, 0, Tag::None, false});
+        sink_.begin_map(n);
+        return true;
+    }
+    bool end_map() {
+        stack_.pop_back();
+        --depth_;
+        sink_.end_map();
+        return true;
+    }
+    void parse_error(std::size_t, std::size_t) { throw DecodeError("malformed msgpack body"); }
+    void insufficient_bytes(std::size_t, std::size_t) {
+        throw DecodeError("truncated msgpack body");
+    }
+
+private:
+    struct Frame {
+        std::uint32_t size;
+        std::uint32_t seen;  // values begun inside (a map counts keys and values)
+        Tag tag;
+        bool pending;        // an array not yet announced to the sink
+    };
+
+    // Called as each value (other than a tag) begins: announces a pending array.
+    void value(bool is_bin = false) {
+        if (stack_.empty()) return;
+        Frame& f = stack_.back();
+        if (f.pending) {
+            f.pending = false;
+            sink_.begin_array(f.size, Tag::None);
+        }
+        if (f.tag == Tag::ByteArray && (!is_bin || f.seen != 1)) {
+            throw DecodeError("bytearray tag not followed by exactly one bin");
+        }
+        ++f.seen;
+    }
+    void open(std::uint32_t n) {
+        if (++depth_ > kMaxDepth) throw DecodeError("nesting deeper than 512 levels");
+        if (n > input_size_) throw DecodeError("container longer than its input");
+    }
+
+    Sink& sink_;
+    std::size_t input_size_;
+    int depth_ = 0;
+    std::vector<Frame> stack_;
+};
+
+template <class Sink>
+bool Visitor<Sink>::visit_ext(const char* p, std::uint32_t n) {
+    if (n < 1) throw DecodeError("empty extension");
+    auto type = static_cast<std::int8_t>(p[0]);
+    std::string_view payload(p + 1, n - 1);
+    const auto* u = reinterpret_cast<const unsigned char*>(payload.data());
+    if (type >= 1 && type <= 4) {
+        if (!payload.empty()) throw DecodeError("tag with a payload");
+        if (stack_.empty() || !stack_.back().pending) throw DecodeError("tag outside an array head");
+        Frame& f = stack_.back();
+        f.pending = false;
+        f.tag = static_cast<Tag>(type);
+        f.seen = 1;
+        if (f.tag == Tag::ByteArray) {
+            if (f.size != 2) throw DecodeError("bytearray array is not [tag, bin]");
+        } else {
+            sink_.begin_array(f.size - 1, f.tag);
+        }
+        return true;
+    }
+    value();
+    switch (static_cast<Ext>(type)) {
+        case Ext::BigInt:
+            check_integer_digits(payload);
+            sink_.bigint(payload);
+            return true;
+        case Ext::Decimal:
+            if (payload.empty() || payload.size() > 4096) throw DecodeError("bad Decimal");
+            sink_.decimal(payload);
+            return true;
+        case Ext::Uuid:
+            if (payload.size() != 16) throw DecodeError("UUID payload is not 16 bytes");
+            sink_.uuid(u);
+            return true;
+        case Ext::Date:
+            if (payload.size() != 4) throw DecodeError("date payload is not 4 bytes");
+            sink_.date(read_date(u));
+            return true;
+        case Ext::Time:
+            if (payload.size() < 9) throw DecodeError("time payload too short");
+            sink_.time(read_time(u), read_tz(payload.substr(8)));
+            return true;
+        case Ext::DateTime:
+            if (payload.size() < 13) throw DecodeError("datetime payload too short");
+            sink_.datetime(read_date(u), read_time(u + 4), read_tz(payload.substr(12)));
+            return true;
+        case Ext::TimeDelta:
+            sink_.timedelta(read_timedelta(payload));
+            return true;
+    }
+    throw DecodeError("unknown extension type " + std::to_string(type));
+}
+
+}  // namespace detail
+
+// Reads a whole msgpack body into `sink`, which receives: nil, boolean, int64, uint64,
+// float64, str, bin(bytes, is_bytearray), begin_array(n, Tag), end_array, begin_map(n)
+// (then key, value, key, value...), end_map, bigint, decimal, uuid, date, time, datetime,
+// timedelta. Throws DecodeError on anything malformed, truncated, or with trailing bytes;
+// never reads outside [data, data + size).
+template <class Sink>
+void read_body(std::string_view body, Sink& sink) {
+    detail::Visitor<Sink> visitor(sink, body.size());
+    std::size_t off = 0;
+    bool ok;
+    try {
+        ok = msgpack::v2::parse(body.data(), body.size(), off, visitor);
+    } catch (const DecodeError&) {
+        throw;
+    } catch (const std::bad_alloc&) {
+        throw;
+    } catch (const std::exception& e) {
+        throw DecodeError(std::string("malformed msgpack body: ") + e.what());
+    }
+    if (!ok) throw DecodeError("malformed msgpack body");
+    if (off != body.size()) throw DecodeError("trailing bytes after the value");
+}
+
+}  // namespace fastcache::codec

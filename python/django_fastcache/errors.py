@@ -11,6 +11,8 @@ __all__ = [
     "SignatureError",
     "UnknownFormatError",
     "SerializationError",
+    "LockError",
+    "LockNotOwnedError",
 ]
 
 
@@ -32,3 +34,11 @@ class UnknownFormatError(DecodeError):
 
 class SerializationError(FastCacheError, TypeError):
     """A value that cannot be stored under the configured serializer or pickle policy."""
+
+
+class LockError(FastCacheError):
+    """A cache lock could not be acquired (raised by ``with cache.lock(...)``)."""
+
+
+class LockNotOwnedError(LockError):
+    """Releasing or extending a lock this holder does not own (any more)."""

@@ -1,7 +1,400 @@
+// _core.Store (a shared L1 store) and _core.Engine (one backend instance's view of it:
+// key prefix, version, key function, default timeout), so that each Django cache call is
+// one C++ call: build and validate the key, read the clock, touch the store, copy out.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <ctime>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "bindings/options.hpp"
 #include "bindings/registry.hpp"
+#include "bindings/values.hpp"
+#include "core/keys.hpp"
+#include "core/store.hpp"
+
+namespace py = pybind11;
 
 namespace fastcache::bindings {
 
-void register_cache(pybind11::module_& /*m*/) {}
+namespace {
+
+void retain(void* h) noexcept { Py_INCREF(static_cast<PyObject*>(h)); }
+void release(void* h) noexcept { Py_DECREF(static_cast<PyObject*>(h)); }
+constexpr HandleOps kPyHandles{&retain, &release};
+
+// Every method is called with the GIL held, which makes retain/release safe.
+class PyStore {
+public:
+    PyStore(std::size_t max_bytes, std::size_t max_entries, unsigned cull_frequency,
+            unsigned shards)
+        : store(std::make_shared<Store>(
+              StoreConfig{max_bytes, max_entries, cull_frequency, shards}, kPyHandles)) {}
+    std::shared_ptr<Store> store;
+};
+
+double wall_clock() {
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+// A retained store value, released when it goes out of scope (GIL held).
+struct Held {
+    explicit Held(std::optional<Value> v) : value(v) {}
+    ~Held() {
+        if (value) Py_DECREF(static_cast<PyObject*>(value->handle));
+    }
+    Held(const Held&) = delete;
+    Held& operator=(const Held&) = delete;
+    std::optional<Value> value;
+};
+
+class Engine {
+public:
+    Engine(const PyStore& store, std::string key_prefix, py::object version, py::object key_func,
+           py::object default_timeout, py::object default_sentinel, py::object key_warning,
+           CodecOptions codec)
+        : store_(store.store),
+          prefix_(std::move(key_prefix)),
+          sentinel_(std::move(default_sentinel)),
+          key_warning_(std::move(key_warning)),
+          codec_(std::move(codec)) {
+        set_version(version);
+        set_key_func(std::move(key_func));
+        set_default_timeout(default_timeout);
+    }
+
+    // --- configuration, mirrored from the backend's attributes (Django's tests set them)
+    void set_prefix(std::string p) { prefix_ = std::move(p); }
+    void set_version(py::handle v) { version_ = py::reinterpret_borrow<py::object>(v); }
+    void set_key_func(py::object f) { key_func_ = f.is_none() ? py::object() : std::move(f); }
+    void set_default_timeout(py::handle t) {
+        default_timeout_ = t.is_none() ? std::nullopt : std::optional<double>(py::cast<double>(t));
+    }
+    void set_clock(py::object clock) { clock_ = clock.is_none() ? py::object() : std::move(clock); }
+
+    // --- keys
+    py::str make_key(py::handle key, py::handle version) {
+        const std::string& k = key_of(key, version, false);
+        return py::reinterpret_steal<py::str>(
+            check(PyUnicode_DecodeUTF8(k.data(), static_cast<Py_ssize_t>(k.size()), "surrogatepass")));
+    }
+    void validate_key(py::handle key) {
+        std::string k = utf8_of(key);
+        warn(k, keys::check(k));
+    }
+
+    // --- the Django API on the L1
+    py::object get(py::handle key, py::handle default_, py::handle version) {
+        const std::string& k = key_of(key, version);
+        Held held(store_->get(k, now()));
+        if (!held.value) return py::reinterpret_borrow<py::object>(default_);
+        return materialize(static_cast<PyObject*>(held.value->handle), held.value->tag);
+    }
+
+    void set(py::handle key, py::handle value, py::handle timeout, py::handle version) {
+        Snapshot s = snapshot(value, codec_);
+        const std::string& k = key_of(key, version);
+        double t = now();
+        double expires = expires_at(timeout, t);
+        if (expires <= t) {
+            store_->erase(k, t);
+            return;
+        }
+        store_->set(k, Value{s.object.ptr(), s.tag, s.charge}, expires, t);
+    }
+
+    bool add(py::handle key, py::handle value, py::handle timeout, py::handle version) {
+        const std::string& k = key_of(key, version);
+        double t = now();
+        if (store_->contains(k, t)) return false;
+        std::string kept = k;  // snapshot() may run pickle, which may build other keys
+        Snapshot s = snapshot(value, codec_);
+        double expires = expires_at(timeout, t);
+        if (expires <= t) return !store_->contains(kept, t);
+        return store_->add(kept, Value{s.object.ptr(), s.tag, s.charge}, expires, t);
+    }
+
+    bool touch(py::handle key, py::handle timeout, py::handle version) {
+        const std::string& k = key_of(key, version);
+        double t = now();
+        double expires = expires_at(timeout, t);
+        if (expires <= t) return store_->erase(k, t);
+        return store_->touch(k, expires, t);
+    }
+
+    bool remove(py::handle key, py::handle version) {
+        return store_->erase(key_of(key, version), now());
+    }
+
+    bool has_key(py::handle key, py::handle version) {
+        return store_->contains(key_of(key, version), now());
+    }
+
+    py::dict get_many(py::iterable keys, py::handle version) {
+        py::dict out;
+        double t = now();
+        for (py::handle key : keys) {
+            Held held(store_->get(key_of(key, version), t));
+            if (held.value) {
+                out[key] = materialize(static_cast<PyObject*>(held.value->handle), held.value->tag);
+            }
+        }
+        return out;
+    }
+
+    py::list set_many(py::dict data, py::handle timeout, py::handle version) {
+        for (auto item : data) set(item.first, item.second, timeout, version);
+        return py::list();
+    }
+
+    void delete_many(py::iterable keys, py::handle version) {
+        double t = now();
+        for (py::handle key : keys) store_->erase(key_of(key, version), t);
+    }
+
+    // Django's incr: ValueError when missing; the entry keeps its expiry. Numbers are
+    // added under the shard lock (no Python code runs there: int/float/Decimal addition
+    // is C); other stored forms need a copy or an unpickle first, so they are read,
+    // added and written back, as Django's BaseCache does.
+    py::object incr(py::handle key, py::handle delta, py::handle version) {
+        std::string k = key_of(key, version);
+        double t = now();
+        py::object result;
+        bool found;
+        try {
+            found = store_->update(k, t, [&](const Value& old) -> Value {
+            if (old.tag != kShared) throw NotInPlace{};
+            PyObject* sum = PyNumber_Add(static_cast<PyObject*>(old.handle), delta.ptr());
+            if (!sum) throw py::error_already_set();
+            result = py::reinterpret_steal<py::object>(sum);
+            Snapshot s = snapshot(result, codec_);
+            // The store takes over one reference of the new handle.
+            return Value{s.object.release().ptr(), s.tag, s.charge};
+            });
+        } catch (const NotInPlace&) {
+            return incr_slow(k, key, delta, t);
+        }
+        if (!found) throw py::value_error("Key '" + py::str(key).cast<std::string>() + "' not found");
+        return result;
+    }
+
+    // Remaining time to live like Redis PTTL: -2 when missing, -1 when it never expires.
+    long long pttl(py::handle key, py::handle version) {
+        double t = now();
+        std::optional<double> e = store_->expiry(key_of(key, version), t);
+        if (!e) return -2;
+        if (*e == kNever) return -1;
+        double ms = (*e - t) * 1000.0;
+        return ms <= 0 ? 0 : static_cast<long long>(ms + 0.5);
+    }
+
+    // Sets an absolute expiry (None: never). False when the key is missing.
+    bool expire_at(py::handle key, py::handle when, py::handle version) {
+        const std::string& k = key_of(key, version);
+        double t = now();
+        double e = when.is_none() ? kNever : py::cast<double>(when);
+        if (e <= t) return store_->erase(k, t);
+        return store_->touch(k, e, t);
+    }
+
+    // Final keys matching a Redis-style glob over final keys.
+    py::list keys(const std::string& pattern) {
+        py::list out;
+        for (const std::string& k : store_->keys(now())) {
+            if (glob_match(pattern, k)) {
+                out.append(py::reinterpret_steal<py::object>(check(PyUnicode_DecodeUTF8(
+                    k.data(), static_cast<Py_ssize_t>(k.size()), "surrogatepass"))));
+            }
+        }
+        return out;
+    }
+
+    std::size_t delete_matching(const std::string& pattern) {
+        return store_->erase_if(now(), [&](std::string_view k) { return glob_match(pattern, k); });
+    }
+
+    void clear() { store_->clear(); }
+
+    double now() const {
+        return clock_ ? py::cast<double>(clock_()) : wall_clock();
+    }
+
+private:
+    struct NotInPlace {};
+
+    static PyObject* check(PyObject* o) {
+        if (!o) throw py::error_already_set();
+        return o;
+    }
+
+    double expires_at(py::handle timeout, double t) const {
+        std::optional<double> seconds;
+        if (timeout.is(sentinel_)) {
+            seconds = default_timeout_;
+        } else if (!timeout.is_none()) {
+            seconds = py::cast<double>(timeout);
+            if (*seconds == 0) seconds = -1;  // Django: 0 means "expire now", not "never"
+        }
+        return seconds ? t + *seconds : kNever;
+    }
+
+    py::object incr_slow(const std::string& k, py::handle key, py::handle delta, double t) {
+        Held held(store_->get(k, t));
+        if (!held.value) throw py::value_error("Key '" + py::str(key).cast<std::string>() + "' not found");
+        py::object old = materialize(static_cast<PyObject*>(held.value->handle), held.value->tag);
+        py::object sum = py::reinterpret_steal<py::object>(check(PyNumber_Add(old.ptr(), delta.ptr())));
+        Snapshot s = snapshot(sum, codec_);
+        std::optional<double> e = store_->expiry(k, t);
+        store_->set(k, Value{s.object.ptr(), s.tag, s.charge}, e ? *e : kNever, t);
+        return sum;
+    }
+
+    static std::string utf8_of(py::handle key) {
+        py::object s = py::reinterpret_borrow<py::object>(key);
+        if (!PyUnicode_Check(key.ptr())) s = py::str(key);
+        py::object b = py::reinterpret_steal<py::object>(
+            check(PyUnicode_AsEncodedString(s.ptr(), "utf-8", "surrogatepass")));
+        return std::string(PyBytes_AS_STRING(b.ptr()), PyBytes_GET_SIZE(b.ptr()));
+    }
+
+    // The final key in a per-thread buffer, validated (warning as Django does).
+    const std::string& key_of(py::handle key, py::handle version, bool validate = true) {
+        thread_local std::string buf;
+        py::handle v = version.is_none() ? version_ : version;
+        if (key_func_) {
+            py::object made = key_func_(key, prefix_, v);
+            buf = utf8_of(made);
+            if (validate) warn(buf, keys::check(buf));
+            return buf;
+        }
+        std::string_view text;
+        py::object owner;
+        Py_ssize_t n;
+        const char* s = PyUnicode_CheckExact(key.ptr()) ? PyUnicode_AsUTF8AndSize(key.ptr(), &n) : nullptr;
+        if (s) {
+            text = std::string_view(s, n);
+        } else {
+            PyErr_Clear();
+            owner = py::bytes(utf8_of(key));
+            text = std::string_view(PyBytes_AS_STRING(owner.ptr()), PyBytes_GET_SIZE(owner.ptr()));
+        }
+        int overflow = 0;
+        long long iv = PyLong_Check(v.ptr()) ? PyLong_AsLongLongAndOverflow(v.ptr(), &overflow) : 0;
+        unsigned problems;
+        if (PyLong_Check(v.ptr()) && !overflow && !PyErr_Occurred()) {
+            problems = keys::make(prefix_, iv, text, buf);
+        } else {  // a non-int version, as "%s" would format it
+            PyErr_Clear();
+            buf = prefix_ + ":" + utf8_of(v) + ":" + std::string(text);
+            problems = keys::check(buf);
+        }
+        if (validate && problems) warn(buf, problems);
+        return buf;
+    }
+
+    // Django's CacheKeyWarning texts (django.core.cache.backends.base.memcache_key_warnings).
+    void warn(const std::string& key, unsigned problems) {
+        if (!problems) return;
+        py::object repr = py::repr(py::reinterpret_steal<py::object>(
+            check(PyUnicode_DecodeUTF8(key.data(), static_cast<Py_ssize_t>(key.size()), "surrogatepass"))));
+        std::string r = repr.cast<std::string>();
+        if (problems & keys::kTooLong) {
+            std::string msg = "Cache key will cause errors if used with memcached: " + r +
+                              " (longer than " + std::to_string(keys::kMaxKeyChars) + ")";
+            if (PyErr_WarnEx(key_warning_.ptr(), msg.c_str(), 1) < 0) throw py::error_already_set();
+        }
+        if (problems & keys::kBadChar) {
+            std::string msg =
+                "Cache key contains characters that will cause errors if used with memcached: " + r;
+            if (PyErr_WarnEx(key_warning_.ptr(), msg.c_str(), 1) < 0) throw py::error_already_set();
+        }
+    }
+
+    std::shared_ptr<Store> store_;
+    std::string prefix_;
+    py::object version_;
+    py::object key_func_;
+    std::optional<double> default_timeout_;
+    py::object sentinel_;
+    py::object key_warning_;
+    py::object clock_;
+    CodecOptions codec_;
+};
+
+py::dict stats_of(const PyStore& s) {
+    StoreStats st = s.store->stats();
+    const StoreConfig& c = s.store->config();
+    py::dict d;
+    d["hits"] = st.hits;
+    d["misses"] = st.misses;
+    d["sets"] = st.sets;
+    d["deletes"] = st.deletes;
+    d["evictions"] = st.evictions;
+    d["expirations"] = st.expirations;
+    d["entries"] = st.entries;
+    d["bytes"] = st.bytes;
+    d["max_bytes"] = c.max_bytes;
+    d["max_entries"] = c.max_entries;
+    d["cull_frequency"] = c.cull_frequency;
+    d["shards"] = c.shards;
+    return d;
+}
+
+}  // namespace
+
+void register_cache(py::module_& m) {
+    py::class_<PyStore>(m, "Store")
+        .def(py::init<std::size_t, std::size_t, unsigned, unsigned>(), py::kw_only(),
+             py::arg("max_bytes"), py::arg("max_entries"), py::arg("cull_frequency"),
+             py::arg("shards") = 16)
+        .def("stats", &stats_of)
+        .def("clear", [](PyStore& s) { s.store->clear(); });
+
+    py::object none = py::none();
+    py::class_<Engine>(m, "Engine")
+        .def(py::init([](const PyStore& store, std::string key_prefix, py::object version,
+                         py::object key_func, py::object default_timeout,
+                         py::object default_sentinel, py::object key_warning,
+                         const CodecOptions& codec) {
+                 return std::make_unique<Engine>(store, std::move(key_prefix), version, key_func,
+                                                 default_timeout, default_sentinel, key_warning,
+                                                 codec);
+             }),
+             py::keep_alive<1, 2>(), py::kw_only(), py::arg("store"), py::arg("key_prefix"),
+             py::arg("version"), py::arg("key_func"), py::arg("default_timeout"),
+             py::arg("default_sentinel"), py::arg("key_warning"), py::arg("codec"))
+        .def("set_prefix", &Engine::set_prefix)
+        .def("set_version", &Engine::set_version)
+        .def("set_key_func", &Engine::set_key_func)
+        .def("set_default_timeout", &Engine::set_default_timeout)
+        .def("set_clock", &Engine::set_clock)
+        .def("now", &Engine::now)
+        .def("make_key", &Engine::make_key, py::arg("key"), py::arg("version") = none)
+        .def("validate_key", &Engine::validate_key, py::arg("key"))
+        .def("get", &Engine::get, py::arg("key"), py::arg("default") = none,
+             py::arg("version") = none)
+        .def("set", &Engine::set, py::arg("key"), py::arg("value"), py::arg("timeout"),
+             py::arg("version") = none)
+        .def("add", &Engine::add, py::arg("key"), py::arg("value"), py::arg("timeout"),
+             py::arg("version") = none)
+        .def("touch", &Engine::touch, py::arg("key"), py::arg("timeout"), py::arg("version") = none)
+        .def("delete", &Engine::remove, py::arg("key"), py::arg("version") = none)
+        .def("has_key", &Engine::has_key, py::arg("key"), py::arg("version") = none)
+        .def("get_many", &Engine::get_many, py::arg("keys"), py::arg("version") = none)
+        .def("set_many", &Engine::set_many, py::arg("data"), py::arg("timeout"),
+             py::arg("version") = none)
+        .def("delete_many", &Engine::delete_many, py::arg("keys"), py::arg("version") = none)
+        .def("incr", &Engine::incr, py::arg("key"), py::arg("delta"), py::arg("version") = none)
+        .def("pttl", &Engine::pttl, py::arg("key"), py::arg("version") = none)
+        .def("expire_at", &Engine::expire_at, py::arg("key"), py::arg("when"),
+             py::arg("version") = none)
+        .def("keys", &Engine::keys, py::arg("pattern"))
+        .def("delete_matching", &Engine::delete_matching, py::arg("pattern"))
+        .def("clear", &Engine::clear);
+}
 
 }  // namespace fastcache::bindings

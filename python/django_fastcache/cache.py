@@ -1,0 +1,512 @@
+"""``FastCache``: a Django cache backend with an in-process C++ tier.
+
+With no ``LOCATION`` (or a plain name, as LocMemCache takes) it runs on the embedded
+default: an L1 store in this process, shared by every backend instance, thread and alias
+with the same ``LOCATION``. Each method is one call into ``django_fastcache._core``, which
+builds and validates the key, reads the clock and touches the store; this module adapts
+Django's API to it and holds policy (options, stampede protection, django-redis extras).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from django.core.cache.backends.base import (
+    DEFAULT_TIMEOUT,
+    BaseCache,
+    CacheKeyWarning,
+    default_key_func,
+)
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+from . import _core
+from .errors import LockError, LockNotOwnedError
+
+__all__ = ["FastCache", "LocalLock"]
+
+_MISSING = object()
+
+# OPTIONS this backend understands, with their defaults. Anything else is a typo and is
+# refused at start-up (Django's own backends ignore unknown options silently).
+_DEFAULTS: dict[str, Any] = {
+    "MAX_BYTES": 64 * 1024 * 1024,
+    "MAX_ENTRIES": 1_000_000,
+    "CULL_FREQUENCY": 3,
+    "SHARDS": 16,
+    "SERIALIZER": "msgpack",
+    "PICKLE": "signed",
+    "SIGNING_KEY": None,
+    "PICKLE_PROTOCOL": pickle.HIGHEST_PROTOCOL,
+    "COMPRESS_MIN_BYTES": 4096,
+    "COMPRESS_LEVEL": 6,
+    "REVERSE_KEY_FUNCTION": None,
+    "GET_OR_SET_WAIT": 30.0,
+}
+
+# One store per LOCATION in this process, as LocMemCache keeps one dict per LOCATION:
+# Django builds a backend instance per thread and several aliases may share a location.
+_stores: dict[str, tuple[_core.Store, _Flights]] = {}
+_stores_lock = threading.Lock()
+
+
+class _Flights:
+    """Per-key locks so that one thread computes a missing ``get_or_set`` value while the
+    others wait for it, instead of every thread computing it at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, list] = {}
+
+    @contextmanager
+    def hold(self, key: str, wait: float | None) -> Iterator[bool]:
+        with self._lock:
+            entry = self._held.get(key)
+            if entry is None:
+                entry = self._held[key] = [threading.Lock(), 0]
+            entry[1] += 1
+        acquired = entry[0].acquire(timeout=-1 if wait is None else wait)
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                entry[0].release()
+            with self._lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._held[key]
+
+
+def _option(options: dict, name: str, kind: type, *, minimum: float | None = None,
+            choices: tuple | None = None, nullable: bool = False) -> Any:
+    value = options.get(name, _DEFAULTS[name])
+    if value is None and nullable:
+        return None
+    if choices is not None:
+        if value not in choices:
+            raise ImproperlyConfigured(
+                f"FastCache OPTIONS[{name!r}] must be one of {', '.join(map(repr, choices))}, "
+                f"not {value!r}"
+            )
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
+        raise ImproperlyConfigured(
+            f"FastCache OPTIONS[{name!r}] must be {'a number' if kind is float else kind.__name__}"
+            f", not {value!r}"
+        )
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"FastCache OPTIONS[{name!r}] must be >= {minimum}, not {value!r}")
+    return value
+
+
+def _signing_key(options: dict) -> bytes:
+    from django.conf import settings
+
+    key = options.get("SIGNING_KEY")
+    if key is None:
+        secret = getattr(settings, "SECRET_KEY", "")
+        if not secret:
+            raise ImproperlyConfigured(
+                "FastCache signs pickled values with a key derived from SECRET_KEY: set "
+                "SECRET_KEY, OPTIONS['SIGNING_KEY'], or OPTIONS['PICKLE'] = 'unsigned'/'forbid'"
+            )
+        key = secret
+    if isinstance(key, str):
+        key = key.encode()
+    if not isinstance(key, bytes) or not key:
+        raise ImproperlyConfigured("FastCache OPTIONS['SIGNING_KEY'] must be a non-empty str or bytes")
+    # A key of its own, so a leak of cached data says nothing about SECRET_KEY's other uses.
+    return hashlib.sha256(b"django_fastcache.pickle-signing:" + key).digest()
+
+
+def _codec_options(options: dict) -> _core.Codec:
+    serializer = _option(options, "SERIALIZER", str, choices=("msgpack", "pickle"))
+    pickle_mode = _option(options, "PICKLE", str, choices=("signed", "unsigned", "forbid"))
+    if serializer == "pickle" and pickle_mode == "forbid":
+        raise ImproperlyConfigured(
+            "FastCache OPTIONS['SERIALIZER'] = 'pickle' cannot go with OPTIONS['PICKLE'] = 'forbid'"
+        )
+    protocol = _option(options, "PICKLE_PROTOCOL", int, minimum=0)
+    if protocol > pickle.HIGHEST_PROTOCOL:
+        raise ImproperlyConfigured(
+            f"FastCache OPTIONS['PICKLE_PROTOCOL'] must be <= {pickle.HIGHEST_PROTOCOL}, not {protocol}"
+        )
+    compress_min = _option(options, "COMPRESS_MIN_BYTES", int, minimum=0, nullable=True)
+    level = _option(options, "COMPRESS_LEVEL", int, minimum=-1)
+    if level > 9:
+        raise ImproperlyConfigured(f"FastCache OPTIONS['COMPRESS_LEVEL'] must be <= 9, not {level}")
+    return _core.Codec(
+        serializer=serializer,
+        pickle=pickle_mode,
+        signing_key=_signing_key(options) if pickle_mode == "signed" else b"",
+        compress_min_bytes=-1 if compress_min is None else compress_min,
+        compress_level=level,
+        pickle_protocol=protocol,
+    )
+
+
+class FastCache(BaseCache):
+    """A Django cache backend whose L1 tier is a C++ store in this process.
+
+    ``CACHES = {"default": {"BACKEND": "django_fastcache.cache.FastCache"}}`` is all it
+    takes. Values a caller gets back are theirs to mutate (as with LocMemCache); immutable
+    values are handed out without a copy, JSON-like containers as a fresh structural copy,
+    anything else is pickled on ``set`` and unpickled on each hit.
+    """
+
+    def __init__(self, location: str, params: dict) -> None:
+        options = dict(params.get("OPTIONS") or {})
+        unknown = sorted(set(options) - set(_DEFAULTS))
+        if unknown:
+            raise ImproperlyConfigured(
+                f"FastCache got unknown OPTIONS {', '.join(map(repr, unknown))}; "
+                f"known options: {', '.join(sorted(_DEFAULTS))}"
+            )
+        self._location = location or ""
+        self._store, self._flights = self._shared_store(self._location, options)
+        self._get_or_set_wait = _option(options, "GET_OR_SET_WAIT", float, minimum=0, nullable=True)
+        reverse = options.get("REVERSE_KEY_FUNCTION")
+        self._reverse_key = import_string(reverse) if isinstance(reverse, str) else reverse
+        self._engine = _core.Engine(
+            store=self._store,
+            key_prefix="",
+            version=1,
+            key_func=None,
+            default_timeout=300,
+            default_sentinel=DEFAULT_TIMEOUT,
+            key_warning=CacheKeyWarning,
+            codec=_codec_options(options),
+        )
+        # BaseCache validates and sets key_prefix, version, key_func and default_timeout;
+        # the properties below pass each on to the engine.
+        super().__init__(params)
+        self._max_entries = self._store.stats()["max_entries"]
+        self._cull_frequency = self._store.stats()["cull_frequency"]
+
+    @staticmethod
+    def _shared_store(location: str, options: dict) -> tuple[_core.Store, _Flights]:
+        with _stores_lock:
+            shared = _stores.get(location)
+            if shared is None:
+                store = _core.Store(
+                    max_bytes=_option(options, "MAX_BYTES", int, minimum=1),
+                    max_entries=_option(options, "MAX_ENTRIES", int, minimum=1),
+                    cull_frequency=_option(options, "CULL_FREQUENCY", int, minimum=0),
+                    shards=_option(options, "SHARDS", int, minimum=1),
+                )
+                shared = _stores[location] = (store, _Flights())
+            return shared
+
+    # --- attributes Django sets (and its tests change) are mirrored into the engine
+
+    @property
+    def key_prefix(self) -> str:
+        return self._key_prefix
+
+    @key_prefix.setter
+    def key_prefix(self, value: str) -> None:
+        self._key_prefix = value
+        self._engine.set_prefix(value)
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @version.setter
+    def version(self, value: int) -> None:
+        self._version = value
+        self._engine.set_version(value)
+
+    @property
+    def key_func(self):
+        return self._key_func
+
+    @key_func.setter
+    def key_func(self, func) -> None:
+        self._key_func = func
+        self._engine.set_key_func(None if func is default_key_func else func)
+
+    @property
+    def default_timeout(self) -> float | None:
+        return self._default_timeout
+
+    @default_timeout.setter
+    def default_timeout(self, value: float | None) -> None:
+        self._default_timeout = value
+        self._engine.set_default_timeout(value)
+
+    # --- keys
+
+    def make_key(self, key, version=None) -> str:
+        return self._engine.make_key(key, version)
+
+    def validate_key(self, key) -> None:
+        self._engine.validate_key(key)
+
+    def make_and_validate_key(self, key, version=None) -> str:
+        key = self._engine.make_key(key, version)
+        self._engine.validate_key(key)
+        return key
+
+    # --- Django's cache API
+
+    def get(self, key, default=None, version=None):
+        return self._engine.get(key, default, version)
+
+    def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None) -> None:
+        self._engine.set(key, value, timeout, version)
+
+    def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None) -> bool:
+        return self._engine.add(key, value, timeout, version)
+
+    def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None) -> bool:
+        return self._engine.touch(key, timeout, version)
+
+    def delete(self, key, version=None) -> bool:
+        return self._engine.delete(key, version)
+
+    def has_key(self, key, version=None) -> bool:
+        return self._engine.has_key(key, version)
+
+    def get_many(self, keys, version=None) -> dict:
+        return self._engine.get_many(keys, version)
+
+    def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None) -> list:
+        return self._engine.set_many(dict(data), timeout, version)
+
+    def delete_many(self, keys, version=None) -> None:
+        self._engine.delete_many(keys, version)
+
+    def incr(self, key, delta=1, version=None):
+        return self._engine.incr(key, delta, version)
+
+    def decr(self, key, delta=1, version=None):
+        return self._engine.incr(key, -delta, version)
+
+    def get_or_set(self, key, default, timeout=DEFAULT_TIMEOUT, version=None):
+        value = self.get(key, _MISSING, version=version)
+        if value is not _MISSING:
+            return value
+        if not callable(default):
+            self.add(key, default, timeout=timeout, version=version)
+            return self.get(key, default, version=version)
+        # One thread computes; the others wait for it and read its value.
+        with self._flights.hold(self._engine.make_key(key, version), self._get_or_set_wait):
+            value = self.get(key, _MISSING, version=version)
+            if value is not _MISSING:
+                return value
+            default = default()
+            self.add(key, default, timeout=timeout, version=version)
+            return self.get(key, default, version=version)
+
+    def clear(self) -> None:
+        self._engine.clear()
+
+    def close(self, **kwargs) -> None:
+        """Nothing to release: the L1 store lives as long as the process."""
+
+    # --- async twins: the L1 never blocks, so they run inline, without a thread hop
+
+    async def aget(self, key, default=None, version=None):
+        return self._engine.get(key, default, version)
+
+    async def aset(self, key, value, timeout=DEFAULT_TIMEOUT, version=None) -> None:
+        self._engine.set(key, value, timeout, version)
+
+    async def aadd(self, key, value, timeout=DEFAULT_TIMEOUT, version=None) -> bool:
+        return self._engine.add(key, value, timeout, version)
+
+    async def atouch(self, key, timeout=DEFAULT_TIMEOUT, version=None) -> bool:
+        return self._engine.touch(key, timeout, version)
+
+    async def adelete(self, key, version=None) -> bool:
+        return self._engine.delete(key, version)
+
+    async def ahas_key(self, key, version=None) -> bool:
+        return self._engine.has_key(key, version)
+
+    async def aget_many(self, keys, version=None) -> dict:
+        return self._engine.get_many(keys, version)
+
+    async def aset_many(self, data, timeout=DEFAULT_TIMEOUT, version=None) -> list:
+        return self._engine.set_many(dict(data), timeout, version)
+
+    async def adelete_many(self, keys, version=None) -> None:
+        self._engine.delete_many(keys, version)
+
+    async def aincr(self, key, delta=1, version=None):
+        return self._engine.incr(key, delta, version)
+
+    async def adecr(self, key, delta=1, version=None):
+        return self._engine.incr(key, -delta, version)
+
+    async def aget_or_set(self, key, default, timeout=DEFAULT_TIMEOUT, version=None):
+        # Within one event loop a synchronous default() cannot interleave with another
+        # task, so no lock is taken (it would block the loop).
+        value = self._engine.get(key, _MISSING, version)
+        if value is _MISSING:
+            if callable(default):
+                default = default()
+            self._engine.add(key, default, timeout, version)
+            value = self._engine.get(key, default, version)
+        return value
+
+    async def aclear(self) -> None:
+        self._engine.clear()
+
+    async def aclose(self, **kwargs) -> None:
+        """Nothing to release."""
+
+    # --- django-redis extras, with the same names and meanings
+
+    def ttl(self, key, version=None) -> int | None:
+        """Seconds left (rounded as Redis TTL does), None if it never expires, 0 if missing."""
+        ms = self._engine.pttl(key, version)
+        if ms == -2:
+            return 0
+        return None if ms == -1 else (ms + 500) // 1000
+
+    def pttl(self, key, version=None) -> int | None:
+        """Milliseconds left, None if it never expires, 0 if missing."""
+        ms = self._engine.pttl(key, version)
+        if ms == -2:
+            return 0
+        return None if ms == -1 else ms
+
+    def expire(self, key, timeout, version=None) -> bool:
+        """Sets a new timeout in seconds (None: never expire). False if the key is missing."""
+        when = None if timeout is None else self._engine.now() + timeout
+        return self._engine.expire_at(key, when, version)
+
+    def pexpire(self, key, timeout, version=None) -> bool:
+        return self.expire(key, None if timeout is None else timeout / 1000.0, version)
+
+    def expire_at(self, key, when: datetime | float, version=None) -> bool:
+        """Expires the key at an absolute time (an aware/naive datetime or a Unix time)."""
+        if isinstance(when, datetime):
+            when = when.timestamp()
+        return self._engine.expire_at(key, float(when), version)
+
+    def pexpire_at(self, key, when: datetime | float, version=None) -> bool:
+        return self.expire_at(key, when if isinstance(when, datetime) else when / 1000.0, version)
+
+    def persist(self, key, version=None) -> bool:
+        return self._engine.expire_at(key, None, version)
+
+    def _pattern(self, search: str, version) -> str:
+        prefix = _glob_escape(self.key_prefix)
+        return self.key_func(search, prefix, self.version if version is None else version)
+
+    def _user_key(self, final_key: str) -> str:
+        if self._reverse_key is not None:
+            return self._reverse_key(final_key)
+        if self.key_func is not default_key_func:
+            raise ImproperlyConfigured(
+                "FastCache.keys()/iter_keys() with a custom KEY_FUNCTION need "
+                "OPTIONS['REVERSE_KEY_FUNCTION'] to turn stored keys back into cache keys"
+            )
+        return final_key.split(":", 2)[2]
+
+    def keys(self, search: str = "*", version=None) -> list[str]:
+        """Cache keys (as passed to set) matching a Redis-style glob, in no order."""
+        return [self._user_key(k) for k in self._engine.keys(self._pattern(search, version))]
+
+    def iter_keys(self, search: str = "*", itersize: int | None = None, version=None):
+        """A generator over ``keys(search)``; ``itersize`` is accepted for django-redis parity."""
+        yield from self.keys(search, version=version)
+
+    def delete_pattern(self, pattern: str, version=None, itersize: int | None = None) -> int:
+        """Deletes every key matching a Redis-style glob; returns how many were deleted."""
+        return self._engine.delete_matching(self._pattern(pattern, version))
+
+    def lock(self, key, timeout: float | None = None, sleep: float = 0.1,
+             blocking: bool = True, blocking_timeout: float | None = None,
+             thread_local: bool = True, version=None) -> LocalLock:
+        """A lock named by a cache key, with redis-py Lock semantics, within this process."""
+        return LocalLock(self, key, timeout=timeout, sleep=sleep, blocking=blocking,
+                         blocking_timeout=blocking_timeout, version=version)
+
+    def stats(self) -> dict:
+        """Counters of the L1 store behind this cache (shared by its LOCATION)."""
+        s = self._store.stats()
+        lookups = s["hits"] + s["misses"]
+        s["hit_ratio"] = s["hits"] / lookups if lookups else 0.0
+        s["location"] = self._location
+        s["tier"] = "l1"
+        return s
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class LocalLock:
+    """A lock held in the L1 store under a cache key; redis-py's ``Lock`` API.
+
+    ``timeout`` bounds how long the lock may be held (it expires by itself after that);
+    ``blocking_timeout`` bounds how long ``acquire`` waits. It excludes other threads of
+    this process only: the embedded default is not shared between processes.
+    """
+
+    _release_lock = threading.Lock()
+
+    def __init__(self, cache: FastCache, name, *, timeout=None, sleep=0.1, blocking=True,
+                 blocking_timeout=None, version=None) -> None:
+        if sleep <= 0:
+            raise ValueError("sleep must be positive")
+        self.cache, self.name, self.timeout, self.sleep = cache, name, timeout, sleep
+        self.blocking, self.blocking_timeout, self.version = blocking, blocking_timeout, version
+        self.token: str | None = None
+
+    def acquire(self, blocking: bool | None = None, blocking_timeout: float | None = None,
+                token: str | None = None) -> bool:
+        blocking = self.blocking if blocking is None else blocking
+        wait = self.blocking_timeout if blocking_timeout is None else blocking_timeout
+        token = token or uuid.uuid4().hex
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            if self.cache.add(self.name, token, timeout=self.timeout, version=self.version):
+                self.token = token
+                return True
+            if not blocking or (deadline is not None and time.monotonic() >= deadline):
+                return False
+            time.sleep(self.sleep)
+
+    def locked(self) -> bool:
+        return self.cache.has_key(self.name, version=self.version)
+
+    def owned(self) -> bool:
+        return self.token is not None and self.cache.get(self.name, version=self.version) == self.token
+
+    def release(self) -> None:
+        with self._release_lock:
+            if not self.owned():
+                self.token = None
+                raise LockNotOwnedError(f"cannot release lock {self.name!r}: not owned")
+            self.cache.delete(self.name, version=self.version)
+            self.token = None
+
+    def extend(self, additional_time: float, replace_ttl: bool = False) -> bool:
+        with self._release_lock:
+            if not self.owned():
+                raise LockNotOwnedError(f"cannot extend lock {self.name!r}: not owned")
+            left = self.cache.pttl(self.name, version=self.version)
+            base = 0.0 if replace_ttl or left is None else left / 1000.0
+            return self.cache.expire(self.name, base + additional_time, version=self.version)
+
+    def __enter__(self) -> LocalLock:
+        if self.acquire():
+            return self
+        raise LockError(f"could not acquire lock {self.name!r}")
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+

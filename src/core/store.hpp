@@ -18,6 +18,7 @@ namespace fastcache {
 // How the store keeps a value alive. `retain`/`release` are called with whatever lock the
 // caller of the store holds (for Python: the GIL), never with a shard lock held, so a
 // release that runs arbitrary code (a destructor) may re-enter the store safely.
+// They are never called with a null handle (a null handle is a valid, unowned value).
 struct HandleOps {
     void (*retain)(void* handle) noexcept;
     void (*release)(void* handle) noexcept;
@@ -35,6 +36,15 @@ struct Value {
 // use wall-clock seconds, as Django's LocMemCache does). kNever = no expiry.
 inline constexpr double kNever = std::numeric_limits<double>::infinity();
 
+// Bookkeeping bytes charged per entry on top of `Value::charge` and the key's length: the
+// entry node, its hash-table slot and allocator headers, rounded up. An entry's charge is
+// `value.charge + key.size() + kEntryOverhead`; that is what counts against max_bytes.
+inline constexpr std::size_t kEntryOverhead = 192;
+
+inline std::size_t entry_charge(std::string_view key, const Value& value) noexcept {
+    return value.charge + key.size() + kEntryOverhead;
+}
+
 struct StoreConfig {
     std::size_t max_bytes = 64u << 20;      // sum of charges (values + keys + overhead)
     std::size_t max_entries = 1'000'000;    // entry bound, with Django's cull semantics
@@ -42,17 +52,26 @@ struct StoreConfig {
     unsigned shards = 16;                   // rounded up to a power of two
 };
 
+// Counters since construction (clear() does not reset them), read without locking, so a
+// snapshot taken during concurrent calls need not be mutually consistent.
 struct StoreStats {
-    std::uint64_t hits = 0, misses = 0, sets = 0, deletes = 0;
-    std::uint64_t evictions = 0, expirations = 0;
-    std::uint64_t entries = 0, bytes = 0;
+    std::uint64_t hits = 0;         // get() on a live entry
+    std::uint64_t misses = 0;       // get() on an absent or expired key
+    std::uint64_t sets = 0;         // values stored by set() and add()
+    std::uint64_t deletes = 0;      // live entries removed by erase() and erase_if()
+    std::uint64_t evictions = 0;    // live entries removed to honour a bound
+    std::uint64_t expirations = 0;  // expired entries reclaimed (wherever they were met)
+    std::uint64_t entries = 0;      // current entry count (expired, unreclaimed ones included)
+    std::uint64_t bytes = 0;        // current sum of entry charges
 };
 
 // Thread safety: every member function may be called concurrently from any thread.
 // Each shard has its own mutex; a call locks at most one shard at a time.
 // Complexity: get/set/add/erase/touch are O(1) amortized; eviction is amortized O(1)
 // (SIEVE's hand moves over each entry at most twice per insertion on average).
-// Exceptions: only std::bad_alloc; the store is unchanged when one escapes.
+// Exceptions: only std::bad_alloc (and whatever an `update` callback throws); when one
+// escapes, the entry under the key is unchanged and no reference is leaked (entries already
+// evicted to make room, and expired entries already reclaimed, stay removed).
 //
 // Eviction: SIEVE (Zhang et al., NSDI 2024). A FIFO queue with one "visited" bit per
 // entry and a hand that moves from the oldest entry towards the newest, clearing visited
@@ -60,10 +79,16 @@ struct StoreStats {
 // manipulation, so reads are cheap, and one-hit wonders leave quickly, which is why it
 // beats LRU on skewed (Zipf) traffic. Expired entries met by the hand go first.
 //
-// Bounds: when a new key would take the entry count to max_entries, entries/cull_frequency
-// victims are evicted first (Django's MAX_ENTRIES / CULL_FREQUENCY, with SIEVE choosing
-// the victims); when the byte total would exceed max_bytes, victims are evicted one at a
-// time until it fits. A value whose charge alone exceeds max_bytes is not stored.
+// Bounds: before a new key is inserted while the entry count is >= max_entries,
+// count/cull_frequency victims are evicted (all entries when cull_frequency is 0): Django's
+// MAX_ENTRIES / CULL_FREQUENCY, with SIEVE choosing the victims, one shard at a time, from
+// shards holding at least their share of entries. Replacing an existing key never culls.
+// The count includes expired entries not yet reclaimed, as Django's does. When the byte
+// total exceeds max_bytes after a store, victims are evicted one at a time (the writer's
+// own shard first) until it fits; the entry just written is never its own victim. A value
+// whose charge (entry_charge) exceeds max_bytes is not stored. Both bounds are exact for a
+// single writer; concurrent writers may each pass the check before either evicts, so the
+// entry count can exceed max_entries by at most the number of concurrent writers.
 class Store {
 public:
     Store(StoreConfig config, HandleOps ops);
@@ -78,17 +103,25 @@ public:
     // Whether a live entry exists; does not count as a hit or miss and does not retain.
     bool contains(std::string_view key, double now);
 
-    // Inserts or replaces. The store retains `value.handle`. Returns false if the value
-    // could not be stored (too large); an older entry under the key is then removed.
+    // Inserts or replaces. The store retains `value.handle` (the caller keeps its own
+    // reference). Returns false if the value could not be stored (too large); an older
+    // entry under the key is then removed (counted as an eviction). Replacing an entry
+    // keeps its place in the eviction queue and counts as a visit.
     bool set(std::string_view key, Value value, double expires_at, double now);
 
-    // Inserts only if no live entry exists. Returns whether it inserted.
+    // Inserts only if no live entry exists (an expired one is replaced). Returns whether it
+    // inserted; like set(), the store retains `value.handle` only when it inserts.
     bool add(std::string_view key, Value value, double expires_at, double now);
 
     // Atomically replaces a live entry's value by `update(old) -> new`, keeping its
     // expiry. `update` runs under the shard lock: it must not call back into the store.
-    // It may throw; the entry is then unchanged. Returns false when no live entry exists.
-    // The old handle is released after the lock is dropped.
+    // Ownership: `old` is borrowed (retain it inside the callback if it must outlive the
+    // call). The returned Value's handle must already carry one reference, which the store
+    // takes over (the store does not retain it). It may throw; the entry is then unchanged
+    // and no reference is taken. Returns false when no live entry exists (the callback is
+    // then not called). The old handle is released after the lock is dropped. If the new
+    // value is too large to store, the entry is removed (an eviction) and the new handle
+    // released; update still returns true, as the old value is gone.
     bool update(std::string_view key, double now, const std::function<Value(const Value&)>& update);
 
     bool erase(std::string_view key, double now);  // true if a live entry was removed
@@ -106,9 +139,16 @@ public:
     // under a shard lock and must not call back into the store.
     std::size_t erase_if(double now, const std::function<bool(std::string_view)>& pred);
 
+    // Removes every entry (not counted as deletes or evictions).
     void clear();
     StoreStats stats() const;
+    // The effective configuration (shards rounded up to a power of two, at least 1).
     const StoreConfig& config() const;
+
+    // For tests: walks every shard (one lock at a time) and returns a description of the
+    // first broken internal invariant (queue vs index, per-shard and global counts and
+    // bytes), or an empty string. Totals are only comparable when no call runs meanwhile.
+    std::string check_invariants() const;
 
 private:
     struct Impl;
@@ -116,7 +156,11 @@ private:
 };
 
 // Redis-style glob matching (`*`, `?`, `[abc]`, `[^a-z]`, `\x`), used by keys(pattern)
-// and delete_pattern so L1-only and Redis agree on what a pattern means.
+// and delete_pattern so L1-only and Redis agree on what a pattern means. As in Redis: a
+// reversed range `[z-a]` means `[a-z]`, `\` escapes inside a class too, a class left open
+// at the end of the pattern closes there, `[]` matches nothing, a trailing `\` matches
+// itself. One extension: `[!a-z]` negates like `[^a-z]` (Redis reads that `!` as a
+// literal). Byte-wise, case-sensitive, O(|pattern| * |text|) time, no recursion.
 bool glob_match(std::string_view pattern, std::string_view text) noexcept;
 
 }  // namespace fastcache

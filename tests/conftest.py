@@ -3,10 +3,16 @@
 import django
 from django.conf import settings
 
+import django_suite
+
+DJANGO_SUITE = False
+
 
 def pytest_configure(config):
+    global DJANGO_SUITE
     if settings.configured:
         return
+    DJANGO_SUITE = django_suite.install()
     settings.configure(
         DEBUG=False,
         SECRET_KEY="django-fastcache-tests-not-secret",
@@ -16,10 +22,12 @@ def pytest_configure(config):
             "django.contrib.contenttypes",
             "django.contrib.auth",
             "django.contrib.sessions",
+            *(["cache"] if DJANGO_SUITE else []),
         ],
         CACHES={"default": {"BACKEND": "django_fastcache.cache.FastCache"}},
         DEFAULT_AUTO_FIELD="django.db.models.AutoField",
-        ROOT_URLCONF=[],
+        ROOT_URLCONF="urls",
         MIDDLEWARE=[],
+        TEMPLATES=[{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}],
     )
     django.setup()

@@ -54,7 +54,7 @@ _DEFAULTS: dict[str, Any] = {
 
 # One store per LOCATION in this process, as LocMemCache keeps one dict per LOCATION:
 # Django builds a backend instance per thread and several aliases may share a location.
-_stores: dict[str, tuple[_core.Store, _Flights]] = {}
+_stores: dict[tuple, tuple[_core.Store, _Flights]] = {}
 _stores_lock = threading.Lock()
 
 
@@ -193,16 +193,20 @@ class FastCache(BaseCache):
 
     @staticmethod
     def _shared_store(location: str, options: dict) -> tuple[_core.Store, _Flights]:
+        bounds = {
+            "max_bytes": _option(options, "MAX_BYTES", int, minimum=1),
+            "max_entries": _option(options, "MAX_ENTRIES", int, minimum=1),
+            "cull_frequency": _option(options, "CULL_FREQUENCY", int, minimum=0),
+            "shards": _option(options, "SHARDS", int, minimum=1),
+        }
+        # Aliases sharing a LOCATION share its store when they agree on its bounds; an
+        # alias with other bounds (Django's own test suite has such "cull" aliases) gets
+        # a store of its own, so each alias's MAX_ENTRIES means what it says.
+        name = (location, *bounds.values())
         with _stores_lock:
-            shared = _stores.get(location)
+            shared = _stores.get(name)
             if shared is None:
-                store = _core.Store(
-                    max_bytes=_option(options, "MAX_BYTES", int, minimum=1),
-                    max_entries=_option(options, "MAX_ENTRIES", int, minimum=1),
-                    cull_frequency=_option(options, "CULL_FREQUENCY", int, minimum=0),
-                    shards=_option(options, "SHARDS", int, minimum=1),
-                )
-                shared = _stores[location] = (store, _Flights())
+                shared = _stores[name] = (_core.Store(**bounds), _Flights())
             return shared
 
     # --- attributes Django sets (and its tests change) are mirrored into the engine

@@ -312,7 +312,9 @@ static void test_cull_counts() {
         Objs objs;
         {
             Store s(small_config(30, 3, shards), kOps);
-            for (int i = 1; i < 50; ++i) set_obj(s, objs, "cull" + std::to_string(i), 0, kNever, 0.0);
+            for (int i = 1; i < 50; ++i) {
+                set_obj(s, objs, "cull" + std::to_string(i), 0, kNever, 0.0);
+            }
             CHECK_EQ(s.stats().entries, 29u);
             CHECK_EQ(s.keys(0.0).size(), 29u);
             CHECK_EQ(s.stats().evictions, 20u);
@@ -322,7 +324,9 @@ static void test_cull_counts() {
         CHECK_EQ(objs.live_refs(), 0L);
         {
             Store s(small_config(30, 0, shards), kOps);
-            for (int i = 1; i < 50; ++i) set_obj(s, objs, "zero" + std::to_string(i), 0, kNever, 0.0);
+            for (int i = 1; i < 50; ++i) {
+                set_obj(s, objs, "zero" + std::to_string(i), 0, kNever, 0.0);
+            }
             CHECK_EQ(s.stats().entries, 19u);
             CHECK_EQ(s.stats().evictions, 30u);
             CHECK_EQ(s.check_invariants(), std::string());
@@ -333,10 +337,12 @@ static void test_cull_counts() {
     Objs objs;
     {
         Store s(small_config(10, 2, 1), kOps);
-        for (int i = 0; i < 10; ++i) set_obj(s, objs, "k" + std::to_string(i), 0, i < 3 ? 1.0 : kNever, 0.0);
+        for (int i = 0; i < 10; ++i) {
+            set_obj(s, objs, "k" + std::to_string(i), 0, i < 3 ? 1.0 : kNever, 0.0);
+        }
         set_obj(s, objs, "k5", 0, kNever, 0.0);
         CHECK_EQ(s.stats().entries, 10u);
-        set_obj(s, objs, "new", 0, kNever, 2.0);  // culls 10/2 = 5: the 3 expired go first
+        set_obj(s, objs, "new", 0, kNever, 2.0);  // culls 10/2 = 5: the 3 oldest are expired
         CHECK_EQ(s.stats().entries, 6u);
         CHECK_EQ(s.stats().expirations, 3u);
         CHECK_EQ(s.stats().evictions, 2u);

@@ -185,6 +185,7 @@ class FastCache(BaseCache):
             key_warning=CacheKeyWarning,
             codec=_codec_options(options),
         )
+        self._get = self._engine.fast_get()
         # BaseCache validates and sets key_prefix, version, key_func and default_timeout;
         # the properties below pass each on to the engine.
         super().__init__(params)
@@ -263,7 +264,7 @@ class FastCache(BaseCache):
     # --- Django's cache API
 
     def get(self, key, default=None, version=None):
-        return self._engine.get(key, default, version)
+        return self._get(key, default, version)
 
     def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None) -> None:
         self._engine.set(key, value, timeout, version)

@@ -325,6 +325,64 @@ private:
     CodecOptions codec_;
 };
 
+// The hottest call, get(key, default=None, version=None), as a plain METH_FASTCALL builtin
+// bound to its engine: pybind11's general dispatcher costs about as much as the lookup.
+const char* const kGetArgs[] = {"key", "default", "version"};
+
+PyObject* fast_get(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+    PyObject* slots[3] = {nullptr, Py_None, Py_None};
+    if (nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "get() takes at most 3 arguments (%zd given)", nargs);
+        return nullptr;
+    }
+    for (Py_ssize_t i = 0; i < nargs; ++i) slots[i] = args[i];
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nkw; ++i) {
+        PyObject* name = PyTuple_GET_ITEM(kwnames, i);
+        int slot = -1;
+        for (int j = 0; j < 3; ++j) {
+            if (PyUnicode_CompareWithASCIIString(name, kGetArgs[j]) == 0) slot = j;
+        }
+        if (slot < 0 || slot < nargs) {
+            PyErr_Format(PyExc_TypeError, "get() got an unexpected or repeated argument %R", name);
+            return nullptr;
+        }
+        slots[slot] = args[nargs + i];
+    }
+    if (!slots[0]) {
+        PyErr_SetString(PyExc_TypeError, "get() missing required argument 'key'");
+        return nullptr;
+    }
+    auto* engine = static_cast<Engine*>(PyCapsule_GetPointer(capsule, "fastcache.Engine"));
+    if (!engine) return nullptr;
+    try {
+        return engine->get(slots[0], slots[1], slots[2]).release().ptr();
+    } catch (py::error_already_set& e) {
+        e.restore();
+    } catch (...) {
+        py::detail::translate_exception(std::current_exception());
+    }
+    return nullptr;
+}
+
+PyMethodDef fast_get_def = {"get", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fast_get)),
+                            METH_FASTCALL | METH_KEYWORDS,
+                            "get(key, default=None, version=None): the value, or default on a miss"};
+
+// A builtin bound to the engine; the capsule keeps the engine object alive.
+py::object bind_fast_get(py::object engine) {
+    Engine* raw = engine.cast<Engine*>();
+    PyObject* capsule = PyCapsule_New(raw, "fastcache.Engine", [](PyObject* cap) {
+        Py_XDECREF(static_cast<PyObject*>(PyCapsule_GetContext(cap)));
+    });
+    if (!capsule) throw py::error_already_set();
+    PyCapsule_SetContext(capsule, engine.inc_ref().ptr());
+    PyObject* fn = PyCFunction_NewEx(&fast_get_def, capsule, nullptr);
+    Py_DECREF(capsule);
+    if (!fn) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(fn);
+}
+
 py::dict stats_of(const PyStore& s) {
     StoreStats st = s.store->stats();
     const StoreConfig& c = s.store->config();
@@ -372,6 +430,8 @@ void register_cache(py::module_& m) {
         .def("set_key_func", &Engine::set_key_func)
         .def("set_default_timeout", &Engine::set_default_timeout)
         .def("set_clock", &Engine::set_clock)
+        .def("fast_get", [](py::object self) { return bind_fast_get(std::move(self)); },
+             "get() as a builtin bound to this engine (no general dispatch)")
         .def("now", &Engine::now)
         .def("make_key", &Engine::make_key, py::arg("key"), py::arg("version") = none)
         .def("validate_key", &Engine::validate_key, py::arg("key"))

@@ -87,6 +87,31 @@ public:
         warn(k, keys::check(k));
     }
 
+    // --- for the shared tier: keys and values as Redis sees them
+    py::str key(py::handle key, py::handle version) {
+        const std::string& k = key_of(key, version);
+        return py::reinterpret_steal<py::str>(
+            check(PyUnicode_DecodeUTF8(k.data(), static_cast<Py_ssize_t>(k.size()), "surrogatepass")));
+    }
+    py::list keys_of(py::iterable keys, py::handle version) {
+        py::list out;
+        for (py::handle k : keys) out.append(key(k, version));
+        return out;
+    }
+    py::bytes dumps(py::handle value) const { return encode(value, codec_); }
+    py::object loads(py::bytes data) const {
+        return decode(std::string_view(PyBytes_AS_STRING(data.ptr()), PyBytes_GET_SIZE(data.ptr())),
+                      codec_);
+    }
+    // Seconds until expiry for the Redis PX argument: None (never), or a number <= 0
+    // meaning "do not store" (Django's 0 and negative timeouts).
+    py::object timeout_seconds(py::handle timeout) const {
+        double t = 0;
+        double e = expires_at(timeout, t);
+        if (e == kNever) return py::none();
+        return py::float_(e);
+    }
+
     // --- the Django API on the L1
     py::object get(py::handle key, py::handle default_, py::handle version) {
         const std::string& k = key_of(key, version);
@@ -435,6 +460,11 @@ void register_cache(py::module_& m) {
         .def("now", &Engine::now)
         .def("make_key", &Engine::make_key, py::arg("key"), py::arg("version") = none)
         .def("validate_key", &Engine::validate_key, py::arg("key"))
+        .def("key", &Engine::key, py::arg("key"), py::arg("version") = none)
+        .def("keys_of", &Engine::keys_of, py::arg("keys"), py::arg("version") = none)
+        .def("dumps", &Engine::dumps, py::arg("value"))
+        .def("loads", &Engine::loads, py::arg("data"))
+        .def("timeout_seconds", &Engine::timeout_seconds, py::arg("timeout"))
         .def("get", &Engine::get, py::arg("key"), py::arg("default") = none,
              py::arg("version") = none)
         .def("set", &Engine::set, py::arg("key"), py::arg("value"), py::arg("timeout"),

@@ -3,6 +3,8 @@
 import django
 from django.conf import settings
 
+pytest_plugins = ["redis_fixtures"]
+
 
 def pytest_configure(config):
     if settings.configured:

@@ -11,6 +11,7 @@ __all__ = [
     "SignatureError",
     "UnknownFormatError",
     "SerializationError",
+    "ConnectionInterrupted",
 ]
 
 
@@ -32,3 +33,9 @@ class UnknownFormatError(DecodeError):
 
 class SerializationError(FastCacheError, TypeError):
     """A value that cannot be stored under the configured serializer or pickle policy."""
+
+
+class ConnectionInterrupted(FastCacheError, ConnectionError):
+    """Redis could not be reached (refused, timed out, down, read-only, loading) or the
+    circuit breaker is open; raised only with ``IGNORE_EXCEPTIONS=False``, chained from the
+    redis-py or socket error when there was one."""

@@ -251,7 +251,7 @@ class FailurePolicy:
 
     def _succeeded(self) -> None:
         if self.breaker.record_success():
-            self.logger.warning("cache %r: Redis answers again; circuit breaker closed", self.name)
+            self.logger.info("cache %r: Redis answers again; circuit breaker closed", self.name)
 
     def _refused(self, default: Any, write: bool) -> Any:
         with self._lock:
@@ -281,11 +281,11 @@ class FailurePolicy:
                 self._suppressed += 1
         if log:
             self.logger.warning(
-                "cache %r: Redis error, %s: %s: %s%s (%d more errors and %d short-circuited "
-                "calls since the last report)",
-                self.name, "write dropped" if write else "read served as a miss",
-                type(exc).__name__, exc,
-                "; circuit breaker opened" if opened else "", suppressed, refused,
+                "cache %r: Redis error (%s: %s), %s%s; %d more errors and %d short-circuited "
+                "calls since the last report",
+                self.name, type(exc).__name__, exc,
+                "write dropped" if write else "read served as a miss",
+                ", circuit breaker opened" if opened else "", suppressed, refused,
             )
         elif opened:
             self.logger.warning(

@@ -411,15 +411,16 @@ def parse_config(location: Any, options: Mapping[str, Any] | None = None) -> Red
 class _ClientSet:
     """The clients of one process (sync) or one event loop (asyncio)."""
 
-    __slots__ = ("primary", "replicas", "closer")
+    __slots__ = ("primary", "replicas", "helpers", "closer")
 
-    def __init__(self, primary: Any, replicas: list[Any]) -> None:
+    def __init__(self, primary: Any, replicas: list[Any], helpers: Sequence[Any] = ()) -> None:
         self.primary = primary
         self.replicas = replicas
+        self.helpers = list(helpers)  # clients to the sentinels, closed with the others
         self.closer: asyncio.Task | None = None
 
     def all(self) -> list[Any]:
-        return [self.primary, *self.replicas]
+        return [self.primary, *self.replicas, *self.helpers]
 
 
 class RedisClients:
@@ -577,11 +578,14 @@ class RedisClients:
         if c.mode == "sentinel":
             cls = redis.asyncio.sentinel.Sentinel if asyncio_ else redis.sentinel.Sentinel
             redis_cls = redis.asyncio.Redis if asyncio_ else redis.Redis
-            manager = cls(list(c.sentinels), sentinel_kwargs=dict(c.sentinel_kwargs),
+            # The sentinels' clients get the same short retry policy as the data nodes'
+            # (redis-py's default backs off for seconds), unless SENTINEL_KWARGS says otherwise.
+            sentinel_kwargs = {"retry": self._retry(asyncio_), **c.sentinel_kwargs}
+            manager = cls(list(c.sentinels), sentinel_kwargs=sentinel_kwargs,
                           **c.connection_kwargs)
             primary = manager.master_for(c.service, redis_class=redis_cls, db=c.db, ssl=c.tls,
                                          retry=retry, **auth)
-            return _ClientSet(primary, [])
+            return _ClientSet(primary, [], manager.sentinels)
         cls = redis.asyncio.Redis if asyncio_ else redis.Redis
         made = []
         for ep in c.nodes:

@@ -289,7 +289,8 @@ class RedisCluster:
 
     def masters(self) -> list[RedisServer]:
         """Nodes whose role is master right now."""
-        return [n for n in self.nodes if _info(n.command("INFO", "replication"))["role"] == "master"]
+        return [n for n in self.nodes
+                if _info(n.command("INFO", "replication"))["role"] == "master"]
 
     def start(self, timeout: float = 30.0) -> RedisCluster:
         for node in self.nodes:
@@ -301,7 +302,8 @@ class RedisCluster:
         ]
         result = subprocess.run(create, capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0:
-            raise RuntimeError(f"redis-cli --cluster create failed:\n{result.stdout}{result.stderr}")
+            raise RuntimeError(
+                f"redis-cli --cluster create failed:\n{result.stdout}{result.stderr}")
         total = str(len(self.nodes))
 
         def converged() -> bool:
@@ -365,7 +367,8 @@ class RedisSentinel(RedisServer):
             lines.append(f"sentinel auth-pass {service} {auth_pass}")
         if sentinel_password:
             # The sentinels' own password, which they also use to talk to each other.
-            lines += [f"requirepass {sentinel_password}", f"sentinel sentinel-pass {sentinel_password}"]
+            lines += [f"requirepass {sentinel_password}",
+                      f"sentinel sentinel-pass {sentinel_password}"]
         self.config = os.path.join(self.dir, "sentinel.conf")
         with open(self.config, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -453,7 +456,7 @@ class RedisSentinelSet:
         if isinstance(reply, dict):
             return {_text(k): _text(v) for k, v in reply.items()}
         items = [_text(x) for x in reply]
-        return dict(zip(items[::2], items[1::2]))
+        return dict(zip(items[::2], items[1::2], strict=True))
 
     def primary_address(self, sentinel: RedisSentinel | None = None) -> tuple[str, int]:
         host, port = (sentinel or self.sentinels[0]).command(

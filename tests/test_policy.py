@@ -11,11 +11,10 @@ import time
 import pytest
 import redis
 from django.core.exceptions import ImproperlyConfigured
-from redis_servers import RedisServer
-
 from django_fastcache.errors import ConnectionInterrupted, FastCacheError
 from django_fastcache.policy import CircuitBreaker, FailurePolicy, policy_from_options
 from django_fastcache.redis_client import RedisClients
+from redis_servers import RedisServer
 
 
 class FakeClock:

@@ -13,8 +13,6 @@ import warnings
 import pytest
 import redis
 from django.core.exceptions import ImproperlyConfigured
-from redis_servers import RedisSentinelSet, RedisServer, free_port, require_binary, wait_until
-
 from django_fastcache.redis_client import (
     Endpoint,
     RedisClients,
@@ -25,6 +23,7 @@ from django_fastcache.redis_client import (
     parse_config,
     scan_keys,
 )
+from redis_servers import RedisSentinelSet, RedisServer, free_port, require_binary, wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -499,7 +498,7 @@ def test_multi_key_operations_per_slot_in_one_cluster_pipeline(clean_redis_clust
     for slot_keys in groups.values():
         pipe.execute_command("MGET", *slot_keys)
     got = dict(zip([k for ks in groups.values() for k in ks],
-                   [v for vs in pipe.execute() for v in vs]))
+                   [v for vs in pipe.execute() for v in vs], strict=True))
     assert got == data
     by_node = group_by_node(client, data)
     assert len(by_node) == 3 and sum(map(len, by_node.values())) == 40

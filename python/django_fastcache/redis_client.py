@@ -17,7 +17,7 @@ import re
 import threading
 from collections.abc import AsyncIterator, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -254,7 +254,7 @@ def _sentinel_addresses(value: Any) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _accepted_kwargs(mode: str) -> frozenset[str]:
     """Keyword arguments that both the sync and the asyncio client classes of ``mode`` take."""
     def params(fn: Any) -> set[str]:
@@ -375,14 +375,14 @@ def parse_config(location: Any, options: Mapping[str, Any] | None = None) -> Red
     if cluster:
         mode = "cluster"
         schemes = {p.scheme.replace("+cluster", "") for p in parsed}
-        for url, p in zip(urls, parsed):
+        for url, p in zip(urls, parsed, strict=True):
             if p.scheme == "unix":
                 raise _bad_location(url, "Redis Cluster nodes are reached over TCP; unix:// "
                                          "is not supported")
         if len(schemes) > 1:
             raise ImproperlyConfigured(
                 f"LOCATION {[_redact(u) for u in urls]!r} mixes redis:// and rediss:// seeds")
-        for url, p in zip(urls, parsed):
+        for url, p in zip(urls, parsed, strict=True):
             if p.db != 0:
                 raise _bad_location(url, "Redis Cluster has database 0 only")
         nodes = tuple(ep for p in parsed for ep in p.endpoints)

@@ -330,6 +330,20 @@ def test_async_clients_are_per_event_loop_and_closed_with_their_loop(clean_redis
     clients.close()
 
 
+def test_async_clients_under_async_to_sync_are_closed_each_time(clean_redis_server):
+    from asgiref.sync import async_to_sync
+
+    clients = RedisClients(clean_redis_server.url)
+
+    async def use(value):
+        await clients.async_client().set("a2s", value)
+        return await clients.async_client().get("a2s")
+
+    assert [async_to_sync(use)(str(i).encode()) for i in range(3)] == [b"0", b"1", b"2"]
+    assert clients._async == {}
+    clients.close()
+
+
 def test_async_client_outside_a_loop_is_an_error(clean_redis_server):
     with pytest.raises(RuntimeError):
         RedisClients(clean_redis_server.url).async_client()

@@ -6,6 +6,7 @@ from django.conf import settings
 import django_suite
 
 DJANGO_SUITE = False
+pytest_plugins = ["redis_fixtures"]
 
 
 def pytest_configure(config):

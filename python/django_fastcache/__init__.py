@@ -9,6 +9,7 @@ This package imports neither Django nor DRF, so importing it is cheap and safe a
 from importlib.metadata import PackageNotFoundError, version
 
 from .errors import (
+    ConnectionInterrupted,
     DecodeError,
     FastCacheError,
     SerializationError,
@@ -22,6 +23,7 @@ except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0+unknown"
 
 __all__ = [
+    "ConnectionInterrupted",
     "DecodeError",
     "FastCacheError",
     "SerializationError",

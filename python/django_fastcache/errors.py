@@ -44,6 +44,7 @@ class LockError(FastCacheError):
 class LockNotOwnedError(LockError):
     """Releasing or extending a lock this holder does not own (any more)."""
 
+
 class ConnectionInterrupted(FastCacheError, ConnectionError):
     """Redis could not be reached (refused, timed out, down, read-only, loading) or the
     circuit breaker is open; raised only with ``IGNORE_EXCEPTIONS=False``, chained from the

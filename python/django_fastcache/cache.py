@@ -52,10 +52,22 @@ _DEFAULTS: dict[str, Any] = {
     "GET_OR_SET_WAIT": 30.0,
 }
 
+# OPTIONS read by the Redis tier and its failure policy (validated where they are read).
+_REDIS_ONLY: dict[str, Any] = {
+    "L1_TIMEOUT": None,
+    "GET_OR_SET_LOCK_TIMEOUT": 10.0,
+    "IGNORE_EXCEPTIONS": True,
+    "ERROR_LOG_INTERVAL": 30.0,
+    "CIRCUIT_BREAKER_THRESHOLD": 5,
+    "CIRCUIT_BREAKER_RESET_TIMEOUT": 1.0,
+}
+
 # One store per LOCATION in this process, as LocMemCache keeps one dict per LOCATION:
 # Django builds a backend instance per thread and several aliases may share a location.
 _stores: dict[tuple, tuple[_core.Store, _Flights]] = {}
 _stores_lock = threading.Lock()
+# Redis clients (connection pools) and failure policy (breaker) per LOCATION and OPTIONS.
+_redis_shared: dict[tuple, tuple] = {}
 
 
 class _Flights:
@@ -164,14 +176,20 @@ class FastCache(BaseCache):
 
     def __init__(self, location: str, params: dict) -> None:
         options = dict(params.get("OPTIONS") or {})
-        unknown = sorted(set(options) - set(_DEFAULTS))
+        redis = _is_redis(location, options)
+        known = set(_DEFAULTS) | (set(_REDIS_ONLY) | _redis_options() if redis else set())
+        unknown = sorted(set(options) - known)
         if unknown:
             raise ImproperlyConfigured(
                 f"FastCache got unknown OPTIONS {', '.join(map(repr, unknown))}; "
-                f"known options: {', '.join(sorted(_DEFAULTS))}"
+                f"known options: {', '.join(sorted(known))}"
+                + ("" if redis else " (Redis options need a Redis LOCATION)")
             )
         self._location = location or ""
-        self._store, self._flights = self._shared_store(self._location, options)
+        # The process-wide L1 store of this LOCATION: the whole cache on the embedded
+        # default; in front of Redis, used only with L1_TIMEOUT (bounded staleness).
+        self._store, self._flights = self._shared_store(
+            f"redis:{location!r}" if redis else self._location, options)
         self._get_or_set_wait = _option(options, "GET_OR_SET_WAIT", float, minimum=0, nullable=True)
         reverse = options.get("REVERSE_KEY_FUNCTION")
         self._reverse_key = import_string(reverse) if isinstance(reverse, str) else reverse
@@ -185,12 +203,46 @@ class FastCache(BaseCache):
             key_warning=CacheKeyWarning,
             codec=_codec_options(options),
         )
+        self._tier = None
+        self._cache = self._engine  # what each operation calls: the engine or the Redis tier
         self._get = self._engine.fast_get()
+        if redis:
+            self._tier = self._redis_tier(location, options, params)
+            self._cache = self._tier
+            self._get = self._tier.get
         # BaseCache validates and sets key_prefix, version, key_func and default_timeout;
         # the properties below pass each on to the engine.
         super().__init__(params)
         self._max_entries = self._store.stats()["max_entries"]
         self._cull_frequency = self._store.stats()["cull_frequency"]
+
+    def _redis_tier(self, location, options: dict, params: dict):
+        from ._config import option_number
+        from .policy import policy_from_options
+        from .redis_client import REDIS_OPTIONS, RedisClients
+        from .redis_tier import RedisTier
+
+        # Pools and the breaker are per process, not per backend instance: Django builds an
+        # instance per thread, and every thread should see Redis go down (or come back) at once.
+        shared_key = (repr(location), repr(sorted(options.items(), key=lambda kv: kv[0])))
+        with _stores_lock:
+            shared = _redis_shared.get(shared_key)
+            if shared is None:
+                clients = RedisClients(
+                    location, {k: v for k, v in options.items() if k in REDIS_OPTIONS})
+                policy = policy_from_options(
+                    options, name=params.get("KEY_PREFIX", "") or str(location))
+                shared = _redis_shared[shared_key] = (clients, policy)
+        clients, policy = shared
+        l1_timeout = option_number(options, "L1_TIMEOUT", None, allow_none=True)
+        prefix = params.get("KEY_PREFIX", "")
+        # clear() deletes this cache's keys only; with no prefix, the whole database.
+        clear_pattern = None if not prefix else _glob_escape(prefix) + "*"
+        return RedisTier(
+            self._engine, clients, policy, clear_pattern=clear_pattern, l1_timeout=l1_timeout,
+            lock_timeout=option_number(options, "GET_OR_SET_LOCK_TIMEOUT", 10.0),
+            lock_wait=self._get_or_set_wait,
+        )
 
     @staticmethod
     def _shared_store(location: str, options: dict) -> tuple[_core.Store, _Flights]:
@@ -267,36 +319,38 @@ class FastCache(BaseCache):
         return self._get(key, default, version)
 
     def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None) -> None:
-        self._engine.set(key, value, timeout, version)
+        self._cache.set(key, value, timeout, version)
 
     def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None) -> bool:
-        return self._engine.add(key, value, timeout, version)
+        return self._cache.add(key, value, timeout, version)
 
     def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None) -> bool:
-        return self._engine.touch(key, timeout, version)
+        return self._cache.touch(key, timeout, version)
 
     def delete(self, key, version=None) -> bool:
-        return self._engine.delete(key, version)
+        return self._cache.delete(key, version)
 
     def has_key(self, key, version=None) -> bool:
-        return self._engine.has_key(key, version)
+        return self._cache.has_key(key, version)
 
     def get_many(self, keys, version=None) -> dict:
-        return self._engine.get_many(keys, version)
+        return self._cache.get_many(keys, version)
 
     def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None) -> list:
-        return self._engine.set_many(dict(data), timeout, version)
+        return self._cache.set_many(dict(data), timeout, version)
 
     def delete_many(self, keys, version=None) -> None:
-        self._engine.delete_many(keys, version)
+        self._cache.delete_many(keys, version)
 
     def incr(self, key, delta=1, version=None):
-        return self._engine.incr(key, delta, version)
+        return self._cache.incr(key, delta, version)
 
     def decr(self, key, delta=1, version=None):
-        return self._engine.incr(key, -delta, version)
+        return self._cache.incr(key, -delta, version)
 
     def get_or_set(self, key, default, timeout=DEFAULT_TIMEOUT, version=None):
+        if self._tier is not None:
+            return self._tier.get_or_set(self, key, default, timeout, version)
         value = self.get(key, _MISSING, version=version)
         if value is not _MISSING:
             return value
@@ -313,83 +367,122 @@ class FastCache(BaseCache):
             return self.get(key, default, version=version)
 
     def clear(self) -> None:
-        self._engine.clear()
+        self._cache.clear()
 
     def close(self, **kwargs) -> None:
-        """Nothing to release: the L1 store lives as long as the process."""
+        """Nothing to release: the L1 store lives as long as the process, and Redis
+        connections stay pooled across requests (as with Django's RedisCache)."""
 
-    # --- async twins: the L1 never blocks, so they run inline, without a thread hop
+    def get_client(self, key=None, write: bool = True):
+        """The redis-py client (django-redis's name), for commands this API lacks."""
+        if self._tier is None:
+            raise ImproperlyConfigured("get_client() needs a Redis LOCATION")
+        return self._tier.clients.client(write=write)
+
+    def redis_client(self):
+        """The redis-py client for writes, or None on the embedded default."""
+        return None if self._tier is None else self._tier.clients.client(write=True)
+
+    @property
+    def breaker(self):
+        """The circuit breaker in front of Redis, or None on the embedded default."""
+        return None if self._tier is None else self._tier.policy.breaker
+
+    # --- async twins: the L1 never blocks, so on the embedded default they run inline,
+    # without a thread hop; with Redis they use redis.asyncio clients.
 
     async def aget(self, key, default=None, version=None):
-        return self._engine.get(key, default, version)
+        if self._tier is not None:
+            return await self._tier.aget(key, default, version)
+        return self._get(key, default, version)
 
     async def aset(self, key, value, timeout=DEFAULT_TIMEOUT, version=None) -> None:
+        if self._tier is not None:
+            return await self._tier.aset(key, value, timeout, version)
         self._engine.set(key, value, timeout, version)
 
     async def aadd(self, key, value, timeout=DEFAULT_TIMEOUT, version=None) -> bool:
+        if self._tier is not None:
+            return await self._tier.aadd(key, value, timeout, version)
         return self._engine.add(key, value, timeout, version)
 
     async def atouch(self, key, timeout=DEFAULT_TIMEOUT, version=None) -> bool:
+        if self._tier is not None:
+            return await self._tier.atouch(key, timeout, version)
         return self._engine.touch(key, timeout, version)
 
     async def adelete(self, key, version=None) -> bool:
+        if self._tier is not None:
+            return await self._tier.adelete(key, version)
         return self._engine.delete(key, version)
 
     async def ahas_key(self, key, version=None) -> bool:
+        if self._tier is not None:
+            return await self._tier.ahas_key(key, version)
         return self._engine.has_key(key, version)
 
     async def aget_many(self, keys, version=None) -> dict:
+        if self._tier is not None:
+            return await self._tier.aget_many(keys, version)
         return self._engine.get_many(keys, version)
 
     async def aset_many(self, data, timeout=DEFAULT_TIMEOUT, version=None) -> list:
+        if self._tier is not None:
+            return await self._tier.aset_many(dict(data), timeout, version)
         return self._engine.set_many(dict(data), timeout, version)
 
     async def adelete_many(self, keys, version=None) -> None:
+        if self._tier is not None:
+            return await self._tier.adelete_many(keys, version)
         self._engine.delete_many(keys, version)
 
     async def aincr(self, key, delta=1, version=None):
+        if self._tier is not None:
+            return await self._tier.aincr(key, delta, version)
         return self._engine.incr(key, delta, version)
 
     async def adecr(self, key, delta=1, version=None):
-        return self._engine.incr(key, -delta, version)
+        return await self.aincr(key, -delta, version)
 
     async def aget_or_set(self, key, default, timeout=DEFAULT_TIMEOUT, version=None):
         # Within one event loop a synchronous default() cannot interleave with another
         # task, so no lock is taken (it would block the loop).
-        value = self._engine.get(key, _MISSING, version)
+        value = await self.aget(key, _MISSING, version)
         if value is _MISSING:
             if callable(default):
                 default = default()
-            self._engine.add(key, default, timeout, version)
-            value = self._engine.get(key, default, version)
+            await self.aadd(key, default, timeout, version)
+            value = await self.aget(key, default, version)
         return value
 
     async def aclear(self) -> None:
+        if self._tier is not None:
+            return await self._tier.aclear()
         self._engine.clear()
 
     async def aclose(self, **kwargs) -> None:
-        """Nothing to release."""
+        """Nothing to release (see close())."""
 
     # --- django-redis extras, with the same names and meanings
 
     def ttl(self, key, version=None) -> int | None:
         """Seconds left (rounded as Redis TTL does), None if it never expires, 0 if missing."""
-        ms = self._engine.pttl(key, version)
+        ms = self._cache.pttl(key, version)
         if ms == -2:
             return 0
         return None if ms == -1 else (ms + 500) // 1000
 
     def pttl(self, key, version=None) -> int | None:
         """Milliseconds left, None if it never expires, 0 if missing."""
-        ms = self._engine.pttl(key, version)
+        ms = self._cache.pttl(key, version)
         if ms == -2:
             return 0
         return None if ms == -1 else ms
 
     def expire(self, key, timeout, version=None) -> bool:
         """Sets a new timeout in seconds (None: never expire). False if the key is missing."""
-        when = None if timeout is None else self._engine.now() + timeout
-        return self._engine.expire_at(key, when, version)
+        when = None if timeout is None else self._cache.now() + timeout
+        return self._cache.expire_at(key, when, version)
 
     def pexpire(self, key, timeout, version=None) -> bool:
         return self.expire(key, None if timeout is None else timeout / 1000.0, version)
@@ -398,13 +491,13 @@ class FastCache(BaseCache):
         """Expires the key at an absolute time (an aware/naive datetime or a Unix time)."""
         if isinstance(when, datetime):
             when = when.timestamp()
-        return self._engine.expire_at(key, float(when), version)
+        return self._cache.expire_at(key, float(when), version)
 
     def pexpire_at(self, key, when: datetime | float, version=None) -> bool:
         return self.expire_at(key, when if isinstance(when, datetime) else when / 1000.0, version)
 
     def persist(self, key, version=None) -> bool:
-        return self._engine.expire_at(key, None, version)
+        return self._cache.expire_at(key, None, version)
 
     def _pattern(self, search: str, version) -> str:
         prefix = _glob_escape(self.key_prefix)
@@ -422,7 +515,7 @@ class FastCache(BaseCache):
 
     def keys(self, search: str = "*", version=None) -> list[str]:
         """Cache keys (as passed to set) matching a Redis-style glob, in no order."""
-        return [self._user_key(k) for k in self._engine.keys(self._pattern(search, version))]
+        return [self._user_key(k) for k in self._cache.keys(self._pattern(search, version))]
 
     def iter_keys(self, search: str = "*", itersize: int | None = None, version=None):
         """A generator over ``keys(search)``; ``itersize`` is accepted for django-redis parity."""
@@ -430,12 +523,17 @@ class FastCache(BaseCache):
 
     def delete_pattern(self, pattern: str, version=None, itersize: int | None = None) -> int:
         """Deletes every key matching a Redis-style glob; returns how many were deleted."""
-        return self._engine.delete_matching(self._pattern(pattern, version))
+        return self._cache.delete_matching(self._pattern(pattern, version))
 
     def lock(self, key, timeout: float | None = None, sleep: float = 0.1,
              blocking: bool = True, blocking_timeout: float | None = None,
              thread_local: bool = True, version=None) -> LocalLock:
-        """A lock named by a cache key, with redis-py Lock semantics, within this process."""
+        """A lock named by a cache key, with redis-py's Lock API: held in Redis (across
+        processes and hosts) with a Redis LOCATION, within this process otherwise."""
+        if self._tier is not None:
+            return self._tier.clients.client(write=True).lock(
+                self._engine.key(key, version), timeout=timeout, sleep=sleep, blocking=blocking,
+                blocking_timeout=blocking_timeout, thread_local=thread_local)
         return LocalLock(self, key, timeout=timeout, sleep=sleep, blocking=blocking,
                          blocking_timeout=blocking_timeout, version=version)
 
@@ -444,9 +542,32 @@ class FastCache(BaseCache):
         s = self._store.stats()
         lookups = s["hits"] + s["misses"]
         s["hit_ratio"] = s["hits"] / lookups if lookups else 0.0
-        s["location"] = self._location
-        s["tier"] = "l1"
+        s["location"] = self._location if isinstance(self._location, str) else list(self._location)
+        if self._tier is None:
+            s["tier"] = "l1"
+            return s
+        l1_on = self._tier.l1_timeout is not None
+        s = {f"l1_{k}": v for k, v in s.items() if k not in ("location",)} if l1_on else {}
+        s.update(self._tier.stats())
+        s["tier"] = "l1+redis" if l1_on else "redis"
+        s["location"] = self._location if isinstance(self._location, str) else list(self._location)
         return s
+
+
+def _is_redis(location, options: dict) -> bool:
+    """A Redis LOCATION (URL, list of URLs) or Sentinel/Cluster options; anything else is
+    the name of an in-process store, as LocMemCache takes it."""
+    if options.get("SENTINELS") is not None or options.get("CLUSTER"):
+        return True
+    if isinstance(location, (list, tuple)):
+        return True
+    return isinstance(location, str) and "://" in location
+
+
+def _redis_options() -> set[str]:
+    from .redis_client import REDIS_OPTIONS
+
+    return set(REDIS_OPTIONS)
 
 
 def _glob_escape(text: str) -> str:

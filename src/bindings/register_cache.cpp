@@ -112,6 +112,23 @@ public:
         return py::float_(e);
     }
 
+    // --- the L1 in front of the shared tier, addressed by final keys (built by key())
+    py::object l1_get(const std::string& final_key, py::handle default_) {
+        Held held(store_->get(final_key, now()));
+        if (!held.value) return py::reinterpret_borrow<py::object>(default_);
+        return materialize(static_cast<PyObject*>(held.value->handle), held.value->tag);
+    }
+    void l1_set(const std::string& final_key, py::handle value, double seconds) {
+        double t = now();
+        if (seconds <= 0) {
+            store_->erase(final_key, t);
+            return;
+        }
+        Snapshot s = snapshot(value, codec_);
+        store_->set(final_key, Value{s.object.ptr(), s.tag, s.charge}, t + seconds, t);
+    }
+    bool l1_delete(const std::string& final_key) { return store_->erase(final_key, now()); }
+
     // --- the Django API on the L1
     py::object get(py::handle key, py::handle default_, py::handle version) {
         const std::string& k = key_of(key, version);
@@ -465,6 +482,9 @@ void register_cache(py::module_& m) {
         .def("dumps", &Engine::dumps, py::arg("value"))
         .def("loads", &Engine::loads, py::arg("data"))
         .def("timeout_seconds", &Engine::timeout_seconds, py::arg("timeout"))
+        .def("l1_get", &Engine::l1_get, py::arg("final_key"), py::arg("default") = none)
+        .def("l1_set", &Engine::l1_set, py::arg("final_key"), py::arg("value"), py::arg("seconds"))
+        .def("l1_delete", &Engine::l1_delete, py::arg("final_key"))
         .def("get", &Engine::get, py::arg("key"), py::arg("default") = none,
              py::arg("version") = none)
         .def("set", &Engine::set, py::arg("key"), py::arg("value"), py::arg("timeout"),

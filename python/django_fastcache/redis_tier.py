@@ -1,0 +1,617 @@
+"""The shared tier of ``FastCache``: Django's cache API over Redis (single node, replicas,
+Sentinel or Cluster), with the same method surface as the C++ engine of the embedded
+default, so the backend calls whichever it has without knowing which.
+
+Keys and values are made by the C++ engine (``engine.key``, ``engine.dumps``,
+``engine.loads``); every Redis call goes through one :class:`FailurePolicy`, which
+decides what an error does. An optional L1 (``L1_TIMEOUT``) keeps decoded values in this
+process for at most that many seconds, and never longer than Redis keeps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from redis.exceptions import ResponseError as _ResponseError
+
+from . import _core
+from .errors import DecodeError
+from .policy import FailurePolicy
+from .redis_client import RedisClients, ascan_keys, group_by_slot, key_slot, scan_keys
+
+__all__ = ["RedisTier"]
+
+logger = logging.getLogger("django_fastcache.redis")
+_MISSING = object()
+
+# incr: one atomic step when the value is a Redis integer; nil when the key is missing.
+_INCR = """
+if redis.call('exists', KEYS[1]) == 0 then return false end
+return redis.call('incrby', KEYS[1], ARGV[1])
+"""
+# touch/expire/persist: ARGV[1] is 'persist', 'px' (ARGV[2] ms) or 'pxat' (ARGV[2] unix ms).
+# 1 when the key existed (and was changed), 0 when it did not.
+_EXPIRE = """
+if redis.call('exists', KEYS[1]) == 0 then return 0 end
+if ARGV[1] == 'persist' then redis.call('persist', KEYS[1])
+elseif ARGV[1] == 'px' then redis.call('pexpire', KEYS[1], ARGV[2])
+else redis.call('pexpireat', KEYS[1], ARGV[2]) end
+return 1
+"""
+# Releases a get_or_set lease only if it is still ours.
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+_NOT_AN_INTEGER = ("not an integer", "out of range")
+_BATCH = 500
+
+
+def _index_groups(finals: list[str]) -> dict[int, list[int]]:
+    """Positions of the keys grouped by cluster hash slot."""
+    groups: dict[int, list[int]] = {}
+    for i, k in enumerate(finals):
+        groups.setdefault(key_slot(k), []).append(i)
+    return groups
+
+
+def _px(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class RedisTier:
+    """Django's cache operations on Redis; see the module docstring.
+
+    Thread-safe (redis-py pools are); asyncio methods (``a*``) use ``redis.asyncio``
+    clients of the running loop.
+    """
+
+    def __init__(self, engine: _core.Engine, clients: RedisClients, policy: FailurePolicy, *,
+                 clear_pattern: str | None, l1_timeout: float | None,
+                 lock_timeout: float, lock_wait: float | None) -> None:
+        self.engine = engine
+        self.clients = clients
+        self.policy = policy
+        self.clear_pattern = clear_pattern  # None: FLUSHDB (no key prefix)
+        self.l1_timeout = l1_timeout
+        self.lock_timeout = lock_timeout
+        self.lock_wait = lock_wait
+        self.hits = self.misses = self.decode_errors = 0
+        self._scripts: dict[tuple[int, str], Any] = {}
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _client(self, write: bool = True):
+        return self.clients.client(write=write)
+
+    def _script(self, client, source: str):
+        handle = (id(client), source)
+        script = self._scripts.get(handle)
+        if script is None:  # register_script handles EVALSHA and NOSCRIPT reloads
+            script = self._scripts[handle] = client.register_script(source)
+        return script
+
+    def _decode(self, raw: bytes, key: str) -> Any:
+        try:
+            return self.engine.loads(raw)
+        except DecodeError as exc:
+            self.decode_errors += 1
+            logger.warning("cache key %r holds a value that cannot be read (%s): served as a miss",
+                           key, exc)
+            return _MISSING
+
+    def now(self) -> float:
+        return time.time()
+
+    def _seconds(self, timeout) -> float | None:
+        return self.engine.timeout_seconds(timeout)
+
+    def _l1_fill(self, key: str, value: Any, ttl_ms: int | None) -> None:
+        seconds = self.l1_timeout
+        if ttl_ms is not None and ttl_ms >= 0:
+            seconds = min(seconds, ttl_ms / 1000.0)
+        self.engine.l1_set(key, value, seconds)
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, key, default=None, version=None):
+        k = self.engine.key(key, version)
+        if self.l1_timeout is not None:
+            value = self.engine.l1_get(k, _MISSING)
+            if value is not _MISSING:
+                self.hits += 1
+                return value
+            raw, ttl = self.policy.run(self._get_with_ttl, k, default=(None, None))
+        else:
+            raw = self.policy.run(self._client(False).get, k)
+        if raw is None:
+            self.misses += 1
+            return default
+        value = self._decode(raw, k)
+        if value is _MISSING:
+            self.misses += 1
+            return default
+        self.hits += 1
+        if self.l1_timeout is not None:
+            self._l1_fill(k, value, ttl)
+        return value
+
+    def _get_with_ttl(self, k: str):
+        pipe = self._client(False).pipeline(transaction=False)
+        pipe.get(k)
+        pipe.pttl(k)
+        raw, ttl = pipe.execute()
+        return raw, (None if ttl == -1 else ttl)
+
+    def get_many(self, keys: Iterable, version=None) -> dict:
+        keys = list(keys)
+        if not keys:
+            return {}
+        finals = self.engine.keys_of(keys, version)
+        raws = self.policy.run(self._mget, finals, default=None) or [None] * len(finals)
+        out = {}
+        for key, k, raw in zip(keys, finals, raws):
+            if raw is None:
+                continue
+            value = self._decode(raw, k)
+            if value is not _MISSING:
+                out[key] = value
+        self.hits += len(out)
+        self.misses += len(keys) - len(out)
+        return out
+
+    def _mget(self, finals: list[str]) -> list:
+        client = self._client(False)
+        if not self.clients.is_cluster:
+            return client.mget(finals)
+        # One MGET per slot, all in one pipeline: one round trip per node.
+        groups = _index_groups(finals)
+        pipe = client.pipeline()
+        order = []
+        for indexes in groups.values():
+            pipe.execute_command("MGET", *(finals[i] for i in indexes))
+            order.append(indexes)
+        out: list = [None] * len(finals)
+        for indexes, values in zip(order, pipe.execute()):
+            for i, raw in zip(indexes, values):
+                out[i] = raw
+        return out
+
+    def has_key(self, key, version=None) -> bool:
+        k = self.engine.key(key, version)
+        return bool(self.policy.run(self._client(False).exists, k, default=0))
+
+    def pttl(self, key, version=None) -> int:
+        k = self.engine.key(key, version)
+        return self.policy.run(self._client(False).pttl, k, default=-2)
+
+    def keys(self, pattern: str) -> list[str]:
+        found = self.policy.run(
+            lambda: [k.decode("utf-8", "surrogatepass") for k in scan_keys(self._client(False), match=pattern)],
+            default=[],
+        )
+        return found
+
+    # ------------------------------------------------------------------ writes
+
+    def set(self, key, value, timeout, version=None) -> None:
+        data = self.engine.dumps(value)
+        k = self.engine.key(key, version)
+        seconds = self._seconds(timeout)
+        client = self._client()
+        if seconds is not None and seconds <= 0:
+            self.policy.run(client.delete, k, write=True)
+        else:
+            px = None if seconds is None else _px(seconds)
+            ok = self.policy.run(client.set, k, data, px=px, write=True, default=False)
+            if self.l1_timeout is not None:
+                if ok:
+                    self._l1_fill(k, value, px)
+                    return
+        if self.l1_timeout is not None:
+            self.engine.l1_delete(k)
+
+    def add(self, key, value, timeout, version=None) -> bool:
+        data = self.engine.dumps(value)
+        k = self.engine.key(key, version)
+        seconds = self._seconds(timeout)
+        client = self._client()
+        if seconds is not None and seconds <= 0:
+            # Django: an add with a zero timeout succeeds if the key was free, stores nothing.
+            added = bool(self.policy.run(client.set, k, data, nx=True, write=True, default=False))
+            if added:
+                self.policy.run(client.delete, k, write=True)
+            return added
+        px = None if seconds is None else _px(seconds)
+        added = bool(self.policy.run(client.set, k, data, nx=True, px=px, write=True, default=False))
+        if added and self.l1_timeout is not None:
+            self._l1_fill(k, value, px)
+        return added
+
+    def set_many(self, data: dict, timeout, version=None) -> list:
+        if not data:
+            return []
+        keys = list(data)
+        finals = self.engine.keys_of(keys, version)
+        blobs = [self.engine.dumps(v) for v in data.values()]
+        seconds = self._seconds(timeout)
+        if seconds is not None and seconds <= 0:
+            self._delete_finals(finals)
+            return []
+        px = None if seconds is None else _px(seconds)
+
+        def write() -> bool:
+            pipe = self._client().pipeline(transaction=False)
+            for k, blob in zip(finals, blobs):
+                pipe.set(k, blob, px=px)
+            pipe.execute()
+            return True
+
+        ok = self.policy.run(write, write=True, default=False)
+        if self.l1_timeout is not None:
+            for k, value in zip(finals, data.values()):
+                if ok:
+                    self._l1_fill(k, value, px)
+                else:
+                    self.engine.l1_delete(k)
+        return [] if ok else keys
+
+    def delete(self, key, version=None) -> bool:
+        k = self.engine.key(key, version)
+        if self.l1_timeout is not None:
+            self.engine.l1_delete(k)
+        return bool(self.policy.run(self._client().delete, k, write=True, default=0))
+
+    def delete_many(self, keys: Iterable, version=None) -> None:
+        finals = self.engine.keys_of(list(keys), version)
+        if finals:
+            self._delete_finals(finals)
+
+    def _delete_finals(self, finals: list[str]) -> int:
+        if self.l1_timeout is not None:
+            for k in finals:
+                self.engine.l1_delete(k)
+
+        def unlink() -> int:
+            client = self._client()
+            if not self.clients.is_cluster:
+                return sum(client.unlink(*finals[i:i + _BATCH]) for i in range(0, len(finals), _BATCH))
+            pipe = client.pipeline()
+            for group in group_by_slot(finals).values():
+                pipe.execute_command("UNLINK", *group)
+            return sum(pipe.execute())
+
+        return self.policy.run(unlink, write=True, default=0)
+
+    def touch(self, key, timeout, version=None) -> bool:
+        k = self.engine.key(key, version)
+        seconds = self._seconds(timeout)
+        if seconds is None:
+            args = ("persist", 0)
+        else:
+            args = ("px", _px(seconds) if seconds > 0 else 0)
+        return self._expire(k, args)
+
+    def expire_at(self, key, when: float | None, version=None) -> bool:
+        k = self.engine.key(key, version)
+        return self._expire(k, ("persist", 0) if when is None else ("pxat", int(when * 1000)))
+
+    def _expire(self, k: str, args) -> bool:
+        if self.l1_timeout is not None:
+            self.engine.l1_delete(k)
+        client = self._client()
+        script = self._script(client, _EXPIRE)
+        return bool(self.policy.run(script, keys=[k], args=list(args), write=True, default=0))
+
+    def incr(self, key, delta, version=None):
+        k = self.engine.key(key, version)
+        if self.l1_timeout is not None:
+            self.engine.l1_delete(k)
+        client = self._client()
+        script = self._script(client, _INCR)
+        try:
+            if isinstance(delta, int) and not isinstance(delta, bool) and -(2**63) <= delta < 2**63:
+                result = self.policy.run(script, keys=[k], args=[delta], write=True, default=_MISSING)
+                if result is _MISSING:
+                    raise ValueError(f"Key '{key}' not found")  # Redis unreachable: as Django's
+                if result is None:
+                    raise ValueError(f"Key '{key}' not found")
+                return result
+        except _ResponseError as exc:
+            if not any(text in str(exc) for text in _NOT_AN_INTEGER):
+                raise
+        return self._incr_slow(k, key, delta)
+
+    def _incr_slow(self, k: str, key, delta):
+        """For values Redis cannot INCRBY (floats, Decimals, ints beyond 64 bits): read,
+        add and write back keeping the TTL, as Django's BaseCache.incr does (not atomic)."""
+        client = self._client()
+        raw = self.policy.run(client.get, k)
+        value = _MISSING if raw is None else self._decode(raw, k)
+        if value is _MISSING:
+            raise ValueError(f"Key '{key}' not found")
+        new = value + delta
+        self.policy.run(client.set, k, self.engine.dumps(new), keepttl=True, xx=True, write=True)
+        return new
+
+    def delete_matching(self, pattern: str) -> int:
+        def run() -> int:
+            client = self._client()
+            batch, deleted = [], 0
+            for k in scan_keys(client, match=pattern, count=_BATCH):
+                batch.append(k)
+                if len(batch) >= _BATCH:
+                    deleted += self._unlink_raw(client, batch)
+                    batch = []
+            if batch:
+                deleted += self._unlink_raw(client, batch)
+            return deleted
+
+        if self.l1_timeout is not None:
+            self.engine.clear()
+        return self.policy.run(run, write=True, default=0)
+
+    def _unlink_raw(self, client, keys: list[bytes]) -> int:
+        if not self.clients.is_cluster:
+            return client.unlink(*keys)
+        pipe = client.pipeline()
+        for group in group_by_slot(keys).values():
+            pipe.execute_command("UNLINK", *group)
+        return sum(pipe.execute())
+
+    def clear(self) -> None:
+        if self.clear_pattern is not None:
+            self.delete_matching(self.clear_pattern)
+            return
+        if self.l1_timeout is not None:
+            self.engine.clear()
+        client = self._client()
+        if self.clients.is_cluster:
+            self.policy.run(client.flushdb, target_nodes=client.PRIMARIES, write=True)
+        else:
+            self.policy.run(client.flushdb, write=True)
+
+    # ------------------------------------------------------------------ stampede protection
+
+    def get_or_set(self, cache, key, default, timeout, version=None):
+        """One process computes a missing value while others wait for it: a lease in Redis
+        (SET NX PX) names the computing process; the others poll for the value for up to
+        ``lock_wait`` seconds, then compute it themselves."""
+        value = cache.get(key, _MISSING, version=version)
+        if value is not _MISSING:
+            return value
+        if not callable(default):
+            cache.add(key, default, timeout=timeout, version=version)
+            return cache.get(key, default, version=version)
+        lease = self.engine.key(key, version) + ":__fastcache_lease__"
+        token = uuid.uuid4().hex
+        client = self._client()
+        won = self.policy.run(client.set, lease, token, nx=True, px=_px(self.lock_timeout),
+                              write=True, default=True)
+        if not won:
+            deadline = time.monotonic() + (self.lock_timeout if self.lock_wait is None
+                                           else min(self.lock_wait, self.lock_timeout))
+            delay = 0.005
+            while time.monotonic() < deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+                value = cache.get(key, _MISSING, version=version)
+                if value is not _MISSING:
+                    return value
+        try:
+            value = default()
+            cache.add(key, value, timeout=timeout, version=version)
+            return cache.get(key, value, version=version)
+        finally:
+            if won:
+                self.policy.run(self._script(client, _RELEASE), keys=[lease], args=[token],
+                                write=True)
+
+    # ------------------------------------------------------------------ asyncio twins
+
+    def _aclient(self, write: bool = True):
+        return self.clients.async_client(write=write)
+
+    async def aget(self, key, default=None, version=None):
+        k = self.engine.key(key, version)
+        if self.l1_timeout is not None:
+            value = self.engine.l1_get(k, _MISSING)
+            if value is not _MISSING:
+                self.hits += 1
+                return value
+        raw = await self.policy.arun(self._aclient(False).get, k)
+        value = _MISSING if raw is None else self._decode(raw, k)
+        if value is _MISSING:
+            self.misses += 1
+            return default
+        self.hits += 1
+        return value
+
+    async def aget_many(self, keys: Iterable, version=None) -> dict:
+        keys = list(keys)
+        if not keys:
+            return {}
+        finals = self.engine.keys_of(keys, version)
+        client = self._aclient(False)
+        if self.clients.is_cluster:
+            groups = _index_groups(finals)
+            raws: list = [None] * len(finals)
+
+            async def fetch(indexes):
+                values = await client.execute_command("MGET", *(finals[i] for i in indexes))
+                for i, raw in zip(indexes, values):
+                    raws[i] = raw
+
+            async def all_groups():
+                await asyncio.gather(*(fetch(ix) for ix in groups.values()))
+
+            await self.policy.arun(all_groups)
+        else:
+            raws = await self.policy.arun(client.mget, finals, default=None) or [None] * len(finals)
+        out = {}
+        for key, k, raw in zip(keys, finals, raws):
+            if raw is not None:
+                value = self._decode(raw, k)
+                if value is not _MISSING:
+                    out[key] = value
+        return out
+
+    async def aset(self, key, value, timeout, version=None) -> None:
+        data = self.engine.dumps(value)
+        k = self.engine.key(key, version)
+        seconds = self._seconds(timeout)
+        client = self._aclient()
+        if self.l1_timeout is not None:
+            self.engine.l1_delete(k)
+        if seconds is not None and seconds <= 0:
+            await self.policy.arun(client.delete, k, write=True)
+        else:
+            await self.policy.arun(client.set, k, data, px=None if seconds is None else _px(seconds),
+                                   write=True)
+
+    async def aadd(self, key, value, timeout, version=None) -> bool:
+        data = self.engine.dumps(value)
+        k = self.engine.key(key, version)
+        seconds = self._seconds(timeout)
+        client = self._aclient()
+        if seconds is not None and seconds <= 0:
+            added = bool(await self.policy.arun(client.set, k, data, nx=True, write=True, default=False))
+            if added:
+                await self.policy.arun(client.delete, k, write=True)
+            return added
+        px = None if seconds is None else _px(seconds)
+        return bool(await self.policy.arun(client.set, k, data, nx=True, px=px, write=True,
+                                           default=False))
+
+    async def aset_many(self, data: dict, timeout, version=None) -> list:
+        if not data:
+            return []
+        keys = list(data)
+        finals = self.engine.keys_of(keys, version)
+        blobs = [self.engine.dumps(v) for v in data.values()]
+        seconds = self._seconds(timeout)
+        if self.l1_timeout is not None:
+            for k in finals:
+                self.engine.l1_delete(k)
+        client = self._aclient()
+        if seconds is not None and seconds <= 0:
+            await self.adelete_many(keys, version)
+            return []
+        px = None if seconds is None else _px(seconds)
+
+        async def write() -> bool:
+            pipe = client.pipeline(transaction=False)
+            for k, blob in zip(finals, blobs):
+                pipe.set(k, blob, px=px)
+            await pipe.execute()
+            return True
+
+        ok = await self.policy.arun(write, write=True, default=False)
+        return [] if ok else keys
+
+    async def adelete(self, key, version=None) -> bool:
+        k = self.engine.key(key, version)
+        if self.l1_timeout is not None:
+            self.engine.l1_delete(k)
+        return bool(await self.policy.arun(self._aclient().delete, k, write=True, default=0))
+
+    async def adelete_many(self, keys: Iterable, version=None) -> None:
+        finals = self.engine.keys_of(list(keys), version)
+        if not finals:
+            return
+        if self.l1_timeout is not None:
+            for k in finals:
+                self.engine.l1_delete(k)
+        client = self._aclient()
+
+        async def unlink():
+            for group in (group_by_slot(finals).values() if self.clients.is_cluster else [finals]):
+                await client.unlink(*group)
+
+        await self.policy.arun(unlink, write=True)
+
+    async def ahas_key(self, key, version=None) -> bool:
+        k = self.engine.key(key, version)
+        return bool(await self.policy.arun(self._aclient(False).exists, k, default=0))
+
+    async def atouch(self, key, timeout, version=None) -> bool:
+        k = self.engine.key(key, version)
+        seconds = self._seconds(timeout)
+        args = ("persist", 0) if seconds is None else ("px", _px(seconds) if seconds > 0 else 0)
+        if self.l1_timeout is not None:
+            self.engine.l1_delete(k)
+        client = self._aclient()
+        script = self._script(client, _EXPIRE)
+        return bool(await self.policy.arun(script, keys=[k], args=list(args), write=True, default=0))
+
+    async def aincr(self, key, delta, version=None):
+        k = self.engine.key(key, version)
+        if self.l1_timeout is not None:
+            self.engine.l1_delete(k)
+        client = self._aclient()
+        if isinstance(delta, int) and not isinstance(delta, bool) and -(2**63) <= delta < 2**63:
+            script = self._script(client, _INCR)
+            try:
+                result = await self.policy.arun(script, keys=[k], args=[delta], write=True,
+                                                default=None)
+                if result is None:
+                    raise ValueError(f"Key '{key}' not found")
+                return result
+            except _ResponseError as exc:
+                if not any(text in str(exc) for text in _NOT_AN_INTEGER):
+                    raise
+        raw = await self.policy.arun(client.get, k)
+        value = _MISSING if raw is None else self._decode(raw, k)
+        if value is _MISSING:
+            raise ValueError(f"Key '{key}' not found")
+        new = value + delta
+        await self.policy.arun(client.set, k, self.engine.dumps(new), keepttl=True, xx=True,
+                               write=True)
+        return new
+
+    async def aclear(self) -> None:
+        if self.l1_timeout is not None:
+            self.engine.clear()
+        client = self._aclient()
+
+        async def run():
+            if self.clear_pattern is None and not self.clients.is_cluster:
+                await client.flushdb()
+                return
+            pattern = self.clear_pattern or "*"
+            batch = []
+            async for k in ascan_keys(client, match=pattern, count=_BATCH):
+                batch.append(k)
+                if len(batch) >= _BATCH:
+                    await self._aunlink(client, batch)
+                    batch = []
+            if batch:
+                await self._aunlink(client, batch)
+
+        await self.policy.arun(run, write=True)
+
+    async def _aunlink(self, client, keys) -> None:
+        for group in (group_by_slot(keys).values() if self.clients.is_cluster else [keys]):
+            await client.unlink(*group)
+
+    # ------------------------------------------------------------------ operations
+
+    def stats(self) -> dict:
+        lookups = self.hits + self.misses
+        return {
+            "redis_hits": self.hits,
+            "redis_misses": self.misses,
+            "redis_hit_ratio": self.hits / lookups if lookups else 0.0,
+            "decode_errors": self.decode_errors,
+            "redis_mode": self.clients.mode,
+            **self.policy.stats(),
+        }
+
+    def close(self) -> None:
+        """Connections stay pooled across requests, as Django's RedisCache keeps them."""
+

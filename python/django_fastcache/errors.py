@@ -11,6 +11,7 @@ __all__ = [
     "SignatureError",
     "UnknownFormatError",
     "SerializationError",
+    "InvalidRate",
 ]
 
 
@@ -32,3 +33,7 @@ class UnknownFormatError(DecodeError):
 
 class SerializationError(FastCacheError, TypeError):
     """A value that cannot be stored under the configured serializer or pickle policy."""
+
+
+class InvalidRate(FastCacheError, ValueError):
+    """A rate string the limiter cannot parse ("100/minute", "100/15m", ... are valid)."""

@@ -20,7 +20,8 @@ S = 1_000_000
 
 def policy_of(case_or_args) -> limiter.Policy:
     algorithm, limit, period_us, burst = case_or_args
-    return limiter.Policy(limiter.Rate(limit, period_us), algorithm, CODES[algorithm], burst, "t")
+    return limiter.Policy(limiter.Rate(limit, period_us), algorithm, CODES[algorithm], burst, "t",
+                          limit, period_us)
 
 
 class CppRunner:

@@ -363,12 +363,17 @@ def test_algorithm_and_burst_are_validated():
         make(UserRateThrottle, rate="5/m", burst=2)()
 
 
+class BadlyConfigured(UserRateThrottle):
+    """Module level, so the system check can name it (its rate is broken by the test)."""
+
+    rate = "5/min"
+    cache = LOCAL
+
+
 def test_system_check_reports_bad_rates_and_per_process_mode():
     from django_fastcache.throttling import check_throttle_classes
 
-    class BadlyConfigured(UserRateThrottle):
-        rate = "5/fortnight"
-
+    BadlyConfigured.rate = "5/fortnight"
     try:
         rest = {"DEFAULT_THROTTLE_RATES": {"anon": "7/eon"},
                 "DEFAULT_THROTTLE_CLASSES": ["django_fastcache.throttling.AnonRateThrottle"]}
@@ -380,7 +385,7 @@ def test_system_check_reports_bad_rates_and_per_process_mode():
         assert "fastcache.E106" in text and "BadlyConfigured" in text and "'5/fortnight'" in text
         assert "fastcache.I101" in text
     finally:
-        BadlyConfigured.rate = None  # keep later checks in this process clean
+        BadlyConfigured.rate = "5/min"  # keep later checks in this process clean
 
 
 def test_cost_is_spent_per_request():

@@ -124,6 +124,8 @@ class Policy(NamedTuple):
     code: int  # the algorithm's number in the C++ limiter
     burst: int  # gcra only: units allowed at once; 0 means the limit
     name: str  # the RateLimit header's policy name (the scope)
+    limit: int  # = rate.limit, flat for the hot path
+    period_us: int  # = rate.period_us
 
 
 def make_policy(rate: str | Rate, algorithm: str = "sliding_log", burst: int | None = None,
@@ -146,7 +148,8 @@ def make_policy(rate: str | Rate, algorithm: str = "sliding_log", burst: int | N
                 f"{context}burst must be an integer between 1 and the limit ({parsed.limit}), "
                 f"not {burst!r}"
             )
-    return Policy(parsed, algorithm, ALGORITHMS[algorithm], burst or 0, name)
+    return Policy(parsed, algorithm, ALGORITHMS[algorithm], burst or 0, name, parsed.limit,
+                  parsed.period_us)
 
 
 # ------------------------------------------------------------------------- settings
@@ -240,7 +243,7 @@ class RedisStore:
         """Raw script reply ``[allowed, remaining, retry_after_us, reset_after_us]``.
         ``now_us`` replaces Redis TIME: for tests of the algorithm only."""
         text, sha = _SCRIPTS[policy.algorithm]
-        args = [policy.rate.limit, policy.rate.period_us, policy.burst, cost]
+        args = [policy.limit, policy.period_us, policy.burst, cost]
         if now_us is not None:
             args.append(now_us)
         rkey = self.key(key, policy)
@@ -330,28 +333,31 @@ def check(cache: Any, key: str, policy: Policy, cost: int = 1, *,
     raises for Redis trouble: an open circuit breaker or a Redis error is decided by the
     failure mode without further I/O.
     """
-    store = _store_for(cache)
-    if store is not None:
-        breaker = store.breaker
-        if breaker is None or breaker.allow():
-            try:
-                allowed, remaining, retry, reset = store.hit(key, policy, cost)
-            except Exception as exc:  # noqa: BLE001 - no Redis failure may reach the view
-                if breaker is not None:
-                    breaker.record_failure()
-                return _on_failure(exc, key, policy, cost, now, failure_mode)
+    found = _stores.get(id(cache))
+    store = found[1] if found is not None and found[0] is cache else _store_for(cache)
+    if store is None:
+        now_us = round((time.time() if now is None else now) * 1_000_000)
+        allowed, remaining, retry, reset, _full = (_local or local_limiter()).hit(
+            key, policy.code, policy.limit, policy.period_us, policy.burst, cost, now_us)
+        return Decision(allowed, remaining, retry, reset, policy, "local")
+    breaker = store.breaker
+    if breaker is None or breaker.allow():
+        try:
+            allowed, remaining, retry, reset = store.hit(key, policy, cost)
+        except Exception as exc:  # noqa: BLE001 - no Redis failure may reach the view
             if breaker is not None:
-                breaker.record_success()
-            return Decision(allowed == 1, remaining, retry, reset, policy, "redis")
-        return _on_failure(None, key, policy, cost, now, failure_mode)
-    return _local_check(key, policy, cost, now, "local")
+                breaker.record_failure()
+            return _on_failure(exc, key, policy, cost, now, failure_mode)
+        if breaker is not None:
+            breaker.record_success()
+        return Decision(allowed == 1, remaining, retry, reset, policy, "redis")
+    return _on_failure(None, key, policy, cost, now, failure_mode)
 
 
 def _local_check(key: str, policy: Policy, cost: int, now: float | None, source: str) -> Decision:
     now_us = round((time.time() if now is None else now) * 1_000_000)
-    rate = policy.rate
     allowed, remaining, retry, reset, _full = local_limiter().hit(
-        key, policy.code, rate.limit, rate.period_us, policy.burst, cost, now_us)
+        key, policy.code, policy.limit, policy.period_us, policy.burst, cost, now_us)
     return Decision(allowed, remaining, retry, reset, policy, source)
 
 

@@ -14,6 +14,7 @@ in this process's C++ table (per process, timed by ``timer``).
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -84,9 +85,15 @@ class SimpleRateThrottle(drf_throttling.SimpleRateThrottle):
         if rate is None:
             self.policy = None
             return (None, None)
-        where = f"throttle {type(self).__name__} (scope {self.scope!r}, rate {rate!r})"
-        self.policy = _policy(rate, self.algorithm, self.burst, self.scope or "default", where)
-        return (self.policy.rate.limit, self.policy.rate.period)
+        key = (rate, self.algorithm, self.burst, self.scope)
+        policy = _policies.get(key)
+        if policy is None:
+            # Throttles are built per request: each configuration is validated once.
+            where = f"throttle {type(self).__name__} (scope {self.scope!r}, rate {rate!r})"
+            policy = _policies[key] = limiter.make_policy(
+                rate, self.algorithm, self.burst, name=self.scope or "default", where=where)
+        self.policy = policy
+        return (policy.limit, policy.rate.period)
 
     def get_cost(self, request: Any, view: Any) -> int:
         """Units this request spends (default: the ``cost`` attribute)."""
@@ -174,15 +181,6 @@ class ScopedRateThrottle(SimpleRateThrottle):
 _policies: dict[tuple, limiter.Policy] = {}
 
 
-def _policy(rate: str, algorithm: str, burst: int | None, name: str, where: str) -> limiter.Policy:
-    # Throttles are built per request: parse each (rate, algorithm, burst, scope) once.
-    key = (rate, algorithm, burst, name)
-    policy = _policies.get(key)
-    if policy is None:
-        policy = _policies[key] = limiter.make_policy(rate, algorithm, burst, name=name, where=where)
-    return policy
-
-
 def _record(request: Any, decision: limiter.Decision) -> None:
     # Kept on the HttpRequest under DRF's Request so RateLimitMiddleware can send headers.
     http_request = getattr(request, "_request", request)
@@ -211,6 +209,11 @@ def check_throttle_classes(app_configs: Any = None, **kwargs: Any) -> list[check
     rates = api_settings.DEFAULT_THROTTLE_RATES or {}
     for cls in [SimpleRateThrottle, *_all_subclasses(SimpleRateThrottle)]:
         if cls is ScopedRateThrottle or issubclass(cls, ScopedRateThrottle):
+            continue
+        # Only classes settings can name (module-level): classes made inside functions
+        # (tests, factories) are not configuration.
+        module = sys.modules.get(cls.__module__)
+        if module is None or getattr(module, cls.__qualname__, None) is not cls:
             continue
         rate = cls.__dict__.get("rate", getattr(cls, "rate", None))
         if not rate:

@@ -14,6 +14,7 @@ __all__ = [
     "LockError",
     "LockNotOwnedError",
     "ConnectionInterrupted",
+    "InvalidRate",
 ]
 
 
@@ -49,3 +50,7 @@ class ConnectionInterrupted(FastCacheError, ConnectionError):
     """Redis could not be reached (refused, timed out, down, read-only, loading) or the
     circuit breaker is open; raised only with ``IGNORE_EXCEPTIONS=False``, chained from the
     redis-py or socket error when there was one."""
+
+
+class InvalidRate(FastCacheError, ValueError):
+    """A rate string the limiter cannot parse ("100/minute", "100/15m", ... are valid)."""

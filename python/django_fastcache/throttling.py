@@ -1,0 +1,233 @@
+"""Drop-in replacements for DRF's rate throttles whose check is one atomic operation.
+
+Change the import path in ``DEFAULT_THROTTLE_CLASSES`` or ``throttle_classes`` and nothing
+else: ``scope``, ``rate``, ``THROTTLE_RATES``, ``get_cache_key``, ``get_ident`` (with
+``NUM_PROXIES``), ``cache``, ``timer`` and ``wait()`` keep DRF's meaning. Added class
+attributes: ``algorithm`` ("sliding_log", the default and DRF's own semantics; "gcra";
+"sliding_window"; "fixed_window"), ``burst`` (gcra), ``cost`` (or ``get_cost()``) and
+``failure_mode`` (overrides ``FASTCACHE_THROTTLE['FAILURE_MODE']``).
+
+The store follows the ``cache`` attribute as in DRF: a FastCache with a Redis LOCATION
+runs the check in that Redis (its clock; ``timer`` is then unused); any other cache runs it
+in this process's C++ table (per process, timed by ``timer``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from django.core import checks
+from django.core.cache import cache as default_cache
+from django.core.exceptions import ImproperlyConfigured
+from rest_framework import throttling as drf_throttling
+from rest_framework.settings import api_settings
+
+from . import limiter
+from .errors import InvalidRate
+
+__all__ = [
+    "AnonRateThrottle",
+    "BaseThrottle",
+    "ScopedRateThrottle",
+    "SimpleRateThrottle",
+    "UserRateThrottle",
+]
+
+BaseThrottle = drf_throttling.BaseThrottle
+
+
+class SimpleRateThrottle(drf_throttling.SimpleRateThrottle):
+    """DRF's ``SimpleRateThrottle`` contract with an atomic, exact check.
+
+    Subclasses override ``get_cache_key()`` (returning None skips throttling). An instance
+    serves one request, as in DRF. After ``allow_request()``, ``self.decision`` holds the
+    :class:`django_fastcache.limiter.Decision` and ``wait()`` the seconds to wait (None when
+    the request's cost can never fit the rate).
+    """
+
+    cache = default_cache
+    timer = time.time
+    cache_format = "throttle_%(scope)s_%(ident)s"
+    scope: str | None = None
+    # None: read REST_FRAMEWORK['DEFAULT_THROTTLE_RATES'] at use (so overridden settings
+    # apply); a dict set on a subclass is used as in DRF.
+    THROTTLE_RATES: dict[str, str | None] | None = None
+    algorithm = "sliding_log"
+    burst: int | None = None
+    cost = 1
+    failure_mode: str | None = None
+
+    decision: limiter.Decision | None = None
+
+    def __init__(self) -> None:
+        if not getattr(self, "rate", None):
+            self.rate = self.get_rate()
+        self.num_requests, self.duration = self.parse_rate(self.rate)
+
+    def get_rate(self) -> str | None:
+        if not getattr(self, "scope", None):
+            raise ImproperlyConfigured(
+                f"You must set either `.scope` or `.rate` for '{type(self).__name__}' throttle")
+        rates = self.THROTTLE_RATES
+        if rates is None:
+            rates = api_settings.DEFAULT_THROTTLE_RATES
+        try:
+            return rates[self.scope]
+        except KeyError:
+            raise ImproperlyConfigured(
+                f"No default throttle rate set for '{self.scope}' scope") from None
+
+    def parse_rate(self, rate: str | None) -> tuple[int | None, int | None]:
+        """``(num_requests, duration_seconds)`` as DRF; also builds ``self.policy``.
+        Raises ``ImproperlyConfigured`` naming the scope and the rate."""
+        if rate is None:
+            self.policy = None
+            return (None, None)
+        key = (rate, self.algorithm, self.burst, self.scope)
+        policy = _policies.get(key)
+        if policy is None:
+            # Throttles are built per request: each configuration is validated once.
+            where = f"throttle {type(self).__name__} (scope {self.scope!r}, rate {rate!r})"
+            policy = _policies[key] = limiter.make_policy(
+                rate, self.algorithm, self.burst, name=self.scope or "default", where=where)
+        self.policy = policy
+        return (policy.limit, policy.rate.period)
+
+    def get_cost(self, request: Any, view: Any) -> int:
+        """Units this request spends (default: the ``cost`` attribute)."""
+        return self.cost
+
+    def allow_request(self, request: Any, view: Any) -> bool:
+        if self.rate is None:
+            return True
+        self.key = self.get_cache_key(request, view)
+        if self.key is None:
+            return True
+        self.now = self.timer()
+        self.decision = decision = limiter.check(
+            self.cache, self.key, self.policy, self.get_cost(request, view),
+            now=self.now, failure_mode=self.failure_mode)
+        _record(request, decision)
+        if decision.allowed:
+            return self.throttle_success()
+        return self.throttle_failure()
+
+    def throttle_success(self) -> bool:
+        return True
+
+    def throttle_failure(self) -> bool:
+        return False
+
+    def wait(self) -> float | None:
+        """Seconds until this request would be allowed (DRF turns it into Retry-After)."""
+        if self.decision is None:
+            return None
+        return self.decision.retry_after
+
+    def get_ident(self, request: Any) -> str | None:
+        # DRF's semantics, read from META directly (request.headers builds a mapping).
+        return limiter.get_ident(request, api_settings.NUM_PROXIES)
+
+
+class AnonRateThrottle(SimpleRateThrottle):
+    """Limits anonymous requests by client address; authenticated ones pass."""
+
+    scope = "anon"
+
+    def get_cache_key(self, request: Any, view: Any) -> str | None:
+        user = request.user
+        if user and user.is_authenticated:
+            return None
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class UserRateThrottle(SimpleRateThrottle):
+    """Limits by user id when authenticated, by client address otherwise."""
+
+    scope = "user"
+
+    def get_cache_key(self, request: Any, view: Any) -> str | None:
+        user = request.user
+        ident = user.pk if user and user.is_authenticated else self.get_ident(request)
+        return self.cache_format % {"scope": self.scope, "ident": ident}
+
+
+class ScopedRateThrottle(SimpleRateThrottle):
+    """Limits per view ``throttle_scope`` (user id or client address within a scope);
+    views without one are not throttled."""
+
+    scope_attr = "throttle_scope"
+
+    def __init__(self) -> None:
+        # The rate depends on the view, known only in allow_request().
+        pass
+
+    def allow_request(self, request: Any, view: Any) -> bool:
+        self.scope = getattr(view, self.scope_attr, None)
+        if not self.scope:
+            return True
+        self.rate = self.get_rate()
+        self.num_requests, self.duration = self.parse_rate(self.rate)
+        return super().allow_request(request, view)
+
+    def get_cache_key(self, request: Any, view: Any) -> str | None:
+        user = request.user
+        ident = user.pk if user and user.is_authenticated else self.get_ident(request)
+        return self.cache_format % {"scope": self.scope, "ident": ident}
+
+
+_policies: dict[tuple, limiter.Policy] = {}
+
+
+def _record(request: Any, decision: limiter.Decision) -> None:
+    # Kept on the HttpRequest under DRF's Request so RateLimitMiddleware can send headers.
+    http_request = getattr(request, "_request", request)
+    try:
+        http_request._fastcache_ratelimit.append(decision)
+    except AttributeError:
+        try:
+            http_request._fastcache_ratelimit = [decision]
+        except AttributeError:  # not a request object (DRF's own tests pass {})
+            pass
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_all_subclasses(sub))
+    return found
+
+
+@checks.register(checks.Tags.caches)
+def check_throttle_classes(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Every imported throttle class of ours with a fixed rate or scope must have a valid
+    rate and algorithm (DRF would only fail on the first request)."""
+    errors = []
+    rates = api_settings.DEFAULT_THROTTLE_RATES or {}
+    for cls in [SimpleRateThrottle, *_all_subclasses(SimpleRateThrottle)]:
+        if cls is ScopedRateThrottle or issubclass(cls, ScopedRateThrottle):
+            continue
+        # Only classes settings can name (module-level): classes made inside functions
+        # (tests, factories) are not configuration.
+        module = sys.modules.get(cls.__module__)
+        if module is None or getattr(module, cls.__qualname__, None) is not cls:
+            continue
+        rate = cls.__dict__.get("rate", getattr(cls, "rate", None))
+        if not rate:
+            scope = getattr(cls, "scope", None)
+            table = cls.THROTTLE_RATES if cls.THROTTLE_RATES is not None else rates
+            if not scope or scope not in table:
+                continue  # DRF reports a missing rate on first use; so do we
+            rate = table[scope]
+        if rate is None:
+            continue
+        try:
+            limiter.make_policy(rate, cls.algorithm, cls.burst,
+                                where=f"throttle {cls.__module__}.{cls.__qualname__} "
+                                      f"(scope {getattr(cls, 'scope', None)!r})")
+        except (ImproperlyConfigured, InvalidRate) as exc:
+            errors.append(checks.Error(str(exc), id="fastcache.E106"))
+    return errors

@@ -23,6 +23,7 @@ def pytest_configure(config):
             "django.contrib.contenttypes",
             "django.contrib.auth",
             "django.contrib.sessions",
+            "django_fastcache",
             *(["cache"] if DJANGO_SUITE else []),
         ],
         CACHES={"default": {"BACKEND": "django_fastcache.cache.FastCache"}},

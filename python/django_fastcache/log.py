@@ -150,7 +150,7 @@ _FAST_TYPES = {
     datetime.datetime: 1,
     datetime.date: 1,
     datetime.time: 1,
-    uuid.UUID: 2,
+    uuid.UUID: 3,
     decimal.Decimal: 2,
 }
 

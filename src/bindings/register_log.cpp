@@ -2,6 +2,7 @@
 // core's json::Writer, applies redaction, and implements python-json-logger's
 // record-to-fields step (add_fields) so a plain record never runs Python bytecode.
 #include <Python.h>
+#include <datetime.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -29,7 +30,7 @@ using json::WriterOptions;
 
 // Ways to turn a non-JSON value into JSON without calling the Python default function,
 // for exact types the Python layer registered (only with the built-in default table).
-enum FastKind : int { kIsoformat = 1, kStr = 2 };
+enum FastKind : int { kIsoformat = 1, kStr = 2, kUuid = 3 };
 
 // Calls a unicode-kind-specific functor on the code units of a str.
 template <class F>
@@ -171,7 +172,7 @@ public:
 private:
     static inline py::handle s_msg, s_message, s_args, s_empty, s_getMessage, s_formatTime,
         s_datefmt, s_asctime, s_exc_info, s_exc_text, s_stack_info, s_exception_fields,
-        s_request_summary, s_timestamp_value, s_isoformat;
+        s_request_summary, s_timestamp_value, s_isoformat, s_int;
     static inline PyObject* s_logrecord_type = nullptr;
 
 public:
@@ -191,6 +192,9 @@ public:
         s_request_summary = intern("_request_summary");
         s_timestamp_value = intern("_timestamp_value");
         s_isoformat = intern("isoformat");
+        s_int = intern("int");
+        PyDateTime_IMPORT;
+        if (!PyDateTimeAPI) throw py::error_already_set();
         s_logrecord_type = py::object(py::module_::import("logging").attr("LogRecord")).release().ptr();
     }
 
@@ -534,12 +538,70 @@ private:
         throw py::error_already_set();
     }
 
+    // Exact datetime/date/time whose tzinfo is None or UTC, written without a call into
+    // Python (isoformat() with a tzinfo is mostly the tzinfo's utcoffset() in Python).
+    static bool iso_fast(State& st, PyObject* o) {
+        char buf[48];
+        std::size_t n = 0;
+        PyObject* tz = Py_None;
+        if (PyDateTime_CheckExact(o)) {
+            tz = PyDateTime_DATE_GET_TZINFO(o);
+            if (tz != Py_None && tz != PyDateTime_TimeZone_UTC) return false;
+            n = json::format_iso_date(PyDateTime_GET_YEAR(o), PyDateTime_GET_MONTH(o),
+                                      PyDateTime_GET_DAY(o), buf);
+            buf[n++] = 'T';
+            n += json::format_iso_time(
+                PyDateTime_DATE_GET_HOUR(o), PyDateTime_DATE_GET_MINUTE(o),
+                PyDateTime_DATE_GET_SECOND(o), PyDateTime_DATE_GET_MICROSECOND(o), buf + n);
+        } else if (PyDate_CheckExact(o)) {
+            n = json::format_iso_date(PyDateTime_GET_YEAR(o), PyDateTime_GET_MONTH(o),
+                                      PyDateTime_GET_DAY(o), buf);
+        } else if (PyTime_CheckExact(o)) {
+            tz = PyDateTime_TIME_GET_TZINFO(o);
+            if (tz != Py_None && tz != PyDateTime_TimeZone_UTC) return false;
+            n = json::format_iso_time(
+                PyDateTime_TIME_GET_HOUR(o), PyDateTime_TIME_GET_MINUTE(o),
+                PyDateTime_TIME_GET_SECOND(o), PyDateTime_TIME_GET_MICROSECOND(o), buf);
+        } else {
+            return false;
+        }
+        if (tz != Py_None) {
+            std::memcpy(buf + n, "+00:00", 6);
+            n += 6;
+        }
+        st.writer.string_utf8_ascii(std::string_view(buf, n));
+        return true;
+    }
+
+    static bool uuid_fast(State& st, PyObject* o) {
+        py::object v = py::reinterpret_steal<py::object>(PyObject_GetAttr(o, s_int.ptr()));
+        if (!v || !PyLong_CheckExact(v.ptr())) {
+            PyErr_Clear();
+            return false;
+        }
+        unsigned long long low = PyLong_AsUnsignedLongLongMask(v.ptr());
+        py::object sixty_four = py::reinterpret_steal<py::object>(PyLong_FromLong(64));
+        py::object hi_obj = py::reinterpret_steal<py::object>(
+            PyNumber_Rshift(v.ptr(), sixty_four.ptr()));
+        if (!hi_obj) throw py::error_already_set();
+        unsigned long long high = PyLong_AsUnsignedLongLong(hi_obj.ptr());
+        if (high == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+            PyErr_Clear();  // not a 128-bit value: let str() decide
+            return false;
+        }
+        char buf[36];
+        st.writer.string_utf8_ascii(std::string_view(buf, json::format_uuid(high, low, buf)));
+        return true;
+    }
+
     void other(State& st, PyObject* o) {
         if (PyDict_GET_SIZE(fast_types_.ptr()) != 0) {
             PyObject* kind = PyDict_GetItemWithError(fast_types_.ptr(), (PyObject*)Py_TYPE(o));
             if (!kind && PyErr_Occurred()) throw py::error_already_set();
             if (kind) {
                 long k = PyLong_AsLong(kind);
+                if (k == kIsoformat && !value_patterns_ && iso_fast(st, o)) return;
+                if (k == kUuid && !value_patterns_ && uuid_fast(st, o)) return;
                 PyObject* s = k == kIsoformat ? PyObject_CallMethodNoArgs(o, s_isoformat.ptr())
                                               : PyObject_Str(o);
                 if (s && PyUnicode_Check(s)) {

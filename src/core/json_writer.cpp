@@ -136,6 +136,49 @@ std::size_t format_double_repr(double value, char* out) {
     return static_cast<std::size_t>(o - out);
 }
 
+namespace {
+inline char* put_digits(char* o, int value, int width) {
+    for (int i = width - 1; i >= 0; --i) {
+        o[i] = static_cast<char>('0' + value % 10);
+        value /= 10;
+    }
+    return o + width;
+}
+}  // namespace
+
+std::size_t format_iso_date(int year, int month, int day, char* out) {
+    char* o = put_digits(out, year, 4);
+    *o++ = '-';
+    o = put_digits(o, month, 2);
+    *o++ = '-';
+    o = put_digits(o, day, 2);
+    return static_cast<std::size_t>(o - out);
+}
+
+std::size_t format_iso_time(int hour, int minute, int second, int microsecond, char* out) {
+    char* o = put_digits(out, hour, 2);
+    *o++ = ':';
+    o = put_digits(o, minute, 2);
+    *o++ = ':';
+    o = put_digits(o, second, 2);
+    if (microsecond) {
+        *o++ = '.';
+        o = put_digits(o, microsecond, 6);
+    }
+    return static_cast<std::size_t>(o - out);
+}
+
+std::size_t format_uuid(std::uint64_t high, std::uint64_t low, char* out) {
+    char* o = out;
+    for (int i = 0; i < 32; ++i) {
+        if (i == 8 || i == 12 || i == 16 || i == 20) *o++ = '-';
+        std::uint64_t word = i < 16 ? high : low;
+        int shift = 60 - 4 * (i % 16);
+        *o++ = kHex[(word >> shift) & 0xf];
+    }
+    return static_cast<std::size_t>(o - out);
+}
+
 Writer::Writer(WriterOptions options) : opt_(std::move(options)) {
     out_.reserve(512);
     stack_.reserve(16);

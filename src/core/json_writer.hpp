@@ -31,6 +31,14 @@ struct Span {
 // Returns the number of chars written. Precondition: std::isfinite(value).
 std::size_t format_double_repr(double value, char* out);
 
+// ISO 8601 text as Python's date/time isoformat() writes it: "YYYY-MM-DD",
+// "HH:MM:SS" or "HH:MM:SS.ffffff" (microseconds only when non-zero). `out` needs 16 chars.
+std::size_t format_iso_date(int year, int month, int day, char* out);
+std::size_t format_iso_time(int hour, int minute, int second, int microsecond, char* out);
+
+// The canonical 8-4-4-4-12 lower-case hex form of a 128-bit UUID. `out` needs 36 chars.
+std::size_t format_uuid(std::uint64_t high, std::uint64_t low, char* out);
+
 // Thread safety: none; one writer per thread (or per call). Complexity: every method is
 // O(size of what it writes). Exceptions: std::bad_alloc only; the caller is responsible
 // for calling begin/end and key/value in a well-formed order (checked in debug builds).

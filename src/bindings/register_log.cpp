@@ -106,6 +106,7 @@ public:
         needs_asctime_ = needs_asctime;
         noscan_ = std::move(noscan);
         request_key_ = std::move(request_key);
+        build_skip_table();
         configured_ = true;
     }
 
@@ -142,8 +143,12 @@ public:
             if (!args && PyErr_Occurred()) throw py::error_already_set();
             int has_args = args ? PyObject_IsTrue(args) : 0;
             if (has_args < 0) throw py::error_already_set();
-            if (msg && PyUnicode_CheckExact(msg) && !has_args && plain_record(rec)) {
-                message = py::reinterpret_borrow<py::object>(msg);
+            if (msg && PyUnicode_CheckExact(msg) && plain_record(rec)) {
+                // LogRecord.getMessage() is str(msg) % args when args; for an exact str
+                // that is PyUnicode_Format, without the Python frame.
+                message = has_args ? py::reinterpret_steal<py::object>(PyUnicode_Format(msg, args))
+                                   : py::reinterpret_borrow<py::object>(msg);
+                if (!message) throw py::error_already_set();
             } else {
                 message = py::reinterpret_steal<py::object>(
                     PyObject_CallMethodNoArgs(rec, s_getMessage.ptr()));
@@ -289,6 +294,7 @@ private:
                 PyUnicode_READ_CHAR(k, 0) == '_') {
                 continue;
             }
+            if (skip_table_hit(k)) continue;
             int skip = PySet_Contains(skip_.ptr(), k);
             if (skip < 0) throw py::error_already_set();
             if (skip) continue;
@@ -313,6 +319,36 @@ private:
             int has = PyDict_Contains(log_data, field.ptr());
             if (has < 0) throw py::error_already_set();
             if (!has) set(log_data, field.ptr(), Py_None);
+        }
+    }
+
+    // Record attribute names are interned strings, and so are the reserved names the
+    // Python layer passes in, so most skip checks are a pointer match in this table (the
+    // frozenset keeps the objects alive, which makes pointer identity sound). A miss
+    // falls back to the set lookup, so equal but distinct strings are still skipped.
+    void build_skip_table() {
+        std::size_t n = static_cast<std::size_t>(PySet_GET_SIZE(skip_.ptr()));
+        std::size_t cap = 16;
+        while (cap < 4 * n) cap <<= 1;
+        skip_table_.assign(cap, nullptr);
+        for (py::handle k : skip_) {
+            std::size_t i = slot(k.ptr(), cap - 1);
+            while (skip_table_[i]) i = (i + 1) & (cap - 1);
+            skip_table_[i] = k.ptr();
+        }
+    }
+
+    static std::size_t slot(PyObject* p, std::size_t mask) {
+        auto v = reinterpret_cast<std::uintptr_t>(p);
+        return static_cast<std::size_t>((v >> 4) ^ (v >> 12)) & mask;
+    }
+
+    bool skip_table_hit(PyObject* k) const {
+        const std::size_t mask = skip_table_.size() - 1;
+        for (std::size_t i = slot(k, mask);; i = (i + 1) & mask) {
+            PyObject* e = skip_table_[i];
+            if (!e) return false;
+            if (e == k) return true;
         }
     }
 
@@ -651,6 +687,7 @@ private:
     bool needs_asctime_ = false;
     py::object noscan_ = py::reinterpret_steal<py::object>(PyFrozenSet_New(nullptr));
     py::object request_key_ = py::none();
+    std::vector<PyObject*> skip_table_ = std::vector<PyObject*>(16, nullptr);
 };
 
 }  // namespace

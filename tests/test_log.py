@@ -357,3 +357,85 @@ def test_request_context_can_be_turned_off():
         on = one_line(JsonFormatter().format(record()))
         off = one_line(JsonFormatter(request_context=False).format(record()))
     assert on["request_id"] == "abc" and "request_id" not in off
+
+
+# --- redaction rules in the C++ core --------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from django_fastcache import _core  # noqa: E402
+
+CARD, EMAIL, BEARER = 1, 2, 4
+
+
+@pytest.mark.parametrize(
+    "text, spans",
+    [
+        ("4111111111111111", [(0, 16)]),
+        ("x 4111-1111-1111-1111 y", [(2, 21)]),
+        ("4111111111111112", []),  # Luhn fails
+        ("a4111111111111111", []),  # part of a word
+        ("41111111111111110000", []),  # 20 digits: not a card
+        ("378282246310005", [(0, 15)]),  # 15-digit Amex
+        ("4111  1111 1111 1111", []),  # two separators in a row end the number
+    ],
+)
+def test_card_spans(text, spans):
+    assert _core.find_redaction_spans(text, CARD) == spans
+
+
+@pytest.mark.parametrize(
+    "text, spans",
+    [
+        ("mail a.b+c@ex-ample.co.uk.", [(5, 25)]),
+        ("x@y", []),
+        ("@example.com", []),
+        ("a@b.c", []),
+        ("a@.com", []),
+        ("é x@example.com ü", [(2, 15)]),  # non-ASCII around, offsets in code points
+    ],
+)
+def test_email_spans(text, spans):
+    assert _core.find_redaction_spans(text, EMAIL) == spans
+
+
+def test_bearer_spans_and_merging():
+    assert _core.find_redaction_spans("Authorization: bearer  abc.def=", BEARER) == [(23, 31)]
+    assert _core.find_redaction_spans("Bearer", BEARER) == []
+    assert _core.find_redaction_spans("unbearer x", BEARER) == []
+    text = "Bearer a@b.io"
+    assert _core.find_redaction_spans(text, BEARER | EMAIL) == [(7, 13)]
+
+
+_json_leaves = st.none() | st.integers() | st.text(max_size=5)
+_nested = st.recursive(
+    _json_leaves,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_nested, st.integers(min_value=0, max_value=10**6), st.sampled_from(
+    ["password", "X-Api-Key", "sessionid", "Set-Cookie", "authorization"]))
+def test_secret_keys_are_redacted_wherever_they_are_nested(tree, seed, key):
+    secret = {key: "S3CR3T-VALUE"}
+    # Walk down the generated tree along `seed` and hang the secret there.
+    node, path = tree, seed
+    while isinstance(node, (list, dict)) and node and path:
+        items = list(node.values()) if isinstance(node, dict) else node
+        child = items[path % len(items)]
+        if not isinstance(child, (list, dict)):
+            break
+        node, path = child, path // 3
+    if isinstance(node, list):
+        node.append(secret)
+    elif isinstance(node, dict):
+        node["hide"] = secret
+    else:
+        tree = [tree, secret]
+    for message in ({"m": tree}, "plain"):
+        out = JsonFormatter().format(record(msg=message, extra_tree=tree))
+        assert "S3CR3T-VALUE" not in out
+        json.loads(out)

@@ -251,6 +251,7 @@ def test_dictconfig_with_fmt_and_format_keys(tmp_path):
     for key in ("fmt", "format"):
         config = {
             "version": 1,
+            "disable_existing_loggers": False,
             "formatters": {
                 "json": {
                     "()": "django_fastcache.log.JsonFormatter",

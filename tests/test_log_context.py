@@ -41,6 +41,21 @@ async def async_view(request, n):
     return HttpResponse("ok")
 
 
+# The concurrent async test's barrier: every request waits until all have started, so they
+# really overlap however slow the machine is.
+_gate: dict = {}
+
+
+async def gated_view(request, n):
+    app_log.info("async start %s", n)
+    _gate["started"] += 1
+    if _gate["started"] == _gate["expected"]:
+        _gate["event"].set()
+    await asyncio.wait_for(_gate["event"].wait(), 10)
+    log_event("async.event", {"n": n}, logger="ctxtest.app")
+    return HttpResponse("ok")
+
+
 def failing_view(request):
     raise RuntimeError("view failed")
 
@@ -48,6 +63,7 @@ def failing_view(request):
 urlpatterns = [
     path("sync/<int:n>/", sync_view),
     path("async/<int:n>/", async_view),
+    path("gated/<int:n>/", gated_view),
     path("fail/", failing_view),
 ]
 
@@ -176,17 +192,16 @@ def test_concurrent_async_requests_never_see_each_others_context(lines):
 
     async def one(i):
         return await client.get(
-            f"/async/{i}/", headers={"X-Request-ID": f"a-{i}", "X-Test-User": str(100 + i)}
+            f"/gated/{i}/", headers={"X-Request-ID": f"a-{i}", "X-Test-User": str(100 + i)}
         )
 
     async def main():
+        _gate.update(started=0, expected=10, event=asyncio.Event())
         return await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(10))), 20)
 
     responses = asyncio.run(main())
-    starts = [ln["message"] for ln in lines if ln["message"].startswith("async start")]
-    # The requests really overlapped: all ten started before the first finished.
-    assert len(starts) == 10
-    assert lines.index(next(ln for ln in lines if ln["name"] != "ctxtest.app")) >= 10
+    # The gate guarantees overlap: all ten started before any wrote its event line.
+    assert all("start" in ln["message"] for ln in lines[:10])
     assert [r["X-Request-ID"] for r in responses] == [f"a-{i}" for i in range(10)]
     app = [ln for ln in lines if ln["name"] == "ctxtest.app"]
     assert len(app) == 20

@@ -17,10 +17,9 @@ import time
 import uuid
 from importlib.metadata import version
 
+from django_fastcache.log import JsonFormatter
 from pythonjsonlogger.json import JsonFormatter as PjlJsonFormatter
 from pythonjsonlogger.orjson import OrjsonFormatter as PjlOrjsonFormatter
-
-from django_fastcache.log import JsonFormatter
 
 
 class JsonDumpsFormatter(logging.Formatter):
@@ -137,8 +136,10 @@ def main() -> None:
     )
     cases = [case for case, _, _ in cases]
     ours = results["django_fastcache JsonFormatter"]
-    header = f"{'formatter':36}" + "".join(f"{c:>13}" for c in cases) + "".join(
-        f"{'x ' + c:>14}" for c in cases
+    header = (
+        f"{'formatter':36}"
+        + "".join(f"{c:>13}" for c in cases)
+        + "".join(f"{'x ' + c:>14}" for c in cases)
     )
     print(header)
     print("-" * len(header))

@@ -13,8 +13,6 @@ import pytest
 from django.http import HttpResponse
 from django.test import RequestFactory
 from django.utils.log import log_response
-from pythonjsonlogger.json import JsonFormatter as PjlFormatter
-
 from django_fastcache.log import (
     DEFAULT_REDACT_KEYS,
     REDACTED,
@@ -22,6 +20,7 @@ from django_fastcache.log import (
     bind_context,
     log_event,
 )
+from pythonjsonlogger.json import JsonFormatter as PjlFormatter
 
 
 class ListHandler(logging.Handler):
@@ -96,17 +95,25 @@ def test_default_that_returns_its_argument_does_not_recurse():
 
 
 def test_odd_dict_keys_are_stringified():
-    value = {(1, 2): "tuple", 1: "int", 2.5: "float", None: "none", True: "bool"}
+    value = {(1, 2): "tuple", 1: "int", 2.5: "float", None: "none", False: "bool"}
     with pytest.raises(TypeError):
         PjlFormatter().format(record(v=value))
     out = one_line(JsonFormatter().format(record(v=value)))
-    assert out["v"] == {"(1, 2)": "tuple", "1": "bool", "2.5": "float", "null": "none"}
+    assert out["v"] == {
+        "(1, 2)": "tuple",
+        "1": "int",
+        "2.5": "float",
+        "null": "none",
+        "false": "bool",
+    }
 
 
 def test_nan_and_infinity_become_null():
     bad = PjlFormatter().format(record(n=float("nan")))
     assert "NaN" in bad
-    out = one_line(JsonFormatter().format(record(n=float("nan"), i=float("inf"), j=[-float("inf")])))
+    out = one_line(
+        JsonFormatter().format(record(n=float("nan"), i=float("inf"), j=[-float("inf")]))
+    )
     assert out["n"] is None and out["i"] is None and out["j"] == [None]
 
 
@@ -235,8 +242,15 @@ def test_secret_keys_are_redacted_at_any_depth():
         "refresh_token": None,
     }
     out = one_line(JsonFormatter().format(record(**extra)))
-    assert out["user"] == {"name": "al", "password": REDACTED, "profile": {"API-Key": REDACTED, "ok": 1}}
-    assert out["headers"] == [{"Authorization": REDACTED}, {"X-CSRFToken": REDACTED, "Cookie": REDACTED}]
+    assert out["user"] == {
+        "name": "al",
+        "password": REDACTED,
+        "profile": {"API-Key": REDACTED, "ok": 1},
+    }
+    assert out["headers"] == [
+        {"Authorization": REDACTED},
+        {"X-CSRFToken": REDACTED, "Cookie": REDACTED},
+    ]
     for key in ("session_id", "db_passwd", "client_secret", "refresh_token"):
         assert out[key] == REDACTED
 
@@ -260,13 +274,17 @@ def test_value_patterns_are_opt_in():
     plain = one_line(JsonFormatter().format(record(note=text)))
     assert plain["note"] == text
     f = JsonFormatter(redact_values=["card", "email", "bearer"])
-    out = one_line(f.format(record(
-        msg=text,
-        note={"deep": [text]},
-        auth="Bearer abc.DEF-123_~+/xyz==",
-        dashes="4012-8888-8888-1881",
-        uuid_like="12345678-1234-5678-1234-567812345678",
-    )))
+    out = one_line(
+        f.format(
+            record(
+                msg=text,
+                note={"deep": [text]},
+                auth="Bearer abc.DEF-123_~+/xyz==",
+                dashes="4012-8888-8888-1881",
+                uuid_like="12345678-1234-5678-1234-567812345678",
+            )
+        )
+    )
     expected = f"card {REDACTED}, not 4111 1111 1111 1112, mail {REDACTED}"
     assert out["message"] == expected
     assert out["note"] == {"deep": [expected]}
@@ -297,7 +315,9 @@ def test_redaction_settings_are_checked():
 def test_django_request_records_carry_a_request_summary():
     request = RequestFactory().get("/missing/?q=1")
     with capture("django.request") as h:
-        log_response("Not Found: %s", request.path, response=HttpResponse(status=404), request=request)
+        log_response(
+            "Not Found: %s", request.path, response=HttpResponse(status=404), request=request
+        )
     (out,) = h.parsed()
     assert out["request"] == {"method": "GET", "path": "/missing/", "status": 404}
     assert out["status_code"] == 404
@@ -308,7 +328,10 @@ def test_django_server_records_summarize_the_socket():
     try:
         with capture("django.server") as h:
             logging.getLogger("django.server").info(
-                '"%s" %s %s', "POST /api/items HTTP/1.1", "201", "12",
+                '"%s" %s %s',
+                "POST /api/items HTTP/1.1",
+                "201",
+                "12",
                 extra={"request": sock, "server_time": "now", "status_code": 201},
             )
     finally:
@@ -361,10 +384,9 @@ def test_request_context_can_be_turned_off():
 
 # --- redaction rules in the C++ core --------------------------------------------------------
 
+from django_fastcache import _core  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-from django_fastcache import _core  # noqa: E402
 
 CARD, EMAIL, BEARER = 1, 2, 4
 
@@ -417,8 +439,11 @@ _nested = st.recursive(
 
 
 @settings(max_examples=100, deadline=None)
-@given(_nested, st.integers(min_value=0, max_value=10**6), st.sampled_from(
-    ["password", "X-Api-Key", "sessionid", "Set-Cookie", "authorization"]))
+@given(
+    _nested,
+    st.integers(min_value=0, max_value=10**6),
+    st.sampled_from(["password", "X-Api-Key", "sessionid", "Set-Cookie", "authorization"]),
+)
 def test_secret_keys_are_redacted_wherever_they_are_nested(tree, seed, key):
     secret = {key: "S3CR3T-VALUE"}
     # Walk down the generated tree along `seed` and hang the secret there.

@@ -15,22 +15,22 @@ import sys
 import uuid
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from pythonjsonlogger.json import JsonFormatter as PjlFormatter
-
 from django_fastcache import _core
 from django_fastcache.log import JsonFormatter
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pythonjsonlogger.json import JsonFormatter as PjlFormatter
 
 # Compatibility runs with redaction off: python-json-logger has none.
 NO_REDACT = {"redact_keys": ()}
 
 
-def make_record(msg="hello %s", args=("world",), level=logging.INFO, exc_info=None,
-                name="compat", **extra):
-    record = logging.LogRecord(name, level, "/srv/app/views.py", 42, msg, args, exc_info,
-                               func="view")
+def make_record(
+    msg="hello %s", args=("world",), level=logging.INFO, exc_info=None, name="compat", **extra
+):
+    record = logging.LogRecord(
+        name, level, "/srv/app/views.py", 42, msg, args, exc_info, func="view"
+    )
     record.__dict__.update(extra)
     return record
 
@@ -52,8 +52,8 @@ def assert_same(record: logging.LogRecord, **kwargs) -> str:
     assert ours == theirs
     prefix = kwargs.get("prefix", "")
     assert ours.startswith(prefix)
-    ours = ours[len(prefix):]
-    assert list(json.loads(ours)) == list(json.loads(theirs[len(prefix):]))  # key order
+    ours = ours[len(prefix) :]
+    assert list(json.loads(ours)) == list(json.loads(theirs[len(prefix) :]))  # key order
     return ours
 
 
@@ -166,7 +166,7 @@ def test_exc_text_only_and_dict_message_exc_info_override():
 @pytest.mark.parametrize("ensure_ascii", [True, False])
 def test_indent_and_ensure_ascii_byte_for_byte(indent, ensure_ascii):
     record = make_record(
-        nested={"a": [1, {"b": []}, {}], "é": "ünïcödé \u2028 😀 \x7f \x00 \"q\" \\"},
+        nested={"a": [1, {"b": []}, {}], "é": 'ünïcödé \u2028 😀 \x7f \x00 "q" \\'},
         empty_list=[],
         empty_dict={},
     )
@@ -177,7 +177,9 @@ def test_non_json_types_table():
     record = make_record(
         dt=datetime.datetime(2024, 1, 2, 3, 4, 5, 678, tzinfo=datetime.timezone.utc),
         dt_naive=datetime.datetime(1999, 12, 31),
-        dt_offset=datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=5, minutes=30))),
+        dt_offset=datetime.datetime(
+            2024, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=5, minutes=30))
+        ),
         d=datetime.date(2020, 2, 29),
         t=datetime.time(23, 59, 59, 999999),
         u=uuid.UUID("12345678-1234-5678-1234-567812345678"),
@@ -287,9 +289,11 @@ _scalars = (
 )
 _values = st.recursive(
     _scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.tuples(children, children)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children, children)
+        | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 _extra_keys = st.text(
@@ -317,8 +321,24 @@ def test_float_repr_matches_python(value):
 
 @pytest.mark.parametrize(
     "value",
-    [0.0, -0.0, 1e16, 1e15, 9999999999999998.0, 1e-4, 1e-5, 0.1, 1 / 3, 5e-324,
-     sys.float_info.max, -1.5e-7, 123456789.125, 1e22, 1e100, 2.5e-300],
+    [
+        0.0,
+        -0.0,
+        1e16,
+        1e15,
+        9999999999999998.0,
+        1e-4,
+        1e-5,
+        0.1,
+        1 / 3,
+        5e-324,
+        sys.float_info.max,
+        -1.5e-7,
+        123456789.125,
+        1e22,
+        1e100,
+        2.5e-300,
+    ],
 )
 def test_float_repr_edges(value):
     assert _core.format_float_repr(value) == repr(value)

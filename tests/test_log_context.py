@@ -15,7 +15,6 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpResponse
 from django.test import AsyncClient, Client, RequestFactory, override_settings
 from django.urls import path
-
 from django_fastcache.log import (
     JsonFormatter,
     RequestContextMiddleware,
@@ -116,7 +115,7 @@ def lines():
     try:
         yield handler.lines
     finally:
-        for lg, (level, propagate) in zip(loggers, saved):
+        for lg, (level, propagate) in zip(loggers, saved, strict=True):
             lg.removeHandler(handler)
             lg.setLevel(level)
             lg.propagate = propagate
@@ -247,7 +246,10 @@ def test_tasks_started_in_a_request_inherit_its_context_but_not_others(lines):
     asyncio.run(asyncio.wait_for(main(), 5))
     children = [ln for ln in lines if ln["message"].startswith("child")]
     assert sorted((c["request_id"], c["path"]) for c in children) == [
-        ("one", "/1/"), ("one", "/1/"), ("two", "/2/"), ("two", "/2/")
+        ("one", "/1/"),
+        ("one", "/1/"),
+        ("two", "/2/"),
+        ("two", "/2/"),
     ]
 
 

@@ -46,9 +46,27 @@ __all__ = [
 RESERVED_ATTRS: tuple[str, ...] = tuple(
     sorted(
         [
-            "args", "asctime", "created", "exc_info", "exc_text", "filename", "funcName",
-            "levelname", "levelno", "lineno", "module", "msecs", "message", "msg", "name",
-            "pathname", "process", "processName", "relativeCreated", "stack_info", "thread",
+            "args",
+            "asctime",
+            "created",
+            "exc_info",
+            "exc_text",
+            "filename",
+            "funcName",
+            "levelname",
+            "levelno",
+            "lineno",
+            "module",
+            "msecs",
+            "message",
+            "msg",
+            "name",
+            "pathname",
+            "process",
+            "processName",
+            "relativeCreated",
+            "stack_info",
+            "thread",
             "threadName",
         ]
         + (["taskName"] if sys.version_info >= (3, 12) else [])
@@ -58,8 +76,15 @@ RESERVED_ATTRS: tuple[str, ...] = tuple(
 #: Key names (folded: case-insensitive, ``_`` and ``-`` ignored) that mark a value secret
 #: when they occur anywhere in a key.
 DEFAULT_REDACT_KEYS: tuple[str, ...] = (
-    "password", "passwd", "secret", "token", "api_key", "authorization", "cookie",
-    "sessionid", "csrftoken",
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "api_key",
+    "authorization",
+    "cookie",
+    "sessionid",
+    "csrftoken",
 )
 
 #: What a redacted value (or a redacted part of a string) becomes.
@@ -70,7 +95,10 @@ _MAX_DEPTH = 200
 
 _VALUE_PATTERNS = {"card": 1, "email": 2, "bearer": 4}
 _HOOKS = (
-    "add_fields", "process_log_record", "serialize_log_record", "jsonify_log_record",
+    "add_fields",
+    "process_log_record",
+    "serialize_log_record",
+    "jsonify_log_record",
 )
 
 # The request's context: a dict (request_id, user_id, method, path, plus bound fields), or
@@ -486,7 +514,9 @@ def _middleware_settings() -> dict[str, Any]:
         )
     conf = {**_SETTINGS_DEFAULTS, **given}
     if not isinstance(conf["REQUEST_ID_HEADER"], str) or not conf["REQUEST_ID_HEADER"]:
-        raise ImproperlyConfigured("FASTCACHE_LOG_CONTEXT['REQUEST_ID_HEADER'] must be a header name")
+        raise ImproperlyConfigured(
+            "FASTCACHE_LOG_CONTEXT['REQUEST_ID_HEADER'] must be a header name"
+        )
     if not isinstance(conf["ACCESS_LOGGER"], str):
         raise ImproperlyConfigured("FASTCACHE_LOG_CONTEXT['ACCESS_LOGGER'] must be a logger name")
     return conf

@@ -121,15 +121,16 @@ public:
     void add_fields(py::handle formatter, py::handle log_data, py::handle record,
                     py::handle message_dict) {
         require_configured();
-        PyObject* rd = record_dict(record.ptr());
-        fill(formatter.ptr(), log_data.ptr(), record.ptr(), rd, message_dict.ptr());
+        py::object rd = record_dict(record.ptr());
+        fill(formatter.ptr(), log_data.ptr(), record.ptr(), rd.ptr(), message_dict.ptr());
     }
 
     // The whole of format() for formatters that override none of its hooks.
     py::object format(py::handle formatter, py::handle record) {
         require_configured();
         PyObject* rec = record.ptr();
-        PyObject* rd = record_dict(rec);
+        py::object rd_held = record_dict(rec);
+        PyObject* rd = rd_held.ptr();
         py::object message_dict = py::dict();
         PyObject* msg = PyDict_GetItemWithError(rd, s_msg.ptr());
         if (!msg && PyErr_Occurred()) throw py::error_already_set();
@@ -200,7 +201,8 @@ public:
         s_int = intern("int");
         PyDateTime_IMPORT;
         if (!PyDateTimeAPI) throw py::error_already_set();
-        s_logrecord_type = py::object(py::module_::import("logging").attr("LogRecord")).release().ptr();
+        py::object logrecord = py::module_::import("logging").attr("LogRecord");
+        s_logrecord_type = logrecord.release().ptr();
     }
 
 private:
@@ -208,14 +210,17 @@ private:
         if (!configured_) throw std::logic_error("Encoder.configure_record() was not called");
     }
 
-    static bool plain_record(PyObject* rec) { return Py_TYPE(rec) == (PyTypeObject*)s_logrecord_type; }
+    static bool plain_record(PyObject* rec) {
+        return reinterpret_cast<PyObject*>(Py_TYPE(rec)) == s_logrecord_type;
+    }
 
-    static PyObject* record_dict(PyObject* rec) {
-        PyObject** dictptr = _PyObject_GetDictPtr(rec);
-        if (!dictptr || !*dictptr || !PyDict_Check(*dictptr)) {
-            throw py::type_error("a logging.LogRecord (with a __dict__) was expected");
-        }
-        return *dictptr;
+    // The record's __dict__ (a new reference), where logging keeps every attribute.
+    static py::object record_dict(PyObject* rec) {
+        PyObject* d = PyObject_GenericGetDict(rec, nullptr);
+        if (!d) throw py::error_already_set();
+        py::object held = py::reinterpret_steal<py::object>(d);
+        if (!PyDict_Check(d)) throw py::type_error("a logging.LogRecord was expected");
+        return held;
     }
 
     // Plain LogRecords take the attribute straight into their __dict__, as setattr would;
@@ -385,7 +390,7 @@ private:
     // The top level: like value(), but values of keys in `noscan` (exception and stack
     // text) are not searched for value patterns.
     void write_top(State& st, PyObject* obj, PyObject* noscan) {
-        if (!PyDict_Check(obj) || !value_patterns_ || noscan == Py_None ||
+        if (!PyDict_Check(obj) || !value_patterns_ || !PyAnySet_Check(noscan) ||
             PySet_GET_SIZE(noscan) == 0) {
             value(st, obj, true);
             return;

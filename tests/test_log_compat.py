@@ -352,3 +352,16 @@ def test_string_escaping_matches_json_dumps(text, ensure_ascii):
     if ensure_ascii or not any(0xD800 <= ord(c) <= 0xDFFF for c in text):
         assert ours == json.dumps(text, ensure_ascii=ensure_ascii)
     assert json.loads(ours) == text
+
+
+@pytest.mark.parametrize("hook", ["serialize_log_record", "jsonify_log_record"])
+def test_serialization_hooks_keep_working(hook):
+    def upper(self, log_data):
+        return getattr(super(type(self), self), hook)(log_data).upper()
+
+    theirs_cls = type("Theirs", (PjlFormatter,), {hook: upper})
+    ours_cls = type("Ours", (JsonFormatter,), {hook: upper})
+    record = make_record(x="small")
+    theirs = theirs_cls(prefix="p: ").format(clone(record))
+    ours = ours_cls(prefix="p: ", redact_keys=()).format(clone(record))
+    assert ours == theirs and '"X": "SMALL"' in ours

@@ -30,7 +30,7 @@ using json::WriterOptions;
 
 // Ways to turn a non-JSON value into JSON without calling the Python default function,
 // for exact types the Python layer registered (only with the built-in default table).
-enum FastKind : int { kIsoformat = 1, kStr = 2, kUuid = 3 };
+enum FastKind : int { kIsoformat = 1, kStr = 2, kUuid = 3, kBase64 = 4 };
 
 // Calls a unicode-kind-specific functor on the code units of a str.
 template <class F>
@@ -60,6 +60,7 @@ struct State {
     Writer writer;
     std::vector<PyObject*> path;  // containers (and defaulted objects) being written
     std::vector<Span> spans;
+    std::string scratch;
 };
 
 // Serializes log data to JSON text. Thread safety: safe under the GIL from any number of
@@ -635,6 +636,15 @@ private:
         return true;
     }
 
+    static void base64(State& st, PyObject* o) {
+        const char* data = PyBytes_Check(o) ? PyBytes_AS_STRING(o) : PyByteArray_AS_STRING(o);
+        Py_ssize_t n = PyBytes_Check(o) ? PyBytes_GET_SIZE(o) : PyByteArray_GET_SIZE(o);
+        st.scratch.clear();
+        json::append_base64url(reinterpret_cast<const std::uint8_t*>(data),
+                               static_cast<std::size_t>(n), st.scratch);
+        st.writer.string_utf8_ascii(st.scratch);
+    }
+
     void other(State& st, PyObject* o) {
         if (PyDict_GET_SIZE(fast_types_.ptr()) != 0) {
             PyObject* kind = PyDict_GetItemWithError(fast_types_.ptr(), (PyObject*)Py_TYPE(o));
@@ -643,6 +653,10 @@ private:
                 long k = PyLong_AsLong(kind);
                 if (k == kIsoformat && !value_patterns_ && iso_fast(st, o)) return;
                 if (k == kUuid && !value_patterns_ && uuid_fast(st, o)) return;
+                if (k == kBase64 && !value_patterns_) {
+                    base64(st, o);
+                    return;
+                }
                 PyObject* s = k == kIsoformat ? PyObject_CallMethodNoArgs(o, s_isoformat.ptr())
                                               : PyObject_Str(o);
                 if (s && PyUnicode_Check(s)) {

@@ -179,6 +179,27 @@ std::size_t format_uuid(std::uint64_t high, std::uint64_t low, char* out) {
     return static_cast<std::size_t>(o - out);
 }
 
+void append_base64url(const std::uint8_t* data, std::size_t n, std::string& out) {
+    static constexpr char kAlphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    out.reserve(out.size() + (n + 2) / 3 * 4);
+    std::size_t i = 0;
+    for (; i + 3 <= n; i += 3) {
+        std::uint32_t v = (std::uint32_t{data[i]} << 16) | (std::uint32_t{data[i + 1]} << 8) |
+                          data[i + 2];
+        char quad[4] = {kAlphabet[v >> 18], kAlphabet[(v >> 12) & 63], kAlphabet[(v >> 6) & 63],
+                        kAlphabet[v & 63]};
+        out.append(quad, 4);
+    }
+    if (i < n) {
+        std::uint32_t v = std::uint32_t{data[i]} << 16;
+        if (i + 1 < n) v |= std::uint32_t{data[i + 1]} << 8;
+        char quad[4] = {kAlphabet[v >> 18], kAlphabet[(v >> 12) & 63],
+                        i + 1 < n ? kAlphabet[(v >> 6) & 63] : '=', '='};
+        out.append(quad, 4);
+    }
+}
+
 Writer::Writer(WriterOptions options) : opt_(std::move(options)) {
     out_.reserve(512);
     stack_.reserve(16);

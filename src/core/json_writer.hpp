@@ -39,6 +39,9 @@ std::size_t format_iso_time(int hour, int minute, int second, int microsecond, c
 // The canonical 8-4-4-4-12 lower-case hex form of a 128-bit UUID. `out` needs 36 chars.
 std::size_t format_uuid(std::uint64_t high, std::uint64_t low, char* out);
 
+// URL-safe base64 with padding, as Python's base64.urlsafe_b64encode, appended to `out`.
+void append_base64url(const std::uint8_t* data, std::size_t n, std::string& out);
+
 // Thread safety: none; one writer per thread (or per call). Complexity: every method is
 // O(size of what it writes). Exceptions: std::bad_alloc only; the caller is responsible
 // for calling begin/end and key/value in a well-formed order (checked in debug builds).

@@ -464,3 +464,46 @@ def test_secret_keys_are_redacted_wherever_they_are_nested(tree, seed, key):
         out = JsonFormatter().format(record(msg=message, extra_tree=tree))
         assert "S3CR3T-VALUE" not in out
         json.loads(out)
+
+
+# --- concurrency and re-entrancy ------------------------------------------------------------
+
+
+def test_reentrant_format_from_a_default_function():
+    inner_lines = []
+
+    class Logs:
+        def __str__(self):
+            return "logs-str"
+
+    def default(obj):
+        inner_lines.append(formatter.format(record(msg="inner", nested=[1, {"k": "v"}])))
+        return str(obj)
+
+    formatter = JsonFormatter(json_default=default)
+    out = one_line(formatter.format(record(msg="outer", a=[Logs(), {"b": Logs()}])))
+    assert out["a"] == ["logs-str", {"b": "logs-str"}]
+    assert [json.loads(line)["message"] for line in inner_lines] == ["inner", "inner"]
+
+
+def test_one_formatter_shared_by_threads_gives_the_same_lines():
+    import threading
+
+    formatter = JsonFormatter(fmt="%(levelname)s %(message)s", redact_values=["email"])
+    records = [
+        record(msg="m %s", args=(i,), n=i, d={"x": [i] * (i % 5), "mail": f"u{i}@ex.com"})
+        for i in range(200)
+    ]
+    expected = [formatter.format(r) for r in records]
+    results: dict[int, list[str]] = {}
+
+    def work(t):
+        results[t] = [formatter.format(r) for r in records for _ in range(3)][::3]
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(results) == 6
+    assert all(lines == expected for lines in results.values())

@@ -18,6 +18,7 @@ import decimal
 import enum
 import logging
 import re
+import socket
 import sys
 import time
 import traceback
@@ -159,8 +160,6 @@ def json_default(obj: Any) -> Any:
         return obj.__name__
     if isinstance(obj, _request_classes()):
         return _summarize_django_request(obj)
-    import socket
-
     if isinstance(obj, socket.socket):
         return _summarize_socket(obj)
     try:
@@ -460,8 +459,6 @@ class JsonFormatter(logging.Formatter):
         if isinstance(value, _request_classes()):
             summary = _summarize_django_request(value)
         else:
-            import socket
-
             if not isinstance(value, socket.socket):
                 return value
             summary = {"method": None, "path": None}

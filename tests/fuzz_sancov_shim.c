@@ -22,8 +22,8 @@ static void* libfuzzer_symbol(const char* name) {
         const char* path = getenv("FASTCACHE_LIBFUZZER_SO");
         if (path) handle = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
         if (!handle) {
-            fprintf(stderr, "fuzz_sancov_shim: %s called before libFuzzer ($FASTCACHE_LIBFUZZER_SO) "
-                            "is loaded\n", name);
+            fprintf(stderr, "fuzz_sancov_shim: %s called before libFuzzer "
+                            "($FASTCACHE_LIBFUZZER_SO) is loaded\n", name);
             abort();
         }
     }

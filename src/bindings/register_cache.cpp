@@ -198,18 +198,24 @@ public:
         for (py::handle key : keys) store_->erase(key_of(key, version), t);
     }
 
-    // Django's incr: ValueError when missing; the entry keeps its expiry. Numbers are
-    // added under the shard lock (no Python code runs there: int/float/Decimal addition
-    // is C); other stored forms need a copy or an unpickle first, so they are read,
-    // added and written back, as Django's BaseCache does.
+    // Django's incr: ValueError when missing; the entry keeps its expiry. A builtin
+    // delta is added to an immutable stored value under the shard lock. No Python code
+    // may run there: it could switch threads while the lock is held, and a thread that
+    // then waits for the lock holding the GIL deadlocks the process. Adding an exact
+    // int/float/bool to any immutable stored builtin is C all the way (a result or a
+    // TypeError); any other delta (say, one whose __radd__ is Python) and any other
+    // stored form (a copy or an unpickle first) is read, added and written back, as
+    // Django's BaseCache does.
     py::object incr(py::handle key, py::handle delta, py::handle version) {
         std::string k = key_of(key, version);
         double t = now();
+        PyObject* d = delta.ptr();
+        bool builtin_delta = PyLong_CheckExact(d) || PyFloat_CheckExact(d) || PyBool_Check(d);
         py::object result;
         bool found;
         try {
             found = store_->update(k, t, [&](const Value& old) -> Value {
-            if (old.tag != kShared) throw NotInPlace{};
+            if (old.tag != kShared || !builtin_delta) throw NotInPlace{};
             PyObject* sum = PyNumber_Add(static_cast<PyObject*>(old.handle), delta.ptr());
             if (!sum) throw py::error_already_set();
             result = py::reinterpret_steal<py::object>(sum);
@@ -324,10 +330,12 @@ private:
             owner = py::bytes(utf8_of(key));
             text = std::string_view(PyBytes_AS_STRING(owner.ptr()), PyBytes_GET_SIZE(owner.ptr()));
         }
+        // Exactly int: a bool or an int subclass formats as its own str() under "%s".
+        bool plain_int = PyLong_CheckExact(v.ptr());
         int overflow = 0;
-        long long iv = PyLong_Check(v.ptr()) ? PyLong_AsLongLongAndOverflow(v.ptr(), &overflow) : 0;
+        long long iv = plain_int ? PyLong_AsLongLongAndOverflow(v.ptr(), &overflow) : 0;
         unsigned problems;
-        if (PyLong_Check(v.ptr()) && !overflow && !PyErr_Occurred()) {
+        if (plain_int && !overflow && !PyErr_Occurred()) {
             problems = keys::make(prefix_, iv, text, buf);
         } else {  // a non-int version, as "%s" would format it
             PyErr_Clear();
@@ -452,7 +460,9 @@ void register_cache(py::module_& m) {
              py::arg("max_bytes"), py::arg("max_entries"), py::arg("cull_frequency"),
              py::arg("shards") = 16)
         .def("stats", &stats_of)
-        .def("clear", [](PyStore& s) { s.store->clear(); });
+        .def("clear", [](PyStore& s) { s.store->clear(); })
+        // For tests: "" or the first broken internal invariant (exact only when idle).
+        .def("_check_invariants", [](const PyStore& s) { return s.store->check_invariants(); });
 
     py::object none = py::none();
     py::class_<Engine>(m, "Engine")

@@ -138,10 +138,12 @@ public:
     }
 
     void set(py::handle key, py::handle value, py::handle timeout, py::handle version) {
+        // The key is built last: it lives in a per-thread buffer that any Python code run
+        // in between (a __float__, a __reduce__, a clock) could reuse for another key.
         Snapshot s = snapshot(value, codec_);
-        const std::string& k = key_of(key, version);
         double t = now();
         double expires = expires_at(timeout, t);
+        const std::string& k = key_of(key, version);
         if (expires <= t) {
             store_->erase(k, t);
             return;
@@ -161,9 +163,9 @@ public:
     }
 
     bool touch(py::handle key, py::handle timeout, py::handle version) {
-        const std::string& k = key_of(key, version);
         double t = now();
         double expires = expires_at(timeout, t);
+        const std::string& k = key_of(key, version);
         if (expires <= t) return store_->erase(k, t);
         return store_->touch(k, expires, t);
     }
@@ -242,9 +244,9 @@ public:
 
     // Sets an absolute expiry (None: never). False when the key is missing.
     bool expire_at(py::handle key, py::handle when, py::handle version) {
-        const std::string& k = key_of(key, version);
         double t = now();
         double e = when.is_none() ? kNever : py::cast<double>(when);
+        const std::string& k = key_of(key, version);
         if (e <= t) return store_->erase(k, t);
         return store_->touch(k, e, t);
     }

@@ -180,7 +180,9 @@ def test_mixed_operations_on_shared_keys_see_only_whole_values(fast_switching):
         counter_incrs[i] += incrs
 
     # Every store lookup goes through the engine's get or get_many (get_or_set's too).
-    engine = cache._engine = CountingEngine(cache._engine)
+    # Every path into the engine goes through the proxy: the fast get and the rest.
+    engine = cache._engine = cache._cache = CountingEngine(cache._engine)
+    cache._get = engine.get
     cache.set("counter", 0, timeout=None)
     _run_threads(worker)
 

@@ -633,28 +633,32 @@ private:
     }
 };
 
+PyObject* deep_copy(PyObject* o);
+
+// A new list or tuple with the items of `o`: immutable items shared, the others copied.
+PyObject* copy_sequence(PyObject* o, bool is_tuple) {
+    Py_ssize_t n = is_tuple ? PyTuple_GET_SIZE(o) : PyList_GET_SIZE(o);
+    py::object out = py::reinterpret_steal<py::object>(is_tuple ? PyTuple_New(n) : PyList_New(n));
+    if (!out) throw_python();
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        PyObject* item = is_tuple ? PyTuple_GET_ITEM(o, i) : PyList_GET_ITEM(o, i);
+        PyObject* c = is_immutable_leaf(classify(item)) ? Py_NewRef(item) : deep_copy(item);
+        if (is_tuple) {
+            PyTuple_SET_ITEM(out.ptr(), i, c);
+        } else {
+            PyList_SET_ITEM(out.ptr(), i, c);
+        }
+    }
+    return out.release().ptr();
+}
+
 // A fresh structural copy of a stored snapshot: containers are new, immutable leaves
 // (and tuples/frozensets made only of them) are shared.
 PyObject* deep_copy(PyObject* o) {
     Kind k = classify(o);
     switch (k) {
-        case Kind::List: {
-            Py_ssize_t n = PyList_GET_SIZE(o);
-            PyObject* out = PyList_New(n);
-            if (!out) throw_python();
-            for (Py_ssize_t i = 0; i < n; ++i) {
-                PyObject* item = PyList_GET_ITEM(o, i);
-                PyObject* c;
-                try {
-                    c = is_immutable_leaf(classify(item)) ? Py_NewRef(item) : deep_copy(item);
-                } catch (...) {
-                    Py_DECREF(out);
-                    throw;
-                }
-                PyList_SET_ITEM(out, i, c);
-            }
-            return out;
-        }
+        case Kind::List:
+            return copy_sequence(o, false);
         case Kind::Dict: {
             // PyDict_Copy is a fast bulk copy; then only mutable values are replaced.
             PyObject* out = PyDict_Copy(o);
@@ -673,23 +677,8 @@ PyObject* deep_copy(PyObject* o) {
             }
             return out;
         }
-        case Kind::Tuple: {
-            Py_ssize_t n = PyTuple_GET_SIZE(o);
-            PyObject* out = PyTuple_New(n);
-            if (!out) throw_python();
-            for (Py_ssize_t i = 0; i < n; ++i) {
-                PyObject* item = PyTuple_GET_ITEM(o, i);
-                PyObject* c;
-                try {
-                    c = is_immutable_leaf(classify(item)) ? Py_NewRef(item) : deep_copy(item);
-                } catch (...) {
-                    Py_DECREF(out);
-                    throw;
-                }
-                PyTuple_SET_ITEM(out, i, c);
-            }
-            return out;
-        }
+        case Kind::Tuple:
+            return copy_sequence(o, true);
         case Kind::Set: {
             PyObject* out = PySet_New(o);
             if (!out) throw_python();

@@ -17,14 +17,16 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+import redis.lock
+from redis import exceptions as _rx
 from redis.exceptions import ResponseError as _ResponseError
 
 from . import _core
-from .errors import DecodeError
+from .errors import DecodeError, LockError, LockNotOwnedError
 from .policy import FailurePolicy
 from .redis_client import RedisClients, ascan_keys, group_by_slot, key_slot, scan_keys
 
-__all__ = ["RedisTier"]
+__all__ = ["RedisLock", "RedisTier"]
 
 logger = logging.getLogger("django_fastcache.redis")
 _MISSING = object()
@@ -48,7 +50,7 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
-_NOT_AN_INTEGER = ("not an integer", "out of range")
+_NOT_AN_INTEGER = ("not an integer", "out of range", "would overflow")
 _BATCH = 500
 
 
@@ -62,6 +64,40 @@ def _index_groups(finals: list[str]) -> dict[int, list[int]]:
 
 def _px(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+class RedisLock(redis.lock.Lock):
+    """redis-py's lock, raising this package's :class:`LockError` /
+    :class:`LockNotOwnedError` (as the in-process ``LocalLock`` does), so callers catch one
+    hierarchy whichever tier is configured. Same thread safety as redis-py's ``Lock``."""
+
+    def __enter__(self) -> RedisLock:
+        try:
+            return super().__enter__()
+        except _rx.LockError as exc:
+            raise LockError(f"could not acquire lock {self.name!r}") from exc
+
+    def release(self) -> None:
+        try:
+            super().release()
+        except _rx.LockError as exc:  # no token here, or the lock expired / changed hands
+            raise LockNotOwnedError(f"cannot release lock {self.name!r}: not owned") from exc
+
+    def extend(self, additional_time: float, replace_ttl: bool = False) -> bool:
+        return self._owned_only(super().extend, additional_time, replace_ttl)
+
+    def reacquire(self) -> bool:
+        return self._owned_only(super().reacquire)
+
+    def _owned_only(self, fn, *args):
+        if self.local.token is None:
+            raise LockNotOwnedError(f"cannot change lock {self.name!r}: not owned")
+        try:
+            return fn(*args)
+        except _rx.LockNotOwnedError as exc:
+            raise LockNotOwnedError(f"cannot change lock {self.name!r}: not owned") from exc
+        except _rx.LockError as exc:  # e.g. a lock without a timeout cannot be extended
+            raise LockError(str(exc)) from exc
 
 
 class RedisTier:

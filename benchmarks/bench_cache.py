@@ -48,7 +48,6 @@ def setup_django() -> None:
 
 def backends() -> dict[str, Callable[[], object]]:
     from django.core.cache.backends.locmem import LocMemCache
-
     from django_fastcache.cache import FastCache
 
     return {
@@ -59,9 +58,8 @@ def backends() -> dict[str, Callable[[], object]]:
 
 def redis_backends(url: str) -> dict[str, Callable[[], object]]:
     from django.core.cache.backends.redis import RedisCache
-    from django_redis.cache import RedisCache as DjangoRedisCache
-
     from django_fastcache.cache import FastCache
+    from django_redis.cache import RedisCache as DjangoRedisCache
 
     # A key prefix each: the serializers differ, so the backends must not read each
     # other's values.
@@ -145,7 +143,8 @@ def print_targets(results: dict) -> bool:
     for value_name in VALUES:
         cells = []
         for op, target in TARGETS.items():
-            ratio = results[(value_name, op, "FastCache")] / results[(value_name, op, "django-redis")]
+            ratio = (results[(value_name, op, "FastCache")]
+                     / results[(value_name, op, "django-redis")])
             met = ratio <= target
             ok &= met
             cells.append(f"{op} {ratio:.2f} (<={target}){'' if met else ' MISSED'}")

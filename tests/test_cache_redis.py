@@ -15,7 +15,6 @@ import textwrap
 import time
 
 import pytest
-
 from contract import CacheContract
 from django_fastcache.cache import FastCache
 
@@ -98,10 +97,10 @@ _CHILD = textwrap.dedent("""
 
 
 def test_a_value_written_by_another_process_reads_back_exactly(clean_redis_server):
-    from contract import Point
-
     import datetime
     import decimal
+
+    from contract import Point
 
     done = subprocess.run([sys.executable, "-c", _CHILD, clean_redis_server.url, HERE],
                           capture_output=True, text=True, timeout=60)
@@ -268,3 +267,26 @@ def test_without_l1_timeout_every_read_goes_to_redis(clean_redis_server):
         assert cache._engine.l1_get(cache.make_key("k"), None) is None
     finally:
         raw.close()
+
+
+def test_threads_that_end_hand_their_connection_back(clean_redis_server):
+    """Each thread keeps a connection for itself; one that ends must return it, or a
+    server with short-lived threads would exhaust MAX_CONNECTIONS."""
+    import gc
+    import threading
+
+    cache = make_cache(clean_redis_server.url, KEY_PREFIX="threads",
+                       OPTIONS={"MAX_CONNECTIONS": 4})
+    seen = []
+
+    def request(i):
+        cache.set(f"k{i}", i)
+        seen.append(cache.get(f"k{i}"))
+
+    for i in range(20):
+        thread = threading.Thread(target=request, args=(i,))
+        thread.start()
+        thread.join()
+        gc.collect()
+    assert seen == list(range(20))
+    assert cache.stats()["errors"] == 0

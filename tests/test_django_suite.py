@@ -3,10 +3,9 @@ run against FastCache exactly as Django runs it against its built-in backends.""
 
 import os
 
+import conftest
 import pytest
 from django.test import TestCase, override_settings
-
-import conftest
 
 if not conftest.DJANGO_SUITE:
     if os.environ.get("CI") == "true":

@@ -11,10 +11,9 @@ import textwrap
 import time
 
 import pytest
-from redis_servers import RedisSentinelSet, RedisServer, wait_until
-
 from django_fastcache.cache import FastCache
 from django_fastcache.errors import ConnectionInterrupted
+from redis_servers import RedisSentinelSet, RedisServer, wait_until
 
 pytestmark = pytest.mark.redis
 

@@ -531,9 +531,12 @@ class FastCache(BaseCache):
         """A lock named by a cache key, with redis-py's Lock API: held in Redis (across
         processes and hosts) with a Redis LOCATION, within this process otherwise."""
         if self._tier is not None:
+            from .redis_tier import RedisLock
+
             return self._tier.clients.client(write=True).lock(
                 self._engine.key(key, version), timeout=timeout, sleep=sleep, blocking=blocking,
-                blocking_timeout=blocking_timeout, thread_local=thread_local)
+                blocking_timeout=blocking_timeout, thread_local=thread_local,
+                lock_class=RedisLock)
         return LocalLock(self, key, timeout=timeout, sleep=sleep, blocking=blocking,
                          blocking_timeout=blocking_timeout, version=version)
 

@@ -12,19 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
+import redis.lock
+from redis import exceptions as _rx
 from redis.exceptions import ResponseError as _ResponseError
 
 from . import _core
-from .errors import DecodeError
+from .errors import DecodeError, LockError, LockNotOwnedError
 from .policy import FailurePolicy
 from .redis_client import RedisClients, ascan_keys, group_by_slot, key_slot, scan_keys
 
-__all__ = ["RedisTier"]
+__all__ = ["RedisLock", "RedisTier"]
 
 logger = logging.getLogger("django_fastcache.redis")
 _MISSING = object()
@@ -48,7 +52,7 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
-_NOT_AN_INTEGER = ("not an integer", "out of range")
+_NOT_AN_INTEGER = ("not an integer", "out of range", "would overflow")
 _BATCH = 500
 
 
@@ -62,6 +66,64 @@ def _index_groups(finals: list[str]) -> dict[int, list[int]]:
 
 def _px(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+class RedisLock(redis.lock.Lock):
+    """redis-py's lock, raising this package's :class:`LockError` /
+    :class:`LockNotOwnedError` (as the in-process ``LocalLock`` does), so callers catch one
+    hierarchy whichever tier is configured. Same thread safety as redis-py's ``Lock``."""
+
+    def __enter__(self) -> RedisLock:
+        try:
+            return super().__enter__()
+        except _rx.LockError as exc:
+            raise LockError(f"could not acquire lock {self.name!r}") from exc
+
+    def release(self) -> None:
+        try:
+            super().release()
+        except _rx.LockError as exc:  # no token here, or the lock expired / changed hands
+            raise LockNotOwnedError(f"cannot release lock {self.name!r}: not owned") from exc
+
+    def extend(self, additional_time: float, replace_ttl: bool = False) -> bool:
+        return self._owned_only(super().extend, additional_time, replace_ttl)
+
+    def reacquire(self) -> bool:
+        return self._owned_only(super().reacquire)
+
+    def _owned_only(self, fn, *args):
+        if self.local.token is None:
+            raise LockNotOwnedError(f"cannot change lock {self.name!r}: not owned")
+        try:
+            return fn(*args)
+        except _rx.LockNotOwnedError as exc:
+            raise LockNotOwnedError(f"cannot change lock {self.name!r}: not owned") from exc
+        except _rx.LockError as exc:  # e.g. a lock without a timeout cannot be extended
+            raise LockError(str(exc)) from exc
+
+
+class _HeldConnection:
+    """A connection taken from a pool for one thread; handed back to the pool when the
+    thread ends (its thread-local storage is dropped), so short-lived threads leak none."""
+
+    __slots__ = ("pool", "pid", "connection")
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+        self.pid = os.getpid()
+        self.connection = None  # set first: __del__ runs even if get_connection() raises
+        self.connection = pool.get_connection()
+
+    def release(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None and self.pid == os.getpid():
+            try:
+                self.pool.release(connection)
+            except Exception:  # the pool may be closed or half torn down at exit
+                pass
+
+    def __del__(self) -> None:
+        self.release()
 
 
 class RedisTier:
@@ -83,11 +145,96 @@ class RedisTier:
         self.lock_wait = lock_wait
         self.hits = self.misses = self.decode_errors = 0
         self._scripts: dict[tuple[int, str], Any] = {}
+        # One server for reads and writes (a single node without replicas, or the Sentinel
+        # primary): each thread keeps one connection of the pool for itself and talks to it
+        # directly. Borrowing from redis-py's pool and parsing through the client costs
+        # more per command than the round trip itself on a local server.
+        self._direct = clients.mode != "cluster" and len(clients.config.nodes) <= 1
+        self._local = threading.local()
+        self._retries = clients.config.retries
+        self._retry_on: tuple[type[BaseException], ...] = (_rx.ConnectionError,) + (
+            (_rx.TimeoutError, TimeoutError) if clients.config.retry_on_timeout else ())
+        if self._direct:
+            self._read = self._write = self._execute
+        else:
+            self._read = self._execute_read
+            self._write = self._execute_write
 
     # ------------------------------------------------------------------ plumbing
 
     def _client(self, write: bool = True):
         return self.clients.client(write=write)
+
+    def _connection(self):
+        held = getattr(self._local, "held", None)
+        if held is None or held.pid != os.getpid():
+            held = self._local.held = _HeldConnection(self.clients.client(True).connection_pool)
+        return held.connection
+
+    def _execute(self, *args):
+        """One command on this thread's connection, retried on a connection error as the
+        client would (``RETRIES``, ``RETRY_ON_TIMEOUT``); the raw reply (no callbacks)."""
+        attempt = 0
+        while True:
+            try:
+                conn = self._connection()
+                conn.send_command(*args)
+                return conn.read_response()
+            except _ResponseError:
+                raise  # the reply was read: the connection is in step
+            except BaseException as exc:
+                self._drop_connection()
+                if attempt >= self._retries or not isinstance(exc, self._retry_on):
+                    raise
+                attempt += 1
+
+    def _drop_connection(self) -> None:
+        """After a failure: the connection is closed (a half-read reply must never be read
+        by the next call) and handed back; the next call takes one from the pool, which
+        connects it afresh (with Sentinel, to the primary the sentinels name now)."""
+        held = getattr(self._local, "held", None)
+        self._local.held = None
+        if held is not None:
+            held.connection.disconnect()
+            held.release()
+
+    def _execute_many(self, commands: list[tuple]) -> list:
+        """Commands in one round trip (a pipeline without MULTI); the raw replies. An error
+        reply is raised after every reply has been read."""
+        if not self._direct:
+            pipe = self._client().pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return pipe.execute()
+        attempt = 0
+        while True:
+            try:
+                conn = self._connection()
+                conn.send_packed_command(conn.pack_commands(commands))
+                replies = []
+                error = None
+                for _ in commands:
+                    try:
+                        replies.append(conn.read_response())
+                    except _ResponseError as exc:
+                        replies.append(exc)
+                        error = error or exc
+                if error is not None:
+                    raise error
+                return replies
+            except _ResponseError:
+                raise
+            except BaseException as exc:
+                self._drop_connection()
+                if attempt >= self._retries or not isinstance(exc, self._retry_on):
+                    raise
+                attempt += 1
+
+    def _execute_read(self, *args):
+        return self.clients.client(False).execute_command(*args)
+
+    def _execute_write(self, *args):
+        return self.clients.client(True).execute_command(*args)
 
     def _script(self, client, source: str):
         handle = (id(client), source)
@@ -128,7 +275,7 @@ class RedisTier:
                 return value
             raw, ttl = self.policy.run(self._get_with_ttl, k, default=(None, None))
         else:
-            raw = self.policy.run(self._client(False).get, k)
+            raw = self.policy.run(self._read, "GET", k)
         if raw is None:
             self.misses += 1
             return default
@@ -142,10 +289,13 @@ class RedisTier:
         return value
 
     def _get_with_ttl(self, k: str):
-        pipe = self._client(False).pipeline(transaction=False)
-        pipe.get(k)
-        pipe.pttl(k)
-        raw, ttl = pipe.execute()
+        if self._direct:
+            raw, ttl = self._execute_many([("GET", k), ("PTTL", k)])
+        else:
+            pipe = self._client(False).pipeline(transaction=False)
+            pipe.get(k)
+            pipe.pttl(k)
+            raw, ttl = pipe.execute()
         return raw, (None if ttl == -1 else ttl)
 
     def get_many(self, keys: Iterable, version=None) -> dict:
@@ -166,9 +316,9 @@ class RedisTier:
         return out
 
     def _mget(self, finals: list[str]) -> list:
-        client = self._client(False)
         if not self.clients.is_cluster:
-            return client.mget(finals)
+            return self._read("MGET", *finals)
+        client = self._client(False)
         # One MGET per slot, all in one pipeline: one round trip per node.
         groups = _index_groups(finals)
         pipe = client.pipeline()
@@ -184,11 +334,11 @@ class RedisTier:
 
     def has_key(self, key, version=None) -> bool:
         k = self.engine.key(key, version)
-        return bool(self.policy.run(self._client(False).exists, k, default=0))
+        return bool(self.policy.run(self._read, "EXISTS", k, default=0))
 
     def pttl(self, key, version=None) -> int:
         k = self.engine.key(key, version)
-        return self.policy.run(self._client(False).pttl, k, default=-2)
+        return self.policy.run(self._read, "PTTL", k, default=-2)
 
     def keys(self, pattern: str) -> list[str]:
         found = self.policy.run(
@@ -203,12 +353,15 @@ class RedisTier:
         data = self.engine.dumps(value)
         k = self.engine.key(key, version)
         seconds = self._seconds(timeout)
-        client = self._client()
         if seconds is not None and seconds <= 0:
-            self.policy.run(client.delete, k, write=True)
+            self.policy.run(self._write, "DEL", k, write=True)
         else:
             px = None if seconds is None else _px(seconds)
-            ok = self.policy.run(client.set, k, data, px=px, write=True, default=False)
+            if px is None:
+                ok = self.policy.run(self._write, "SET", k, data, write=True, default=False)
+            else:
+                ok = self.policy.run(self._write, "SET", k, data, "PX", px, write=True,
+                                     default=False)
             if self.l1_timeout is not None:
                 if ok:
                     self._l1_fill(k, value, px)
@@ -220,15 +373,16 @@ class RedisTier:
         data = self.engine.dumps(value)
         k = self.engine.key(key, version)
         seconds = self._seconds(timeout)
-        client = self._client()
         if seconds is not None and seconds <= 0:
             # Django: an add with a zero timeout succeeds if the key was free, stores nothing.
-            added = bool(self.policy.run(client.set, k, data, nx=True, write=True, default=False))
+            added = bool(self.policy.run(self._write, "SET", k, data, "NX", write=True,
+                                         default=False))
             if added:
-                self.policy.run(client.delete, k, write=True)
+                self.policy.run(self._write, "DEL", k, write=True)
             return added
         px = None if seconds is None else _px(seconds)
-        added = bool(self.policy.run(client.set, k, data, nx=True, px=px, write=True, default=False))
+        command = ("SET", k, data, "NX") if px is None else ("SET", k, data, "NX", "PX", px)
+        added = bool(self.policy.run(self._write, *command, write=True, default=False))
         if added and self.l1_timeout is not None:
             self._l1_fill(k, value, px)
         return added
@@ -246,10 +400,11 @@ class RedisTier:
         px = None if seconds is None else _px(seconds)
 
         def write() -> bool:
-            pipe = self._client().pipeline(transaction=False)
-            for k, blob in zip(finals, blobs):
-                pipe.set(k, blob, px=px)
-            pipe.execute()
+            if px is None:
+                commands = [("SET", k, blob) for k, blob in zip(finals, blobs)]
+            else:
+                commands = [("SET", k, blob, "PX", px) for k, blob in zip(finals, blobs)]
+            self._execute_many(commands)
             return True
 
         ok = self.policy.run(write, write=True, default=False)
@@ -265,7 +420,7 @@ class RedisTier:
         k = self.engine.key(key, version)
         if self.l1_timeout is not None:
             self.engine.l1_delete(k)
-        return bool(self.policy.run(self._client().delete, k, write=True, default=0))
+        return bool(self.policy.run(self._write, "DEL", k, write=True, default=0))
 
     def delete_many(self, keys: Iterable, version=None) -> None:
         finals = self.engine.keys_of(list(keys), version)

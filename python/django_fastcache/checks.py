@@ -111,7 +111,7 @@ def check_throttle_caches(app_configs: Any = None, **kwargs: Any) -> list[checks
         is_default = cache is default_proxy
         if is_default:  # DRF's default: the django.core.cache.cache proxy
             cache = _backend("default")
-        ours = path.startswith("django_fastcache.") or cls.__module__.startswith("django_fastcache.")
+        ours = any(c.__module__ == "django_fastcache.throttling" for c in cls.__mro__)
         if ours:
             if not is_default and is_shared(cache) is False:
                 out.append(checks.Info(

@@ -96,6 +96,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         return "no FastCache aliases in CACHES"
     header = ["", *(r["alias"] for r in rows)]
     lines = [[label, *(_cell(r.get(key), fmt) for r in rows)] for label, key, fmt in _ROWS]
+    lines = [line for line in lines if any(c != "-" for c in line[1:])]  # figures no tier has
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
     out = ["  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
                      for i, c in enumerate(line)) for line in [header, *lines]]

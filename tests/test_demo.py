@@ -35,7 +35,7 @@ def test_demo_tells_the_whole_story():
     def throttle(label):
         line = next(line for line in lines if line.strip().startswith(label + " "))
         statuses, retry = line.split("Retry-After:")
-        return statuses.split()[2:], retry.strip()
+        return statuses.split()[3:], retry.strip()
 
     assert throttle("anonymous") == (["200"] * 5 + ["429"] * 2, "60")
     assert throttle("user") == (["200"] * 10 + ["429"] * 2, "60")

@@ -40,8 +40,8 @@ class Site:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_file = os.path.join(workdir, "site.log")
         self.token = secrets.token_hex(20)
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "BLOG_DB": os.path.join(workdir, "db.sqlite3"),
-                    "BLOG_LOG_FILE": self.log_file}
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1",
+                    "BLOG_DB": os.path.join(workdir, "db.sqlite3"), "BLOG_LOG_FILE": self.log_file}
         self.env.pop("REDIS_URL", None)
         if redis_url:
             self.env["REDIS_URL"] = redis_url

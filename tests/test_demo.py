@@ -26,7 +26,8 @@ def test_demo_tells_the_whole_story():
     assert states("GET /blog/posts/?author_id=2") == ["MISS", "HIT", "MISS"]
     assert states("GET /blog/authors/1/") == ["MISS", "HIT", "MISS"]
     # Every request line shows a time; hits are faster than the 30 ms render of a miss.
-    timed = [line for line in lines if re.match(r"GET /blog/\S+ +200 +(HIT|MISS) +[\d.]+ ms$", line)]
+    timed = [line for line in lines
+             if re.match(r"GET /blog/\S+ +200 +(HIT|MISS) +[\d.]+ ms$", line)]
     assert len(timed) == 11
     assert "edit invalidated tags ['posts', 'author:1'] after the commit" in text
     assert "after the edit the list shows: 'Hello, edited'" in text

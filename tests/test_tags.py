@@ -14,7 +14,6 @@ from django.http import HttpResponse
 from django.template.response import TemplateResponse
 from django.test import RequestFactory, override_settings
 from django.views.decorators.cache import cache_page
-
 from django_fastcache import tags as tagmod
 from django_fastcache.cache import FastCache
 from django_fastcache.decorators import cached, cached_view, stable_key

@@ -163,7 +163,7 @@ class _Cached:
             arguments = self._arguments(args, kwargs)
             values = tuple(arguments.values())
         if self._needs_arguments and arguments is None:
-            arguments = dict(zip(self._names, args))
+            arguments = dict(zip(self._names, args, strict=True))
         key = self._key
         if key is None:
             key = f"{self.fn_tag}:{stable_key(*values)}"

@@ -1,12 +1,11 @@
 """DRF endpoints of the example blog, each with one of django-fastcache's throttles."""
 
 from django.shortcuts import get_object_or_404
+from django_fastcache.log import bind_context, log_event
+from django_fastcache.throttling import AnonRateThrottle, ScopedRateThrottle, UserRateThrottle
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
-
-from django_fastcache.log import bind_context, log_event
-from django_fastcache.throttling import AnonRateThrottle, ScopedRateThrottle, UserRateThrottle
 
 from .models import Post
 

@@ -9,7 +9,6 @@ from django.http import JsonResponse
 from django.shortcuts import get_object_or_404
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
-
 from django_fastcache.decorators import cached, cached_view
 from django_fastcache.management.commands.fastcache_stats import collect
 

@@ -1,6 +1,5 @@
-from django.urls import path
-
 from blog import api, views
+from django.urls import path
 
 urlpatterns = [
     path("blog/posts/", views.post_list),

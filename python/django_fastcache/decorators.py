@@ -20,6 +20,8 @@ from asgiref.sync import sync_to_async
 from django.core.cache import caches
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.middleware.cache import CacheMiddleware
 
 from . import tags as _tags
@@ -112,6 +114,18 @@ def _format(template: str, arguments: dict, what: str) -> str:
 
 # ---------------------------------------------------------------------- @cached
 
+# FastCache instances are thread-safe (the store locks its shards, redis-py pools are
+# thread-safe), so one per alias serves every thread: ``caches[alias]`` costs about a
+# microsecond (an asgiref Local lookup), as much as the hit itself.
+_backends: dict = {}
+
+
+@receiver(setting_changed)
+def _forget_backends(*, setting: str, **kwargs) -> None:
+    if setting == "CACHES":
+        _backends.clear()
+
+
 class _Cached:
     """A function whose results are cached; see :func:`cached`. Thread-safe; the cache
     backend is looked up on each call (Django keeps one instance per thread)."""
@@ -142,11 +156,14 @@ class _Cached:
                                      (key is not None and not callable(key)))
 
     def _cache(self):
-        cache = caches[self.cache_alias]
-        if not hasattr(cache, "invalidate_tags"):
-            raise ImproperlyConfigured(
-                f"cached() needs a FastCache; CACHES[{self.cache_alias!r}] is "
-                f"{type(cache).__module__}.{type(cache).__qualname__}")
+        cache = _backends.get(self.cache_alias)
+        if cache is None:
+            cache = caches[self.cache_alias]
+            if not hasattr(cache, "invalidate_tags"):
+                raise ImproperlyConfigured(
+                    f"cached() needs a FastCache; CACHES[{self.cache_alias!r}] is "
+                    f"{type(cache).__module__}.{type(cache).__qualname__}")
+            _backends[self.cache_alias] = cache
         return cache
 
     def _arguments(self, args, kwargs) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,6 +30,7 @@ logger = logging.getLogger("django_fastcache.tags")
 ENVELOPE = "\x00fastcache.tagged.v1"
 TAG_KEY_PREFIX = "fastcache.tag:"
 MISS = object()
+_BAD_TAG = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
 def _seed() -> int:
@@ -43,7 +45,7 @@ def normalize(tags: Iterable[str] | str) -> tuple[str, ...]:
     for tag in tags:
         if not isinstance(tag, str):
             raise TypeError(f"cache tags must be strings, not {type(tag).__name__} ({tag!r})")
-        if not tag or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in tag):
+        if not tag or _BAD_TAG.search(tag):
             raise ValueError(f"invalid cache tag {tag!r}: empty, or contains whitespace or "
                              "control characters")
         out.add(tag)

@@ -1,6 +1,7 @@
 """The Django app of django-fastcache. Adding ``"django_fastcache"`` to ``INSTALLED_APPS``
-is optional for the cache backend; it registers the system checks (rates, throttle stores)
-at start-up and the management commands."""
+is optional for the cache backend; it registers the system checks (rates, throttle stores,
+cache and session set-ups) at start-up and the management commands (``fastcache_stats``,
+``fastcache_keys``)."""
 
 from django.apps import AppConfig
 
@@ -11,4 +12,4 @@ class FastCacheConfig(AppConfig):
 
     def ready(self) -> None:
         # Importing registers the checks with Django's check framework.
-        from . import limiter  # noqa: F401
+        from . import checks, limiter  # noqa: F401

@@ -29,11 +29,13 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from . import _core
+from . import tags as _tags
 from .errors import LockError, LockNotOwnedError
 
 __all__ = ["FastCache", "LocalLock"]
 
 _MISSING = object()
+_ENVELOPE = _tags.ENVELOPE
 
 # OPTIONS this backend understands, with their defaults. Anything else is a typo and is
 # refused at start-up (Django's own backends ignore unknown options silently).
@@ -316,12 +318,26 @@ class FastCache(BaseCache):
     # --- Django's cache API
 
     def get(self, key, default=None, version=None):
-        return self._get(key, default, version)
+        value = self._get(key, default, version)
+        # A tagged entry (see tags.py) is a 4-tuple envelope; checking the type first keeps
+        # the cost on untagged hits to one comparison.
+        if type(value) is tuple and len(value) == 4 and value[0] == _ENVELOPE:
+            return _tags.resolve(self, key, value, default, version)
+        return value
 
-    def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None) -> None:
+    def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None, tags=None) -> None:
+        if tags is not None:
+            value = _tags.envelope(self, tags, value)
+            if value is None:  # tag counters unreachable: an entry we could not invalidate
+                self._cache.delete(key, version)
+                return
         self._cache.set(key, value, timeout, version)
 
-    def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None) -> bool:
+    def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None, tags=None) -> bool:
+        if tags is not None:
+            value = _tags.envelope(self, tags, value)
+            if value is None:
+                return False
         return self._cache.add(key, value, timeout, version)
 
     def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None) -> bool:
@@ -334,10 +350,17 @@ class FastCache(BaseCache):
         return self._cache.has_key(key, version)
 
     def get_many(self, keys, version=None) -> dict:
-        return self._cache.get_many(keys, version)
+        return _tags.resolve_many(self, self._cache.get_many(keys, version), version)
 
-    def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None) -> list:
-        return self._cache.set_many(dict(data), timeout, version)
+    def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None, tags=None) -> list:
+        data = dict(data)
+        if tags is not None:
+            gens = _tags.generations(self, _tags.normalize(tags), create=True)
+            if gens is None:
+                self._cache.delete_many(list(data), version)
+                return list(data)
+            data = {k: _tags.envelope(self, tags, v, gens) for k, v in data.items()}
+        return self._cache.set_many(data, timeout, version)
 
     def delete_many(self, keys, version=None) -> None:
         self._cache.delete_many(keys, version)
@@ -369,6 +392,14 @@ class FastCache(BaseCache):
     def clear(self) -> None:
         self._cache.clear()
 
+    def invalidate_tags(self, *tags: str) -> None:
+        """Makes every entry stored with any of ``tags`` a miss: one atomic increment per
+        tag, no scan (see tags.py)."""
+        _tags.invalidate_tags(self, *tags)
+
+    async def ainvalidate_tags(self, *tags: str) -> None:
+        await _tags.ainvalidate_tags(self, *tags)
+
     def close(self, **kwargs) -> None:
         """Nothing to release: the L1 store lives as long as the process, and Redis
         connections stay pooled across requests (as with Django's RedisCache)."""
@@ -393,15 +424,27 @@ class FastCache(BaseCache):
 
     async def aget(self, key, default=None, version=None):
         if self._tier is not None:
-            return await self._tier.aget(key, default, version)
-        return self._get(key, default, version)
+            value = await self._tier.aget(key, default, version)
+        else:
+            value = self._get(key, default, version)
+        if type(value) is tuple and len(value) == 4 and value[0] == _ENVELOPE:
+            return await _tags.aresolve(self, key, value, default, version)
+        return value
 
-    async def aset(self, key, value, timeout=DEFAULT_TIMEOUT, version=None) -> None:
+    async def aset(self, key, value, timeout=DEFAULT_TIMEOUT, version=None, tags=None) -> None:
+        if tags is not None:
+            value = _tags.envelope(self, tags, value)
+            if value is None:
+                return await self.adelete(key, version)
         if self._tier is not None:
             return await self._tier.aset(key, value, timeout, version)
         self._engine.set(key, value, timeout, version)
 
-    async def aadd(self, key, value, timeout=DEFAULT_TIMEOUT, version=None) -> bool:
+    async def aadd(self, key, value, timeout=DEFAULT_TIMEOUT, version=None, tags=None) -> bool:
+        if tags is not None:
+            value = _tags.envelope(self, tags, value)
+            if value is None:
+                return False
         if self._tier is not None:
             return await self._tier.aadd(key, value, timeout, version)
         return self._engine.add(key, value, timeout, version)
@@ -423,10 +466,20 @@ class FastCache(BaseCache):
 
     async def aget_many(self, keys, version=None) -> dict:
         if self._tier is not None:
-            return await self._tier.aget_many(keys, version)
-        return self._engine.get_many(keys, version)
+            found = await self._tier.aget_many(keys, version)
+        else:
+            found = self._engine.get_many(keys, version)
+        if any(type(v) is tuple for v in found.values()):
+            found = _tags.resolve_many(self, found, version)
+        return found
 
-    async def aset_many(self, data, timeout=DEFAULT_TIMEOUT, version=None) -> list:
+    async def aset_many(self, data, timeout=DEFAULT_TIMEOUT, version=None, tags=None) -> list:
+        if tags is not None:
+            gens = _tags.generations(self, _tags.normalize(tags), create=True)
+            if gens is None:
+                await self.adelete_many(list(data), version)
+                return list(data)
+            data = {k: _tags.envelope(self, tags, v, gens) for k, v in dict(data).items()}
         if self._tier is not None:
             return await self._tier.aset_many(dict(data), timeout, version)
         return self._engine.set_many(dict(data), timeout, version)

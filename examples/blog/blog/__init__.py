@@ -1,0 +1,1 @@
+"""The example blog: authors, posts, cached views, throttled API endpoints."""

@@ -1,0 +1,1 @@
+"""``manage.py fastcache_stats`` and ``manage.py fastcache_keys``."""

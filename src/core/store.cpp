@@ -184,6 +184,20 @@ struct Store::Impl {
     }
 
     // The node leaves queue and index; it is freed now (via `r`) or by its last reader.
+    // The live node under `k`, or null. An expired node met here is reclaimed (counted as
+    // an expiration), as every lookup does.
+    Node* find_live(Shard& s, const KeyRef& k, double now, Retired& r) {
+        auto it = s.index.find(k);
+        if (it == s.index.end()) return nullptr;
+        Node* n = it->second;
+        if (n->expired(now)) {
+            s.expirations.bump();
+            remove(s, n, r);
+            return nullptr;
+        }
+        return n;
+    }
+
     void remove(Shard& s, Node* n, Retired& r) noexcept {
         unlink(s, n);
         s.index.erase(n->ref());
@@ -427,16 +441,9 @@ std::optional<Value> Store::get(std::string_view key, double now) {
     {
         Retired r(m.ops);
         std::lock_guard<std::mutex> lock(s.mu);
-        auto it = s.index.find(k);
-        if (it == s.index.end()) {
+        Node* n = m.find_live(s, k, now, r);
+        if (!n) {
             s.misses.bump();
-            return std::nullopt;
-        }
-        Node* n = it->second;
-        if (n->expired(now)) {
-            s.expirations.bump();
-            s.misses.bump();
-            m.remove(s, n, r);
             return std::nullopt;
         }
         s.hits.bump();
@@ -461,14 +468,7 @@ bool Store::contains(std::string_view key, double now) {
     Shard& s = m.shards[m.shard_index(k.hash)];
     Retired r(m.ops);
     std::lock_guard<std::mutex> lock(s.mu);
-    auto it = s.index.find(k);
-    if (it == s.index.end()) return false;
-    if (it->second->expired(now)) {
-        s.expirations.bump();
-        m.remove(s, it->second, r);
-        return false;
-    }
-    return true;
+    return m.find_live(s, k, now, r) != nullptr;
 }
 
 bool Store::set(std::string_view key, Value value, double expires_at, double now) {
@@ -538,14 +538,8 @@ bool Store::touch(std::string_view key, double expires_at, double now) {
     Shard& s = m.shards[m.shard_index(k.hash)];
     Retired r(m.ops);
     std::lock_guard<std::mutex> lock(s.mu);
-    auto it = s.index.find(k);
-    if (it == s.index.end()) return false;
-    Node* n = it->second;
-    if (n->expired(now)) {
-        s.expirations.bump();
-        m.remove(s, n, r);
-        return false;
-    }
+    Node* n = m.find_live(s, k, now, r);
+    if (!n) return false;
     n->expires_at = expires_at;
     return true;
 }
@@ -556,14 +550,8 @@ std::optional<double> Store::expiry(std::string_view key, double now) {
     Shard& s = m.shards[m.shard_index(k.hash)];
     Retired r(m.ops);
     std::lock_guard<std::mutex> lock(s.mu);
-    auto it = s.index.find(k);
-    if (it == s.index.end()) return std::nullopt;
-    Node* n = it->second;
-    if (n->expired(now)) {
-        s.expirations.bump();
-        m.remove(s, n, r);
-        return std::nullopt;
-    }
+    Node* n = m.find_live(s, k, now, r);
+    if (!n) return std::nullopt;
     return n->expires_at;
 }
 

@@ -62,10 +62,10 @@ def instructions(case: str, n: int) -> int:
 
 
 def main() -> None:
-    if len(sys.argv) == 3:
+    if len(sys.argv) == 3 and sys.argv[2].isdigit():
         run_checks(sys.argv[1], int(sys.argv[2]))
         return
-    for case in ("ours", "drf"):
+    for case in sys.argv[1:] or ("ours", "drf"):
         per_check = (instructions(case, LONG) - instructions(case, SHORT)) / (LONG - SHORT)
         print(f"{case:5} instructions per check: {per_check:,.0f}")
 

@@ -162,6 +162,17 @@ def throttle_setting(name: str) -> Any:
     return conf.get(name, _DEFAULTS[name])
 
 
+# HEADERS, read once until FASTCACHE_THROTTLE changes: the throttles ask on every request.
+_headers: list[bool] = []
+
+
+def headers_enabled() -> bool:
+    """``FASTCACHE_THROTTLE['HEADERS']``: whether decisions are kept for RateLimit headers."""
+    if not _headers:
+        _headers.append(bool(throttle_setting("HEADERS")))
+    return _headers[0]
+
+
 def _failure_mode(override: str | None) -> str:
     mode = override or throttle_setting("FAILURE_MODE")
     if mode not in FAILURE_MODES:
@@ -370,6 +381,7 @@ def _reset_memo(*, setting: str, **kwargs: Any) -> None:
         _stores.clear()
     if setting == "FASTCACHE_THROTTLE":
         _local = None  # the registry keeps the table; only the settings are re-read
+        _headers.clear()
 
 
 setting_changed.connect(_reset_memo)

@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 BaseThrottle = drf_throttling.BaseThrottle
+_DEFAULT_CACHE_FORMAT = "throttle_%(scope)s_%(ident)s"
 
 
 class SimpleRateThrottle(drf_throttling.SimpleRateThrottle):
@@ -49,7 +50,7 @@ class SimpleRateThrottle(drf_throttling.SimpleRateThrottle):
 
     cache = default_cache
     timer = time.time
-    cache_format = "throttle_%(scope)s_%(ident)s"
+    cache_format = _DEFAULT_CACHE_FORMAT
     scope: str | None = None
     # None: read REST_FRAMEWORK['DEFAULT_THROTTLE_RATES'] at use (so overridden settings
     # apply); a dict set on a subclass is used as in DRF.
@@ -66,6 +67,13 @@ class SimpleRateThrottle(drf_throttling.SimpleRateThrottle):
         rate = self.rate
         if not rate:
             rate = self.rate = self.get_rate()
+        if type(self).parse_rate is _parse_rate:
+            # parse_rate()'s memo, inline: DRF builds a throttle per request.
+            found = _policies.get((rate, self.algorithm, self.burst, self.scope))
+            if found is not None:
+                self.policy = found[0]
+                self.num_requests, self.duration = found[1]
+                return
         self.num_requests, self.duration = self.parse_rate(rate)
 
     def get_rate(self) -> str | None:
@@ -112,7 +120,8 @@ class SimpleRateThrottle(drf_throttling.SimpleRateThrottle):
         self.now = now = self.timer()
         self.decision = decision = _check(self.cache, key, self.policy,
                                           self.get_cost(request, view), now, self.failure_mode)
-        _record(request, decision)
+        if _headers[0] if _headers else _headers_enabled():
+            _record(request, decision)
         if decision[0]:  # allowed
             return self.throttle_success()
         return self.throttle_failure()
@@ -143,7 +152,9 @@ class AnonRateThrottle(SimpleRateThrottle):
         user = request.user
         if user and user.is_authenticated:
             return None
-        return _cache_key(self, self.get_ident(request))
+        if self.cache_format is _DEFAULT_CACHE_FORMAT:  # the same text, without a dict
+            return f"throttle_{self.scope}_{self.get_ident(request)}"
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
 
 
 class UserRateThrottle(SimpleRateThrottle):
@@ -184,18 +195,21 @@ class ScopedRateThrottle(SimpleRateThrottle):
 # (rate, algorithm, burst, scope) -> (policy, (num_requests, duration))
 _policies: dict[tuple, tuple[limiter.Policy, tuple[int, int]]] = {}
 _check = limiter._check
-_DEFAULT_CACHE_FORMAT = SimpleRateThrottle.cache_format
+_headers = limiter._headers
+_headers_enabled = limiter.headers_enabled
+_parse_rate = SimpleRateThrottle.parse_rate
 
 
 def _cache_key(throttle: SimpleRateThrottle, ident: Any) -> str:
     fmt = throttle.cache_format
-    if fmt is _DEFAULT_CACHE_FORMAT:  # the same text, without building a dict per request
+    if fmt is _DEFAULT_CACHE_FORMAT:  # the same text, without a dict
         return f"throttle_{throttle.scope}_{ident}"
     return fmt % {"scope": throttle.scope, "ident": ident}
 
 
 def _record(request: Any, decision: limiter.Decision) -> None:
-    # Kept on the HttpRequest under DRF's Request so RateLimitMiddleware can send headers.
+    # Kept on the HttpRequest under DRF's Request so RateLimitMiddleware can send headers
+    # (only done when HEADERS is on: nothing else reads it).
     http_request = getattr(request, "_request", request)
     try:
         http_request.__dict__.setdefault("_fastcache_ratelimit", []).append(decision)

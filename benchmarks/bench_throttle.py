@@ -1,16 +1,27 @@
 """Per-check cost of django_fastcache's AnonRateThrottle against DRF's, in one run.
 
-Stores: DRF on LocMemCache and on django-redis; ours in-process (C++ table) and on Redis
-(one EVALSHA, through the FastCache interface: redis_client()). Histories of 100 and
-10,000 entries, in two regimes: "allowed" (the window holds H entries and each check
-adds one: DRF reads and writes the whole list) and "denied" (the history is full: DRF
-only reads it). A Redis PING on a redis-py client is the floor of any Redis check.
+Every check is what a DRF request does: a fresh throttle instance, then
+``allow_request(request, view)`` with a DRF ``Request`` around a ``RequestFactory``
+request (authenticated as anonymous, as DRF does before throttling).
 
-Run: .venv/bin/python benchmarks/bench_throttle.py
+Stores: DRF on LocMemCache and on django-redis; ours in-process (C++ table) and on a
+FastCache with a Redis LOCATION (one EVALSHA). All Redis alternatives use one
+redis-server. Histories of 100 and 10,000 entries, in two regimes: "allowed" (the window
+holds H entries and each check adds one: DRF reads and writes the whole list) and
+"denied" (the history is full: DRF only reads it). A redis-py ``PING`` on the same server
+is the reference for a Redis round trip; a PING sent on a dedicated connection (no
+redis-py command path) is printed as the floor of a round trip.
+
+Noise: the alternatives are interleaved (each round runs every alternative for a batch,
+the order reversed every other round) and the table gives the median per-check time of
+the rounds, so load from other processes spreads over all of them alike.
+
+Run: .venv/bin/python benchmarks/bench_throttle.py [--rounds N]
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -24,6 +35,7 @@ settings.configure(
     INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth"],
     CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}},
     REST_FRAMEWORK={"NUM_PROXIES": None},
+    SECRET_KEY="bench-not-secret",  # FastCache signs pickles with a key derived from it
 )
 django.setup()
 
@@ -32,41 +44,15 @@ import redis  # noqa: E402
 import rest_framework  # noqa: E402
 from django.contrib.auth.models import AnonymousUser  # noqa: E402
 from django.core.cache.backends.locmem import LocMemCache  # noqa: E402
-from django.http import HttpRequest  # noqa: E402
+from django.test import RequestFactory  # noqa: E402
 from django_redis.cache import RedisCache as DjangoRedisCache  # noqa: E402
 from redis_servers import RedisServer  # noqa: E402
 from rest_framework import throttling as drf  # noqa: E402
+from rest_framework.request import Request  # noqa: E402
 
 import django_fastcache  # noqa: E402
 from django_fastcache import limiter, throttling  # noqa: E402
-
-
-class RedisOnly:
-    """FastCache's interface for the Redis store (the backend is built in parallel)."""
-
-    breaker = None
-
-    def __init__(self, client):
-        self.client = client
-
-    def redis_client(self):
-        return self.client
-
-
-def per_call_us(fn, n, repeat=5):
-    best = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best.append((time.perf_counter() - start) / n * 1e6)
-    return min(best), statistics.median(best)
-
-
-def checker(cls, request):
-    def check():
-        cls().allow_request(request, None)  # a fresh instance per request, as DRF does
-    return check
+from django_fastcache.cache import FastCache  # noqa: E402
 
 
 def fake_timer(step):
@@ -81,57 +67,99 @@ def fake_timer(step):
     return timer
 
 
+def batch(fn, n):
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def interleaved(alternatives, rounds):
+    """Median per-call microseconds of each (name, fn, n), run ABC.. CBA.. in turns."""
+    times = {name: [] for name, _fn, _n in alternatives}
+    for r in range(rounds):
+        order = alternatives if r % 2 == 0 else alternatives[::-1]
+        for name, fn, n in order:
+            times[name].append(batch(fn, n))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def main():
-    request = HttpRequest()
-    request.META["REMOTE_ADDR"] = "10.1.2.3"
-    request.user = AnonymousUser()
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=15)
+    rounds = parser.parse_args().rounds
+
+    request = Request(RequestFactory().get("/", REMOTE_ADDR="10.1.2.3"))
+    request.user = AnonymousUser()  # DRF authenticates before it throttles
     rows = []
     with RedisServer() as server:
         client = redis.Redis.from_url(server.url)
         dj_redis = DjangoRedisCache(server.url, {})
+        # A key prefix of its own: its L1 invalidation listener (CLIENT TRACKING BCAST on
+        # the prefix) must not be woken by django-redis's writes of DRF's history.
+        fastcache_redis = FastCache(server.url, {"KEY_PREFIX": "fcbench"})
         locmem = LocMemCache("bench", {})
-        ping = per_call_us(client.ping, 5000)[0]
-        rows.append(("Redis PING (redis-py)", "", ping))
+        dedicated = client.connection_pool.get_connection()
+        packed_ping = (b"*1\r\n$4\r\nPING\r\n",)
+
+        def raw_ping():
+            dedicated.send_packed_command(packed_ping)
+            dedicated.read_response()
+
         for history in (100, 10_000):
             for regime in ("allowed", "denied"):
-                if regime == "allowed":
-                    # Limit 2H/hour, clock advancing 1h/H per check: H entries in the window.
-                    attrs = {"rate": f"{2 * history}/hour", "timer": fake_timer(3600 / history)}
-                    # Our Redis check uses Redis TIME (no fake clock): a limit it never
-                    # reaches; its cost does not depend on the history's length.
-                    redis_attrs = {"rate": "10000000/hour"}
-                else:
+                def attrs():
+                    if regime == "allowed":
+                        # Limit 2H/hour, a clock of its own advancing 1h/H per check: H
+                        # entries in the window.
+                        return {"rate": f"{2 * history}/hour",
+                                "timer": fake_timer(3600 / history)}
                     # Limit H/hour, history full: every check is a denial.
-                    attrs = redis_attrs = {"rate": f"{history}/hour"}
+                    return {"rate": f"{history}/hour"}
+
+                # Our Redis check uses Redis TIME (no fake clock): allowed, a limit it never
+                # reaches; its cost does not depend on the history's length.
+                redis_attrs = {"rate": "10000000/hour"} if regime == "allowed" else attrs()
                 small = history == 100
                 cases = [
-                    ("DRF, LocMemCache", drf.AnonRateThrottle, locmem, attrs, 5000 if small else 200),
-                    ("ours, in-process", throttling.AnonRateThrottle, locmem, attrs, 20_000),
-                    ("DRF, django-redis", drf.AnonRateThrottle, dj_redis, attrs, 2000 if small else 200),
-                    ("ours, Redis", throttling.AnonRateThrottle, RedisOnly(client), redis_attrs, 3000),
+                    ("DRF, LocMemCache", drf.AnonRateThrottle, locmem, attrs(), 400 if small else 10),
+                    ("ours, in-process", throttling.AnonRateThrottle, locmem, attrs(), 4000),
+                    ("DRF, django-redis", drf.AnonRateThrottle, dj_redis, attrs(),
+                     100 if small else 10),
+                    ("ours, Redis", throttling.AnonRateThrottle, fastcache_redis, redis_attrs, 300),
                 ]
-                results = {}
+                limiter.local_limiter().clear()
+                client.flushall()
+                locmem.clear()
+                alternatives = [("Redis PING (redis-py)", client.ping, 300),
+                                ("Redis PING (dedicated connection)", raw_ping, 300)]
                 for name, base, cache, extra, n in cases:
                     cls = type("B", (base,), {"cache": cache, **extra})
-                    check = checker(cls, request)
+
+                    def check(cls=cls):
+                        cls().allow_request(request, None)  # a fresh instance per request
+
                     for _ in range(history + 10):  # fill the history first
                         check()
-                    results[name] = per_call_us(check, n, repeat=3)[0]
+                    alternatives.append((name, check, n))
+                interleaved(alternatives, 1)  # warm-up (connections, listener threads)
+                results = interleaved(alternatives, rounds)
+                for name, _fn, _n in alternatives:
                     rows.append((f"{name} [{regime}]", history, results[name]))
-                    limiter.local_limiter().clear()
-                    client.flushall()
-                    locmem.clear()
+                ping = results["Redis PING (redis-py)"]
                 rows.append((f"  ratio DRF LocMem / ours local [{regime}]", history,
                              results["DRF, LocMemCache"] / results["ours, in-process"]))
                 rows.append((f"  ratio DRF django-redis / ours Redis [{regime}]", history,
                              results["DRF, django-redis"] / results["ours, Redis"]))
                 rows.append((f"  ratio ours Redis / PING [{regime}]", history,
                              results["ours, Redis"] / ping))
+        dedicated.disconnect()
 
     print(f"Python {sys.version.split()[0]}, Django {django.__version__}, "
           f"DRF {rest_framework.VERSION}, django-redis {django_redis.__version__}, "
           f"redis-py {redis.__version__}, django-fastcache {django_fastcache.__version__}")
-    print(f"{'check (best of 3, fresh throttle per check)':50} {'history':>8} {'us or ratio':>12}")
+    print(f"median of {rounds} interleaved rounds, fresh throttle per check")
+    print(f"{'check':50} {'history':>8} {'us or ratio':>12}")
     for name, history, value in rows:
         unit = "x" if name.startswith("  ratio") else " us"
         print(f"{name:50} {history!s:>8} {value:>10.2f}{unit}")

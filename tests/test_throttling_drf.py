@@ -286,6 +286,8 @@ class XffBase:
         self.request.META["REMOTE_ADDR"] = "3.3.3.3"
         self.request.META["HTTP_X_FORWARDED_FOR"] = "0.0.0.0, 1.1.1.1, 2.2.2.2"
         yield
+        # reload() forgets only attributes it cached itself, not one set by proxies().
+        api_settings.__dict__.pop("NUM_PROXIES", None)
         api_settings.reload()
 
     def proxies(self, n):

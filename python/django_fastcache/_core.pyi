@@ -136,6 +136,12 @@ class Limiter:
         now_us: int,
     ) -> tuple[bool, int, int, int, bool]:
         """(allowed, remaining, retry_after_us, reset_after_us, full)."""
+    def checker(self, decision_type: type, source: str) -> Callable[[str, tuple, int, float], Any]:
+        """A builtin ``check(key, policy, cost, now)``: ``policy`` a limiter.Policy (its
+        code, burst, limit and period_us are read by position), ``now`` in seconds (int or
+        float, rounded to microseconds as ``round(now * 1e6)``). Returns
+        ``decision_type(allowed, remaining, retry_after_us, reset_after_us, policy, source)``;
+        a check denied because the table is full looks like any denial."""
     def reset(self, key: str) -> bool: ...
     def clear(self) -> None: ...
     @property

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import threading
 import time
+import weakref
 from importlib import resources
 from typing import Any, NamedTuple
 
@@ -160,6 +162,17 @@ def throttle_setting(name: str) -> Any:
     return conf.get(name, _DEFAULTS[name])
 
 
+# HEADERS, read once until FASTCACHE_THROTTLE changes: the throttles ask on every request.
+_headers: list[bool] = []
+
+
+def headers_enabled() -> bool:
+    """``FASTCACHE_THROTTLE['HEADERS']``: whether decisions are kept for RateLimit headers."""
+    if not _headers:
+        _headers.append(bool(throttle_setting("HEADERS")))
+    return _headers[0]
+
+
 def _failure_mode(override: str | None) -> str:
     mode = override or throttle_setting("FAILURE_MODE")
     if mode not in FAILURE_MODES:
@@ -173,7 +186,9 @@ def get_ident(request: Any, num_proxies: int | None) -> str | None:
     """The client address, trusting exactly ``num_proxies`` proxies' X-Forwarded-For
     entries (DRF's ``get_ident`` semantics): with N proxies, the Nth address from the right
     is the client, so entries a client prepends cannot change its identity."""
-    meta = request.META
+    # A DRF Request forwards META to the HttpRequest it wraps through __getattr__, which
+    # costs more than the rest of a local check: read it from the wrapped request.
+    meta = getattr(request, "_request", request).META
     xff = meta.get("HTTP_X_FORWARDED_FOR")
     remote_addr = meta.get("REMOTE_ADDR")
     if num_proxies is not None:
@@ -188,23 +203,30 @@ def get_ident(request: Any, num_proxies: int | None) -> str | None:
 
 _local_lock = threading.Lock()
 _local: Any = None
+# The table's check(key, policy, cost, now) builtins, returning a Decision with source
+# "local" / "failure-local"; set together with _local.
+_local_check: Any = None
+_failure_local_check: Any = None
 
 
 def local_limiter() -> Any:
     """This process's limiter table (created on first use from the LOCAL_* settings)."""
-    global _local
+    global _local, _local_check, _failure_local_check
     if _local is None:
         with _local_lock:
             if _local is None:
                 max_bytes = throttle_setting("LOCAL_MAX_BYTES")
                 shards = throttle_setting("LOCAL_SHARDS")
                 try:
-                    _local = _core.get_limiter("throttle", max_bytes, shards)
+                    table = _core.get_limiter("throttle", max_bytes, shards)
                 except (TypeError, ValueError) as exc:
                     raise ImproperlyConfigured(
                         f"FASTCACHE_THROTTLE LOCAL_MAX_BYTES={max_bytes!r} / "
                         f"LOCAL_SHARDS={shards!r}: {exc}"
                     ) from exc
+                _local_check = table.checker(Decision, "local")
+                _failure_local_check = table.checker(Decision, "failure-local")
+                _local = table
     return _local
 
 
@@ -221,37 +243,117 @@ _SCRIPTS = {name: _load_script(name) for name in ALGORITHMS}
 class RedisStore:
     """Checks run by one ``EVALSHA`` in the Redis of a cache backend (``redis_client()``).
 
-    Thread safety: as the redis-py client (safe). A ``NOSCRIPT`` reply (after ``SCRIPT
+    On a single-node or Sentinel client the store sends the command itself, pre-packed,
+    on connections it takes from the client's pool once and keeps in a free list of its
+    own: redis-py's general command path (pool checkout with a socket poll, retry wrapper,
+    observability hooks) costs several times the round trip. A connection error there is
+    retried once through redis-py, which applies the client's retry policy; a timeout is
+    not. A cluster client goes through redis-py. A ``NOSCRIPT`` reply (after ``SCRIPT
     FLUSH``, a restart or a failover) loads the script and retries once.
+
+    Thread safety: safe; a connection is used by one thread at a time (the free list's
+    pop and append are atomic). The free list holds at most as many connections as
+    checks ran at once; it is emptied in a forked child.
     """
 
     def __init__(self, client: Any, breaker: Any) -> None:
-        from redis.exceptions import NoScriptError
+        import redis
+        from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
         self.client = client
         self.breaker = breaker
+        self.prefix = throttle_setting("KEY_PREFIX")
         self._noscript = NoScriptError
+        self._response_error = ResponseError
+        self._connection_error = ConnectionError
+        # (id(policy), cost) -> (policy, the packed EVALSHA with %d/%b for the key)
+        self._packed: dict[tuple[int, int], tuple[Policy, bytes]] = {}
+        self._free: list[Any] = []
+        pool = getattr(client, "connection_pool", None)
+        direct = (isinstance(client, redis.Redis) and pool is not None
+                  and getattr(client, "connection", None) is None)
+        self._pool = pool if direct else None
+        _direct_stores.add(self)
 
     def key(self, key: str, policy: Policy) -> str:
         # The identity is the hash tag: every key of one identity lands in one cluster
         # slot. Braces inside it would end the tag early, so they are replaced.
         if "{" in key or "}" in key:
             key = key.replace("{", "(").replace("}", ")")
-        return f"{throttle_setting('KEY_PREFIX')}:{{{key}}}:{_SHORT[policy.algorithm]}"
+        return f"{self.prefix}:{{{key}}}:{_SHORT[policy.algorithm]}"
 
     def hit(self, key: str, policy: Policy, cost: int, now_us: int | None = None) -> list[int]:
         """Raw script reply ``[allowed, remaining, retry_after_us, reset_after_us]``.
         ``now_us`` replaces Redis TIME: for tests of the algorithm only."""
+        rkey = self.key(key, policy)
+        if now_us is None and self._pool is not None:
+            try:
+                return self._direct(rkey, policy, cost)
+            except self._noscript:
+                self.client.script_load(_SCRIPTS[policy.algorithm][0])
+            except self._connection_error:
+                pass  # a connection the server closed: once more through redis-py
         text, sha = _SCRIPTS[policy.algorithm]
         args = [policy.limit, policy.period_us, policy.burst, cost]
         if now_us is not None:
             args.append(now_us)
-        rkey = self.key(key, policy)
         try:
             return self.client.evalsha(sha, 1, rkey, *args)
         except self._noscript:
             self.client.script_load(text)
             return self.client.evalsha(sha, 1, rkey, *args)
+
+    def _direct(self, rkey: str, policy: Policy, cost: int) -> Any:
+        packed = self._packed.get((id(policy), cost))
+        if packed is None or packed[0] is not policy:
+            packed = self._pack(policy, cost)
+        k = rkey.encode()
+        command = packed[1] % (len(k), k)
+        free = self._free
+        try:
+            conn = free.pop()
+        except IndexError:
+            conn = self._pool.get_connection()
+        try:
+            conn.send_packed_command((command,))
+            reply = conn.read_response()
+        except self._response_error:
+            free.append(conn)  # an error reply leaves the connection in sync
+            raise
+        except BaseException:
+            # The reply may still be on its way: never reuse the socket as it is (the
+            # connection reconnects on its next command).
+            conn.disconnect()
+            free.append(conn)
+            raise
+        free.append(conn)
+        return reply
+
+    def _pack(self, policy: Policy, cost: int) -> tuple[Policy, bytes]:
+        sha = _SCRIPTS[policy.algorithm][1].encode()
+        tail = b"".join(b"$%d\r\n%d\r\n" % (len(b"%d" % v), v)
+                        for v in (policy.limit, policy.period_us, policy.burst, cost))
+        template = b"*8\r\n$7\r\nEVALSHA\r\n$40\r\n" + sha + b"\r\n$1\r\n1\r\n$%d\r\n%b\r\n" + tail
+        entry = (policy, template)
+        if len(self._packed) > 1000:  # policies made per call (not memoized) must not pile up
+            self._packed.clear()
+        self._packed[(id(policy), cost)] = entry
+        return entry
+
+    def _forget_connections(self) -> None:
+        self._free = []
+
+
+# Stores with private connections, emptied in a forked child (the sockets are the parent's).
+_direct_stores: weakref.WeakSet[RedisStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_direct_stores):
+        store._forget_connections()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 _stores: dict[int, tuple[Any, RedisStore | None]] = {}
@@ -279,6 +381,7 @@ def _reset_memo(*, setting: str, **kwargs: Any) -> None:
         _stores.clear()
     if setting == "FASTCACHE_THROTTLE":
         _local = None  # the registry keeps the table; only the settings are re-read
+        _headers.clear()
 
 
 setting_changed.connect(_reset_memo)
@@ -333,13 +436,21 @@ def check(cache: Any, key: str, policy: Policy, cost: int = 1, *,
     raises for Redis trouble: an open circuit breaker or a Redis error is decided by the
     failure mode without further I/O.
     """
+    return _check(cache, key, policy, cost, now, failure_mode)
+
+
+_tuple_new = tuple.__new__
+
+
+def _check(cache: Any, key: str, policy: Policy, cost: int, now: float | None,
+           failure_mode: str | None) -> Decision:
+    # check() with positional arguments: the throttles' per-request path.
     found = _stores.get(id(cache))
     store = found[1] if found is not None and found[0] is cache else _store_for(cache)
     if store is None:
-        now_us = round((time.time() if now is None else now) * 1_000_000)
-        allowed, remaining, retry, reset, _full = (_local or local_limiter()).hit(
-            key, policy.code, policy.limit, policy.period_us, policy.burst, cost, now_us)
-        return Decision(allowed, remaining, retry, reset, policy, "local")
+        if _local is None:
+            local_limiter()
+        return _local_check(key, policy, cost, time.time() if now is None else now)
     breaker = store.breaker
     if breaker is None or breaker.allow():
         try:
@@ -350,15 +461,14 @@ def check(cache: Any, key: str, policy: Policy, cost: int = 1, *,
             return _on_failure(exc, key, policy, cost, now, failure_mode)
         if breaker is not None:
             breaker.record_success()
-        return Decision(allowed == 1, remaining, retry, reset, policy, "redis")
+        return _tuple_new(Decision, (allowed == 1, remaining, retry, reset, policy, "redis"))
     return _on_failure(None, key, policy, cost, now, failure_mode)
 
 
-def _local_check(key: str, policy: Policy, cost: int, now: float | None, source: str) -> Decision:
-    now_us = round((time.time() if now is None else now) * 1_000_000)
-    allowed, remaining, retry, reset, _full = local_limiter().hit(
-        key, policy.code, policy.limit, policy.period_us, policy.burst, cost, now_us)
-    return Decision(allowed, remaining, retry, reset, policy, source)
+def _local_check_failure(key: str, policy: Policy, cost: int, now: float | None) -> Decision:
+    if _local is None:
+        local_limiter()
+    return _failure_local_check(key, policy, cost, time.time() if now is None else now)
 
 
 def _on_failure(exc: BaseException | None, key: str, policy: Policy, cost: int,
@@ -367,7 +477,7 @@ def _on_failure(exc: BaseException | None, key: str, policy: Policy, cost: int,
     if exc is not None:
         _warn_redis_down(exc, mode)
     if mode == "local":
-        return _local_check(key, policy, cost, now, "failure-local")
+        return _local_check_failure(key, policy, cost, now)
     if mode == "open":
         return Decision(True, policy.rate.limit, 0, 0, policy, "failure-open")
     # Closed: nothing is known about the client; ask it to come back after a period, at

@@ -142,7 +142,7 @@ def too_many_requests(decisions: list[limiter.Decision]) -> HttpResponse:
 
 
 def _add_headers(response: HttpResponse, decisions: list[limiter.Decision]) -> HttpResponse:
-    if decisions and limiter.throttle_setting("HEADERS"):
+    if decisions and limiter.headers_enabled():
         for name, value in limiter.ratelimit_headers(decisions).items():
             response[name] = value
     return response

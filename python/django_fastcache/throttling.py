@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 BaseThrottle = drf_throttling.BaseThrottle
+_DEFAULT_CACHE_FORMAT = "throttle_%(scope)s_%(ident)s"
 
 
 class SimpleRateThrottle(drf_throttling.SimpleRateThrottle):
@@ -49,7 +50,7 @@ class SimpleRateThrottle(drf_throttling.SimpleRateThrottle):
 
     cache = default_cache
     timer = time.time
-    cache_format = "throttle_%(scope)s_%(ident)s"
+    cache_format = _DEFAULT_CACHE_FORMAT
     scope: str | None = None
     # None: read REST_FRAMEWORK['DEFAULT_THROTTLE_RATES'] at use (so overridden settings
     # apply); a dict set on a subclass is used as in DRF.
@@ -60,11 +61,20 @@ class SimpleRateThrottle(drf_throttling.SimpleRateThrottle):
     failure_mode: str | None = None
 
     decision: limiter.Decision | None = None
+    rate: str | None = None  # None: get_rate() reads it from THROTTLE_RATES[scope]
 
     def __init__(self) -> None:
-        if not getattr(self, "rate", None):
-            self.rate = self.get_rate()
-        self.num_requests, self.duration = self.parse_rate(self.rate)
+        rate = self.rate
+        if not rate:
+            rate = self.rate = self.get_rate()
+        if type(self).parse_rate is _parse_rate:
+            # parse_rate()'s memo, inline: DRF builds a throttle per request.
+            found = _policies.get((rate, self.algorithm, self.burst, self.scope))
+            if found is not None:
+                self.policy = found[0]
+                self.num_requests, self.duration = found[1]
+                return
+        self.num_requests, self.duration = self.parse_rate(rate)
 
     def get_rate(self) -> str | None:
         if not getattr(self, "scope", None):
@@ -86,14 +96,16 @@ class SimpleRateThrottle(drf_throttling.SimpleRateThrottle):
             self.policy = None
             return (None, None)
         key = (rate, self.algorithm, self.burst, self.scope)
-        policy = _policies.get(key)
-        if policy is None:
-            # Throttles are built per request: each configuration is validated once.
+        found = _policies.get(key)
+        if found is None:
+            # Throttles are built per request: each configuration is parsed and validated
+            # once per process.
             where = f"throttle {type(self).__name__} (scope {self.scope!r}, rate {rate!r})"
-            policy = _policies[key] = limiter.make_policy(
+            policy = limiter.make_policy(
                 rate, self.algorithm, self.burst, name=self.scope or "default", where=where)
-        self.policy = policy
-        return (policy.limit, policy.rate.period)
+            found = _policies[key] = (policy, (policy.limit, policy.rate.period))
+        self.policy = found[0]
+        return found[1]
 
     def get_cost(self, request: Any, view: Any) -> int:
         """Units this request spends (default: the ``cost`` attribute)."""
@@ -102,15 +114,15 @@ class SimpleRateThrottle(drf_throttling.SimpleRateThrottle):
     def allow_request(self, request: Any, view: Any) -> bool:
         if self.rate is None:
             return True
-        self.key = self.get_cache_key(request, view)
-        if self.key is None:
+        self.key = key = self.get_cache_key(request, view)
+        if key is None:
             return True
-        self.now = self.timer()
-        self.decision = decision = limiter.check(
-            self.cache, self.key, self.policy, self.get_cost(request, view),
-            now=self.now, failure_mode=self.failure_mode)
-        _record(request, decision)
-        if decision.allowed:
+        self.now = now = self.timer()
+        self.decision = decision = _check(self.cache, key, self.policy,
+                                          self.get_cost(request, view), now, self.failure_mode)
+        if _headers[0] if _headers else _headers_enabled():
+            _record(request, decision)
+        if decision[0]:  # allowed
             return self.throttle_success()
         return self.throttle_failure()
 
@@ -140,6 +152,8 @@ class AnonRateThrottle(SimpleRateThrottle):
         user = request.user
         if user and user.is_authenticated:
             return None
+        if self.cache_format is _DEFAULT_CACHE_FORMAT:  # the same text, without a dict
+            return f"throttle_{self.scope}_{self.get_ident(request)}"
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
 
 
@@ -151,7 +165,7 @@ class UserRateThrottle(SimpleRateThrottle):
     def get_cache_key(self, request: Any, view: Any) -> str | None:
         user = request.user
         ident = user.pk if user and user.is_authenticated else self.get_ident(request)
-        return self.cache_format % {"scope": self.scope, "ident": ident}
+        return _cache_key(self, ident)
 
 
 class ScopedRateThrottle(SimpleRateThrottle):
@@ -175,22 +189,32 @@ class ScopedRateThrottle(SimpleRateThrottle):
     def get_cache_key(self, request: Any, view: Any) -> str | None:
         user = request.user
         ident = user.pk if user and user.is_authenticated else self.get_ident(request)
-        return self.cache_format % {"scope": self.scope, "ident": ident}
+        return _cache_key(self, ident)
 
 
-_policies: dict[tuple, limiter.Policy] = {}
+# (rate, algorithm, burst, scope) -> (policy, (num_requests, duration))
+_policies: dict[tuple, tuple[limiter.Policy, tuple[int, int]]] = {}
+_check = limiter._check
+_headers = limiter._headers
+_headers_enabled = limiter.headers_enabled
+_parse_rate = SimpleRateThrottle.parse_rate
+
+
+def _cache_key(throttle: SimpleRateThrottle, ident: Any) -> str:
+    fmt = throttle.cache_format
+    if fmt is _DEFAULT_CACHE_FORMAT:  # the same text, without a dict
+        return f"throttle_{throttle.scope}_{ident}"
+    return fmt % {"scope": throttle.scope, "ident": ident}
 
 
 def _record(request: Any, decision: limiter.Decision) -> None:
-    # Kept on the HttpRequest under DRF's Request so RateLimitMiddleware can send headers.
+    # Kept on the HttpRequest under DRF's Request so RateLimitMiddleware can send headers
+    # (only done when HEADERS is on: nothing else reads it).
     http_request = getattr(request, "_request", request)
     try:
-        http_request._fastcache_ratelimit.append(decision)
-    except AttributeError:
-        try:
-            http_request._fastcache_ratelimit = [decision]
-        except AttributeError:  # not a request object (DRF's own tests pass {})
-            pass
+        http_request.__dict__.setdefault("_fastcache_ratelimit", []).append(decision)
+    except AttributeError:  # not a request object (DRF's own tests pass {})
+        pass
 
 
 def _all_subclasses(cls: type) -> list[type]:

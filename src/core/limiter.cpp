@@ -314,7 +314,11 @@ Decision Limiter::hit(std::string_view key, const Policy& policy, std::int64_t c
     std::lock_guard<std::mutex> lock(sh.mu);
     ++sh.stats.checks;
 
-    auto it = sh.map.find(std::string(key));
+    // A reused buffer: a lookup allocates no key copy (keys are usually past the small
+    // string size). Heterogeneous lookup needs C++20.
+    thread_local std::string probe;
+    probe.assign(key.data(), key.size());
+    auto it = sh.map.find(probe);
     const bool inserted = it == sh.map.end();
     if (inserted) {
         it = sh.map.emplace(std::string(key), detail::State{}).first;

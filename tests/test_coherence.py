@@ -244,3 +244,175 @@ def _master_of(slots, slot: int) -> tuple:
             if entry[0] <= slot <= entry[1]:
                 return (entry[2][0], entry[2][1])
     raise AssertionError(f"slot {slot} is not served")
+
+
+# ---------------------------------------------------------------------- in this process
+
+def up_cache(location, **params) -> FastCache:
+    cache = FastCache(location, params)
+    cache.clear()
+    cache.get("__warm__")
+    wait_until(lambda: cache.stats()["l1_listener"] == "up", 10, "the listener")
+    return cache
+
+
+def raw_set(cache, raw, key, value, **kwargs) -> None:
+    """Writes through another client and waits for this process's listener to hear of it,
+    so that no invalidation is still in flight when the test reads."""
+    before = cache.stats()["l1_invalidated_keys"]
+    raw.set(cache.make_key(key), cache._engine.dumps(value), **kwargs)
+    wait_until(lambda: cache.stats()["l1_invalidated_keys"] > before, 5, "the invalidation")
+
+
+def test_an_invalidation_during_a_fill_never_leaves_the_old_value(clean_redis_server):
+    cache = up_cache(clean_redis_server.url, KEY_PREFIX="race")
+    raw = clean_redis_server.client()
+    tier = cache._tier
+    cache.set("k", "old")
+    k = cache.make_key("k")
+    cache._store.invalidate([k])  # not in the L1: the next get reads Redis
+    real = tier._get_with_ttl
+    before = cache.stats()["l1_invalidated_keys"]
+
+    def slow_read(final):
+        reply = real(final)  # the old value, read...
+        raw.set(k, cache._engine.dumps("new"))  # ...then overwritten by someone else,
+        wait_until(lambda: cache.stats()["l1_invalidated_keys"] > before, 5,
+                   "the invalidation")  # whose message arrives before the fill
+        return reply
+
+    tier._get_with_ttl = slow_read
+    try:
+        assert cache.get("k") == "old"  # what Redis held when it was read
+    finally:
+        tier._get_with_ttl = real
+    assert cache._engine.l1_get(k, "absent") == "absent"
+    assert cache.get("k") == "new"
+    assert cache.stats()["l1_fills_refused"] >= 1
+    raw.close()
+
+
+_FORK_CHILD = textwrap.dedent("""
+    import os, sys, time
+    import django
+    from django.conf import settings
+    settings.configure(SECRET_KEY="x")
+    django.setup()
+    from django_fastcache.cache import FastCache
+
+    cache = FastCache(sys.argv[1], {"KEY_PREFIX": "fork"})
+    cache.set("k", "parent")
+    cache.get("k")
+    while cache.stats()["l1_listener"] != "up":
+        cache.get("k")
+        time.sleep(0.005)
+    assert cache.get("k") == "parent" and cache.stats()["l1_entries"] >= 1
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        stats = cache.stats()
+        # An empty, bypassed L1 and no listener until first use.
+        ok = stats["l1_entries"] == 0 and stats["l1_listener"] == "down"
+        assert cache.get("k") == "parent"
+        deadline = time.time() + 10
+        while cache.stats()["l1_listener"] != "up" and time.time() < deadline:
+            time.sleep(0.005)
+        cache.get("k")
+        ok = ok and cache.get("k") == "parent" and cache.stats()["l1_hits"] >= 1
+        os.write(w, b"ready\\n")
+        deadline = time.time() + 10
+        while cache.get("k") != "changed" and time.time() < deadline:
+            time.sleep(0.001)
+        ok = ok and cache.get("k") == "changed"
+        os.write(w, b"ok\\n" if ok else b"bad %r\\n" % (cache.stats(),))
+        os._exit(0)
+    f = os.fdopen(r)
+    assert f.readline() == "ready\\n"
+    cache.set("k", "changed")  # the parent writes; the child's own listener must see it
+    print(f.readline().strip())
+    os.waitpid(pid, 0)
+""")
+
+
+def test_a_forked_child_starts_empty_and_runs_its_own_listener(clean_redis_server):
+    done = subprocess.run([sys.executable, "-c", _FORK_CHILD, clean_redis_server.url],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok", done.stdout
+
+
+def test_aget_serves_hits_without_awaiting_and_fills_race_free(clean_redis_server):
+    cache = up_cache(clean_redis_server.url, KEY_PREFIX="async")
+    raw = clean_redis_server.client()
+
+    async def scenario():
+        # Written by another client: no invalidation of this process's own write to race.
+        raw_set(cache, raw, "k", {"a": [1]})
+        assert await cache.aget("k") == {"a": [1]}  # a miss, filled
+        coro = cache.aget("k")
+        try:
+            coro.send(None)  # a hit completes on the first step, with nothing awaited
+        except StopIteration as stop:
+            assert stop.value == {"a": [1]}
+        else:
+            raise AssertionError("a hit awaited I/O")
+        raw.set(cache.make_key("k"), cache._engine.dumps("new"))
+        deadline = time.monotonic() + 1
+        while await cache.aget("k") != "new":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+
+    asyncio.run(scenario())
+    raw.close()
+
+
+def test_values_above_l1_max_item_bytes_are_read_from_redis_each_time(clean_redis_server):
+    cache = up_cache(clean_redis_server.url, KEY_PREFIX="big",
+                     OPTIONS={"L1_MAX_ITEM_BYTES": 1000})
+    raw = clean_redis_server.client()
+    raw_set(cache, raw, "small", "s" * 100)
+    raw_set(cache, raw, "big", "b" * 5000)
+    raw.close()
+    assert cache.get("small") == "s" * 100 and cache.get("big") == "b" * 5000
+    entries = cache.stats()["l1_entries"]
+    assert cache.get("big") == "b" * 5000
+    assert cache._engine.l1_get(cache.make_key("big"), "absent") == "absent"
+    assert cache._engine.l1_get(cache.make_key("small"), "absent") == "s" * 100
+    assert cache.stats()["l1_entries"] == entries
+
+
+def test_l1_timeout_caps_an_entry_without_a_redis_ttl(clean_redis_server):
+    cache = up_cache(clean_redis_server.url, KEY_PREFIX="cap", OPTIONS={"L1_TIMEOUT": 0.1})
+    raw = clean_redis_server.client()
+    raw_set(cache, raw, "k", "v")
+    raw.close()
+    assert cache.get("k") == "v"
+    assert cache._engine.l1_get(cache.make_key("k"), "absent") == "v"
+    time.sleep(0.15)
+    assert cache._engine.l1_get(cache.make_key("k"), "absent") == "absent"
+    assert cache.get("k") == "v"  # still in Redis
+
+
+def test_stats_name_the_listener_state_and_its_counters(clean_redis_server):
+    cache = up_cache(clean_redis_server.url, KEY_PREFIX="st")
+    cache.set("k", 1)
+    cache.get("k")
+    stats = cache.stats()
+    for field in ("l1_hits", "l1_misses", "l1_hit_ratio", "l1_listener", "l1_invalidated_keys",
+                  "l1_invalidation_messages", "l1_resets", "l1_listener_downs", "l1_fills",
+                  "l1_fills_refused", "l1_tracked_prefixes"):
+        assert field in stats, field
+    assert stats["tier"] == "l1+redis" and stats["l1_listener"] == "up"
+    assert stats["l1_tracked_prefixes"] == ["st:"] or "" in stats["l1_tracked_prefixes"] or \
+        any("st:".startswith(p) for p in stats["l1_tracked_prefixes"])
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"L1": "yes"}, "L1"),
+    ({"L1_MAX_ITEM_BYTES": -1}, "L1_MAX_ITEM_BYTES"),
+    ({"L1_MAX_BYTES": 0}, "MAX_BYTES"),
+    ({"L1_TIMEOUT": "soon"}, "L1_TIMEOUT"),
+])
+def test_bad_l1_options_are_refused_by_name(options, named):
+    with pytest.raises(ImproperlyConfigured, match=named):
+        FastCache("redis://127.0.0.1:1", {"OPTIONS": options})

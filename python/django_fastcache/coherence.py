@@ -123,6 +123,7 @@ class InvalidationListener:
                                     + [wanted])
             if self._thread is not None:
                 self.store.reset(False)
+                self.state = "down"
                 self._restart.set()
 
     @property

@@ -156,6 +156,8 @@ class RedisTier:
         self.l1_timeout = l1_timeout
         self.l1_max_item_bytes = l1_max_item_bytes
         self.listener = listener_for(store, clients) if store is not None else None
+        if store is not None:
+            engine.set_l1_max_item_bytes(l1_max_item_bytes)
         self.lock_timeout = lock_timeout
         self.lock_wait = lock_wait
         self.hits = self.misses = self.decode_errors = 0

@@ -191,6 +191,7 @@ public:
         if (seconds <= 0 || !coherence_->usable) return false;
         Snapshot s = snapshot(value, codec_);  // may run Python: checked after, not before
         Coherence& c = *coherence_;
+        if (s.charge > l1_max_item_) return false;
         if (!c.usable || c.seq[Coherence::bucket(final_key)] != token) {
             ++c.refused;
             return false;
@@ -209,7 +210,7 @@ public:
         Snapshot s = snapshot(value, codec_);
         Coherence& c = *coherence_;
         std::size_t b = Coherence::bucket(final_key);
-        bool fresh = c.usable && c.seq[b] == token && seconds > 0;
+        bool fresh = c.usable && c.seq[b] == token && seconds > 0 && s.charge <= l1_max_item_;
         double t = now();
         ++c.seq[b];
         if (fresh && store_->set(final_key, Value{s.object.ptr(), s.tag, s.charge}, t + seconds, t)) {
@@ -223,6 +224,8 @@ public:
     // failed write): bump and drop, as an invalidation message would.
     void l1_invalidate(const std::string& final_key) { coherence_->invalidate(*store_, final_key, now()); }
     bool l1_usable() const { return coherence_->usable; }
+    // Values whose decoded form is charged more than this are not kept in the coherent L1.
+    void set_l1_max_item_bytes(std::size_t n) { l1_max_item_ = n; }
 
     // --- the Django API on the L1
     // A hit of the coherent L1, or nullptr (no exception set) when the caller must ask
@@ -473,6 +476,7 @@ private:
 
     std::shared_ptr<Store> store_;
     std::shared_ptr<Coherence> coherence_;
+    std::size_t l1_max_item_ = static_cast<std::size_t>(-1);
     std::string prefix_;
     py::object version_;
     py::object key_func_;
@@ -696,6 +700,7 @@ void register_cache(py::module_& m) {
              py::arg("seconds"), py::arg("token"))
         .def("l1_invalidate", &Engine::l1_invalidate, py::arg("final_key"))
         .def("l1_usable", &Engine::l1_usable)
+        .def("set_l1_max_item_bytes", &Engine::set_l1_max_item_bytes, py::arg("max_bytes"))
         .def("coherent_get",
              [](py::object self, py::object fallback) { return bind_coherent_get(std::move(self), std::move(fallback)); },
              py::arg("fallback"), "get() answering L1 hits here and passing the rest to fallback")

@@ -123,7 +123,16 @@ class InvalidationListener:
                                     + [wanted])
             if self._thread is not None:
                 self.store.reset(False)
-                self.state = "down"
+                self._went_down()
+                self._restart.set()
+
+    def suspect(self) -> None:
+        """Something went wrong talking to Redis elsewhere: the L1 goes down at once and
+        the listener reconnects (and empties it again) before it is used again."""
+        with self._lock:
+            if self._thread is not None and self.store.usable:
+                self.store.reset(False)
+                self._went_down()
                 self._restart.set()
 
     @property
@@ -209,10 +218,13 @@ class InvalidationListener:
         self.connections = len(links)
         self.ups += 1
 
-    def _down(self, links: list[_Link]) -> None:
+    def _went_down(self) -> None:
         if self.state == "up":
             self.downs += 1
         self.state = "down"
+
+    def _down(self, links: list[_Link]) -> None:
+        self._went_down()
         self.connections = 0
         self.store.reset(False)
         for link in links:

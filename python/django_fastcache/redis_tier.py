@@ -158,6 +158,9 @@ class RedisTier:
         self.listener = listener_for(store, clients) if store is not None else None
         if store is not None:
             engine.set_l1_max_item_bytes(l1_max_item_bytes)
+            # A Redis error on the data path: writes may have gone unheard; bypass the L1.
+            if self.listener.suspect not in policy.on_transient_error:
+                policy.on_transient_error.append(self.listener.suspect)
         self.lock_timeout = lock_timeout
         self.lock_wait = lock_wait
         self.hits = self.misses = self.decode_errors = 0

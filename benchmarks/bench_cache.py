@@ -6,6 +6,9 @@ Two tables: the embedded default (FastCache's L1) against LocMemCache; then Fast
 Redis against django-redis (pickle and msgpack serializers) and Django's own RedisCache,
 all on one redis-server (started here on a free port unless ``--redis`` names one), plus
 FastCache's per-call latency while that server is stopped (the circuit breaker open).
+Then the coherent L1 in front of that Redis: a hot-key read against django-redis and the
+embedded L1, and a Zipf(0.99) read/write mix over 100,000 keys (1% writes) from 4
+processes, FastCache against django-redis (throughput, hit ratio), interleaved and repeated.
 Prints ns/op (best of several repeats) per operation and value, and each alternative's
 time as a multiple of FastCache's (">1x" means FastCache is faster). Methods are called on
 the backend instance, not through ``django.core.cache.cache`` (a proxy whose per-call
@@ -64,7 +67,9 @@ def redis_backends(url: str) -> dict[str, Callable[[], object]]:
     # A key prefix each: the serializers differ, so the backends must not read each
     # other's values.
     return {
-        "FastCache": lambda: FastCache(url, {"TIMEOUT": 3600, "KEY_PREFIX": "fc"}),
+        # The Redis-tier figures are about the round trip: the L1 is off here (see below).
+        "FastCache": lambda: FastCache(url, {"TIMEOUT": 3600, "KEY_PREFIX": "fc",
+                                             "OPTIONS": {"L1": False}}),
         "django-redis": lambda: DjangoRedisCache(url, {"TIMEOUT": 3600, "KEY_PREFIX": "dr"}),
         "django-redis msgpack": lambda: DjangoRedisCache(url, {
             "TIMEOUT": 3600, "KEY_PREFIX": "drm",
@@ -217,6 +222,125 @@ def redis_down(url: str, server: LocalRedis, calls: int = 20_000) -> tuple[float
     return samples[len(samples) // 2], samples[int(len(samples) * 0.99)], cache.stats()
 
 
+def hot_key(url: str, budget: float, rounds: int = 3) -> None:
+    """One key read over and over: FastCache with its coherent L1 on Redis, django-redis on
+    the same Redis, and FastCache's embedded L1; rounds interleaved, best of each kept."""
+    from django_fastcache.cache import FastCache
+    from django_redis.cache import RedisCache as DjangoRedisCache
+
+    value = VALUES["dict"]
+    made = {
+        "FastCache L1+Redis": FastCache(url, {"TIMEOUT": 3600, "KEY_PREFIX": "hot"}),
+        "django-redis": DjangoRedisCache(url, {"TIMEOUT": 3600, "KEY_PREFIX": "hotdr"}),
+        "FastCache embedded": FastCache("bench-hot", {"TIMEOUT": 3600}),
+    }
+    for cache in made.values():
+        cache.set("hot", value)
+    coherent = made["FastCache L1+Redis"]
+    deadline = time.monotonic() + 10
+    while coherent.stats()["l1_listener"] != "up" and time.monotonic() < deadline:
+        coherent.get("hot")
+        time.sleep(0.01)
+    time.sleep(0.05)  # this process's own write comes back as an invalidation: let it pass
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, cache in made.items():
+            t = measure(lambda c=cache: c.get("hot"), budget)
+            best[name] = min(best.get(name, t), t)
+    base = best["FastCache L1+Redis"]
+    print(f"\nHot key, get of a 5-field dict (best of {rounds} interleaved rounds x 5 repeats)")
+    for name, t in best.items():
+        print(f"  {name:20} {t:9.0f} ns  {t / base:8.2f}x FastCache L1+Redis")
+    faster = best["django-redis"] / base
+    within = base / best["FastCache embedded"]
+    stats = coherent.stats()
+    print(f"  targets: >= 100x faster than django-redis: {faster:.0f}x "
+          f"({'met' if faster >= 100 else 'MISSED'}); within 2x of the embedded L1: "
+          f"{within:.2f}x ({'met' if within <= 2 else 'MISSED'}); "
+          f"L1 hit ratio {stats['l1_hit_ratio']:.4f}, listener {stats['l1_listener']}")
+
+
+ZIPF_KEYS = 100_000
+
+
+def _zipf_cdf(n: int, s: float) -> list[float]:
+    total, acc = 0.0, []
+    for rank in range(1, n + 1):
+        total += 1.0 / rank ** s
+        acc.append(total)
+    return [a / total for a in acc]
+
+
+def _zipf_worker(factory_name: str, url: str, seconds: float, seed: int, queue) -> None:
+    import bisect
+    import random
+
+    cache = _zipf_factories(url)[factory_name]()
+    cdf = _zipf_cdf(ZIPF_KEYS, 0.99)
+    rng = random.Random(seed)
+    rand, find = rng.random, bisect.bisect_left
+    keys = [f"z:{i}" for i in range(ZIPF_KEYS)]
+    value = VALUES["dict"]
+    ops = hits = 0
+    end = time.perf_counter() + seconds
+    while True:
+        for _ in range(200):
+            key = keys[find(cdf, rand())]
+            if rand() < 0.01:
+                cache.set(key, value)
+            elif cache.get(key) is not None:
+                hits += 1
+            ops += 1
+        if time.perf_counter() >= end:
+            break
+    stats = cache.stats() if hasattr(cache, "stats") else {}
+    queue.put((ops, hits, stats.get("l1_hits", 0), stats.get("l1_misses", 0)))
+
+
+def _zipf_factories(url: str) -> dict[str, Callable[[], object]]:
+    from django_fastcache.cache import FastCache
+    from django_redis.cache import RedisCache as DjangoRedisCache
+
+    return {
+        "FastCache L1+Redis": lambda: FastCache(url, {"TIMEOUT": 3600, "KEY_PREFIX": "zf"}),
+        "django-redis": lambda: DjangoRedisCache(url, {"TIMEOUT": 3600, "KEY_PREFIX": "zd"}),
+    }
+
+
+def zipf_mix(url: str, seconds: float, processes: int = 4, rounds: int = 2) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for name, factory in _zipf_factories(url).items():
+        cache = factory()
+        keys = [f"z:{i}" for i in range(ZIPF_KEYS)]
+        for i in range(0, ZIPF_KEYS, 1000):
+            cache.set_many({k: VALUES["dict"] for k in keys[i:i + 1000]})
+    print(f"\nZipf(0.99) over {ZIPF_KEYS:,} keys, 1% writes, {processes} processes x "
+          f"{seconds:g} s, {rounds} interleaved rounds")
+    print(f"  {'backend':20} {'round':>5} {'ops/s':>12} {'found':>7} {'L1 hit ratio':>13}")
+    totals: dict[str, list[float]] = {}
+    for r in range(rounds):
+        for name in _zipf_factories(url):
+            queue = ctx.Queue()
+            procs = [ctx.Process(target=_zipf_worker, args=(name, url, seconds, r * 100 + i, queue))
+                     for i in range(processes)]
+            for p in procs:
+                p.start()
+            results = [queue.get(timeout=seconds + 120) for _ in procs]
+            for p in procs:
+                p.join()
+            ops = sum(x[0] for x in results)
+            found = sum(x[1] for x in results) / max(1, sum(x[0] for x in results))
+            l1h, l1m = sum(x[2] for x in results), sum(x[3] for x in results)
+            ratio = f"{l1h / (l1h + l1m):.4f}" if l1h + l1m else "-"
+            totals.setdefault(name, []).append(ops / seconds)
+            print(f"  {name:20} {r + 1:>5} {ops / seconds:12,.0f} {found:7.3f} {ratio:>13}")
+    fc, dr = max(totals["FastCache L1+Redis"]), max(totals["django-redis"])
+    print(f"  best throughput: FastCache L1+Redis {fc:,.0f} ops/s, django-redis {dr:,.0f} "
+          f"ops/s: {fc / dr:.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs, noisier figures")
@@ -252,6 +376,8 @@ def main() -> None:
         results = run_table(made, budget, many=True)
         print_table(results, list(made), unit=1000.0, unit_name="us")
         print_targets(results)
+        hot_key(url, budget)
+        zipf_mix(url, 1.0 if args.quick else 3.0)
         if server is not None:
             p50, p99, stats = redis_down(url, server)
             print(f"\nRedis down (server stopped, breaker {stats['breaker_state']}): "

@@ -56,7 +56,10 @@ _DEFAULTS: dict[str, Any] = {
 
 # OPTIONS read by the Redis tier and its failure policy (validated where they are read).
 _REDIS_ONLY: dict[str, Any] = {
-    "L1_TIMEOUT": None,
+    "L1": True,
+    "L1_MAX_BYTES": None,  # None: MAX_BYTES
+    "L1_MAX_ITEM_BYTES": 256 * 1024,
+    "L1_TIMEOUT": 300.0,
     "GET_OR_SET_LOCK_TIMEOUT": 10.0,
     "IGNORE_EXCEPTIONS": True,
     "ERROR_LOG_INTERVAL": 30.0,
@@ -189,9 +192,12 @@ class FastCache(BaseCache):
             )
         self._location = location or ""
         # The process-wide L1 store of this LOCATION: the whole cache on the embedded
-        # default; in front of Redis, used only with L1_TIMEOUT (bounded staleness).
+        # default; in front of Redis, the coherent L1 (unless L1=False).
+        store_options = options
+        if redis and options.get("L1_MAX_BYTES") is not None:
+            store_options = {**options, "MAX_BYTES": options["L1_MAX_BYTES"]}
         self._store, self._flights = self._shared_store(
-            f"redis:{location!r}" if redis else self._location, options)
+            f"redis:{location!r}" if redis else self._location, store_options)
         self._get_or_set_wait = _option(options, "GET_OR_SET_WAIT", float, minimum=0, nullable=True)
         reverse = options.get("REVERSE_KEY_FUNCTION")
         self._reverse_key = import_string(reverse) if isinstance(reverse, str) else reverse
@@ -211,7 +217,9 @@ class FastCache(BaseCache):
         if redis:
             self._tier = self._redis_tier(location, options, params)
             self._cache = self._tier
-            self._get = self._tier.get
+            # L1 hits are answered in C++; misses (and a bypassed L1) go to Redis.
+            self._get = (self._engine.coherent_get(self._tier.get_from_redis) if self._tier.l1
+                         else self._tier.get)
         # BaseCache validates and sets key_prefix, version, key_func and default_timeout;
         # the properties below pass each on to the engine.
         super().__init__(params)
@@ -236,14 +244,24 @@ class FastCache(BaseCache):
                     options, name=params.get("KEY_PREFIX", "") or str(location))
                 shared = _redis_shared[shared_key] = (clients, policy)
         clients, policy = shared
-        l1_timeout = option_number(options, "L1_TIMEOUT", None, allow_none=True)
+        l1 = options.get("L1", True)
+        if not isinstance(l1, bool):
+            raise ImproperlyConfigured(f"FastCache OPTIONS['L1'] must be True or False, not {l1!r}")
+        l1_timeout = option_number(options, "L1_TIMEOUT", 300.0, allow_none=True)
+        l1_max_item = options.get("L1_MAX_ITEM_BYTES", _REDIS_ONLY["L1_MAX_ITEM_BYTES"])
+        if isinstance(l1_max_item, bool) or not isinstance(l1_max_item, int) or l1_max_item < 0:
+            raise ImproperlyConfigured(
+                f"FastCache OPTIONS['L1_MAX_ITEM_BYTES'] must be an int >= 0, not {l1_max_item!r}")
+        if options.get("L1_MAX_BYTES") is not None:
+            _option({"MAX_BYTES": options["L1_MAX_BYTES"]}, "MAX_BYTES", int, minimum=1)
         prefix = params.get("KEY_PREFIX", "")
         # clear() deletes this cache's keys only; with no prefix, the whole database.
         clear_pattern = None if not prefix else _glob_escape(prefix) + "*"
         return RedisTier(
-            self._engine, clients, policy, clear_pattern=clear_pattern, l1_timeout=l1_timeout,
+            self._engine, clients, policy, clear_pattern=clear_pattern,
             lock_timeout=option_number(options, "GET_OR_SET_LOCK_TIMEOUT", 10.0),
-            lock_wait=self._get_or_set_wait,
+            lock_wait=self._get_or_set_wait, store=self._store if l1 else None,
+            l1_timeout=l1_timeout, l1_max_item_bytes=l1_max_item,
         )
 
     @staticmethod
@@ -274,6 +292,7 @@ class FastCache(BaseCache):
     def key_prefix(self, value: str) -> None:
         self._key_prefix = value
         self._engine.set_prefix(value)
+        self._follow_keys()
 
     @property
     def version(self) -> int:
@@ -292,6 +311,12 @@ class FastCache(BaseCache):
     def key_func(self, func) -> None:
         self._key_func = func
         self._engine.set_key_func(None if func is default_key_func else func)
+        self._follow_keys()
+
+    def _follow_keys(self) -> None:
+        # The coherent L1 must be told which keys to track whenever either changes.
+        if self._tier is not None and hasattr(self, "_key_prefix") and hasattr(self, "_key_func"):
+            self._tier.follow_keys(self._key_prefix, self._key_func is not default_key_func)
 
     @property
     def default_timeout(self) -> float | None:
@@ -602,7 +627,7 @@ class FastCache(BaseCache):
         if self._tier is None:
             s["tier"] = "l1"
             return s
-        l1_on = self._tier.l1_timeout is not None
+        l1_on = self._tier.l1
         s = {f"l1_{k}": v for k, v in s.items() if k not in ("location",)} if l1_on else {}
         s.update(self._tier.stats())
         s["tier"] = "l1+redis" if l1_on else "redis"

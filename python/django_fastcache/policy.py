@@ -207,6 +207,9 @@ class FailurePolicy:
         self._refused_since_log = 0
         self._next_log_at = float("-inf")
         self._lock = threading.Lock()
+        #: Called (no arguments) after each transient error, e.g. by the coherent L1, which
+        #: can no longer be sure it heard of every write.
+        self.on_transient_error: list[Callable[[], None]] = []
 
     @property
     def short_circuited(self) -> int:
@@ -266,6 +269,9 @@ class FailurePolicy:
 
     def _failed(self, exc: BaseException, default: Any, write: bool, count: bool) -> Any:
         opened = self.breaker.record_failure() if count else False
+        if count:
+            for callback in self.on_transient_error:
+                callback()
         now = self.timer()
         with self._lock:
             self.errors += 1

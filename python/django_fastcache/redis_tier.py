@@ -4,8 +4,15 @@ default, so the backend calls whichever it has without knowing which.
 
 Keys and values are made by the C++ engine (``engine.key``, ``engine.dumps``,
 ``engine.loads``); every Redis call goes through one :class:`FailurePolicy`, which
-decides what an error does. An optional L1 (``L1_TIMEOUT``) keeps decoded values in this
-process for at most that many seconds, and never longer than Redis keeps them.
+decides what an error does.
+
+The L1 (on unless ``L1=False``) keeps decoded values in this process, coherent with Redis
+through :mod:`.coherence`: another process's write, an expiry or a flush in Redis drops
+the copy here. Reads that miss take the key's invalidation token before asking Redis and
+fill the L1 only if no invalidation came meanwhile (``Engine.l1_fill``); this process's
+own writes replace or drop their key's copy once Redis has answered (``Engine.l1_write``,
+``Engine.l1_invalidate``), so a thread reads its own writes. An L1 entry never outlives
+the Redis TTL it was read or written with, nor ``L1_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from redis import exceptions as _rx
 from redis.exceptions import ResponseError as _ResponseError
 
 from . import _core
+from .coherence import listener_for
 from .errors import DecodeError, LockError, LockNotOwnedError
 from .policy import FailurePolicy
 from .redis_client import RedisClients, ascan_keys, group_by_slot, key_slot, scan_keys
@@ -134,13 +142,25 @@ class RedisTier:
     """
 
     def __init__(self, engine: _core.Engine, clients: RedisClients, policy: FailurePolicy, *,
-                 clear_pattern: str | None, l1_timeout: float | None,
-                 lock_timeout: float, lock_wait: float | None) -> None:
+                 clear_pattern: str | None, lock_timeout: float, lock_wait: float | None,
+                 store: _core.Store | None = None, l1_timeout: float | None = None,
+                 l1_max_item_bytes: int = 0) -> None:
         self.engine = engine
         self.clients = clients
         self.policy = policy
         self.clear_pattern = clear_pattern  # None: FLUSHDB (no key prefix)
+        # The coherent L1: the store (None: no L1), the cap on an entry's life (None: only
+        # the Redis TTL) and the largest encoded value it keeps.
+        self.store = store
+        self.l1 = store is not None
         self.l1_timeout = l1_timeout
+        self.l1_max_item_bytes = l1_max_item_bytes
+        self.listener = listener_for(store, clients) if store is not None else None
+        if store is not None:
+            engine.set_l1_max_item_bytes(l1_max_item_bytes)
+            # A Redis error on the data path: writes may have gone unheard; bypass the L1.
+            if self.listener.suspect not in policy.on_transient_error:
+                policy.on_transient_error.append(self.listener.suspect)
         self.lock_timeout = lock_timeout
         self.lock_wait = lock_wait
         self.hits = self.misses = self.decode_errors = 0
@@ -159,6 +179,12 @@ class RedisTier:
         else:
             self._read = self._execute_read
             self._write = self._execute_write
+
+    def follow_keys(self, key_prefix: str, custom_key_func: bool) -> None:
+        """Tells the listener which keys this cache makes, so that Redis tracks them: the
+        ones starting with ``key_prefix + ":"``, or every key with a custom key function."""
+        if self.listener is not None:
+            self.listener.track("" if custom_key_func else key_prefix + ":")
 
     # ------------------------------------------------------------------ plumbing
 
@@ -258,21 +284,54 @@ class RedisTier:
     def _seconds(self, timeout) -> float | None:
         return self.engine.timeout_seconds(timeout)
 
-    def _l1_fill(self, key: str, value: Any, ttl_ms: int | None) -> None:
-        seconds = self.l1_timeout
+    def _l1_seconds(self, ttl_ms: int | None) -> float:
+        """How long an L1 copy may live: the Redis TTL (ms, None: none), capped."""
+        seconds = float("inf") if self.l1_timeout is None else self.l1_timeout
         if ttl_ms is not None and ttl_ms >= 0:
             seconds = min(seconds, ttl_ms / 1000.0)
-        self.engine.l1_set(key, value, seconds)
+        return seconds
+
+    def _token(self, k: str) -> int | None:
+        """Before a write: the key's invalidation token (None without an L1)."""
+        return self.engine.l1_token(k) if self.l1 else None
+
+    def _wrote(self, k: str, token: int | None, value: Any, size: int, px: int | None) -> None:
+        """After a write of ``value`` (encoded in ``size`` bytes) returned OK."""
+        if token is None:
+            return
+        if size > self.l1_max_item_bytes:
+            self.engine.l1_invalidate(k)
+        else:
+            self.engine.l1_write(k, value, self._l1_seconds(px), token)
+
+    def _changed(self, k: str) -> None:
+        """After a write whose result this process does not keep (or that failed)."""
+        if self.l1:
+            self.engine.l1_invalidate(k)
+
+    def _changed_all(self) -> None:
+        if self.l1:
+            self.store.reset(self.store.usable)
 
     # ------------------------------------------------------------------ reads
 
     def get(self, key, default=None, version=None):
-        k = self.engine.key(key, version)
-        if self.l1_timeout is not None:
-            value = self.engine.l1_get(k, _MISSING)
+        if self.l1 and self.store.usable:
+            value = self.engine.l1_get(self.engine.key(key, version), _MISSING)
             if value is not _MISSING:
-                self.hits += 1
                 return value
+        return self.get_from_redis(key, default, version)
+
+    def get_from_redis(self, key, default=None, version=None):
+        """``get`` after an L1 miss (or with the L1 bypassed): reads Redis, and fills the
+        L1 unless an invalidation of the key arrived while the read was in flight."""
+        k = self.engine.key(key, version)
+        token = None
+        if self.l1:
+            self.listener.ensure_running()
+            if self.store.usable:
+                token = self.engine.l1_token(k)
+        if token is not None:
             raw, ttl = self.policy.run(self._get_with_ttl, k, default=(None, None))
         else:
             raw = self.policy.run(self._read, "GET", k)
@@ -284,15 +343,17 @@ class RedisTier:
             self.misses += 1
             return default
         self.hits += 1
-        if self.l1_timeout is not None:
-            self._l1_fill(k, value, ttl)
+        if token is not None and len(raw) <= self.l1_max_item_bytes:
+            self.engine.l1_fill(k, value, self._l1_seconds(ttl), token)
         return value
 
     def _get_with_ttl(self, k: str):
         if self._direct:
             raw, ttl = self._execute_many([("GET", k), ("PTTL", k)])
         else:
-            pipe = self._client(False).pipeline(transaction=False)
+            # From the primary: a replica may not have the write whose invalidation has
+            # already been applied here, and its old value would then stay in the L1.
+            pipe = self._client(True).pipeline(transaction=False)
             pipe.get(k)
             pipe.pttl(k)
             raw, ttl = pipe.execute()
@@ -303,16 +364,30 @@ class RedisTier:
         if not keys:
             return {}
         finals = self.engine.keys_of(keys, version)
-        raws = self.policy.run(self._mget, finals, default=None) or [None] * len(finals)
         out = {}
+        if self.l1 and self.store.usable:
+            rest_keys, rest_finals = [], []
+            for key, k in zip(keys, finals):
+                value = self.engine.l1_get(k, _MISSING)
+                if value is _MISSING:
+                    rest_keys.append(key)
+                    rest_finals.append(k)
+                else:
+                    out[key] = value
+            if not rest_finals:
+                return out
+            keys, finals = rest_keys, rest_finals
+        raws = self.policy.run(self._mget, finals, default=None) or [None] * len(finals)
+        found = 0
         for key, k, raw in zip(keys, finals, raws):
             if raw is None:
                 continue
             value = self._decode(raw, k)
             if value is not _MISSING:
                 out[key] = value
-        self.hits += len(out)
-        self.misses += len(keys) - len(out)
+                found += 1
+        self.hits += found
+        self.misses += len(keys) - found
         return out
 
     def _mget(self, finals: list[str]) -> list:
@@ -353,21 +428,23 @@ class RedisTier:
         data = self.engine.dumps(value)
         k = self.engine.key(key, version)
         seconds = self._seconds(timeout)
-        if seconds is not None and seconds <= 0:
-            self.policy.run(self._write, "DEL", k, write=True)
-        else:
+        token = self._token(k)
+        ok = False
+        try:
+            if seconds is not None and seconds <= 0:
+                self.policy.run(self._write, "DEL", k, write=True)
+                return
             px = None if seconds is None else _px(seconds)
             if px is None:
                 ok = self.policy.run(self._write, "SET", k, data, write=True, default=False)
             else:
                 ok = self.policy.run(self._write, "SET", k, data, "PX", px, write=True,
                                      default=False)
-            if self.l1_timeout is not None:
-                if ok:
-                    self._l1_fill(k, value, px)
-                    return
-        if self.l1_timeout is not None:
-            self.engine.l1_delete(k)
+        finally:
+            if ok:
+                self._wrote(k, token, value, len(data), px)
+            else:
+                self._changed(k)
 
     def add(self, key, value, timeout, version=None) -> bool:
         data = self.engine.dumps(value)
@@ -382,9 +459,13 @@ class RedisTier:
             return added
         px = None if seconds is None else _px(seconds)
         command = ("SET", k, data, "NX") if px is None else ("SET", k, data, "NX", "PX", px)
-        added = bool(self.policy.run(self._write, *command, write=True, default=False))
-        if added and self.l1_timeout is not None:
-            self._l1_fill(k, value, px)
+        token = self._token(k)
+        added = False
+        try:
+            added = bool(self.policy.run(self._write, *command, write=True, default=False))
+        finally:
+            if added:
+                self._wrote(k, token, value, len(data), px)
         return added
 
     def set_many(self, data: dict, timeout, version=None) -> list:
@@ -407,20 +488,25 @@ class RedisTier:
             self._execute_many(commands)
             return True
 
-        ok = self.policy.run(write, write=True, default=False)
-        if self.l1_timeout is not None:
-            for k, value in zip(finals, data.values()):
-                if ok:
-                    self._l1_fill(k, value, px)
-                else:
-                    self.engine.l1_delete(k)
+        tokens = [self._token(k) for k in finals]
+        ok = False
+        try:
+            ok = self.policy.run(write, write=True, default=False)
+        finally:
+            if self.l1:
+                for k, token, value, blob in zip(finals, tokens, data.values(), blobs):
+                    if ok:
+                        self._wrote(k, token, value, len(blob), px)
+                    else:
+                        self._changed(k)
         return [] if ok else keys
 
     def delete(self, key, version=None) -> bool:
         k = self.engine.key(key, version)
-        if self.l1_timeout is not None:
-            self.engine.l1_delete(k)
-        return bool(self.policy.run(self._write, "DEL", k, write=True, default=0))
+        try:
+            return bool(self.policy.run(self._write, "DEL", k, write=True, default=0))
+        finally:
+            self._changed(k)
 
     def delete_many(self, keys: Iterable, version=None) -> None:
         finals = self.engine.keys_of(list(keys), version)
@@ -428,10 +514,6 @@ class RedisTier:
             self._delete_finals(finals)
 
     def _delete_finals(self, finals: list[str]) -> int:
-        if self.l1_timeout is not None:
-            for k in finals:
-                self.engine.l1_delete(k)
-
         def unlink() -> int:
             client = self._client()
             if not self.clients.is_cluster:
@@ -441,7 +523,11 @@ class RedisTier:
                 pipe.execute_command("UNLINK", *group)
             return sum(pipe.execute())
 
-        return self.policy.run(unlink, write=True, default=0)
+        try:
+            return self.policy.run(unlink, write=True, default=0)
+        finally:
+            for k in finals:
+                self._changed(k)
 
     def touch(self, key, timeout, version=None) -> bool:
         k = self.engine.key(key, version)
@@ -457,16 +543,21 @@ class RedisTier:
         return self._expire(k, ("persist", 0) if when is None else ("pxat", int(when * 1000)))
 
     def _expire(self, k: str, args) -> bool:
-        if self.l1_timeout is not None:
-            self.engine.l1_delete(k)
         client = self._client()
         script = self._script(client, _EXPIRE)
-        return bool(self.policy.run(script, keys=[k], args=list(args), write=True, default=0))
+        try:
+            return bool(self.policy.run(script, keys=[k], args=list(args), write=True, default=0))
+        finally:
+            self._changed(k)
 
     def incr(self, key, delta, version=None):
         k = self.engine.key(key, version)
-        if self.l1_timeout is not None:
-            self.engine.l1_delete(k)
+        try:
+            return self._incr(k, key, delta)
+        finally:
+            self._changed(k)
+
+    def _incr(self, k: str, key, delta):
         client = self._client()
         script = self._script(client, _INCR)
         try:
@@ -507,9 +598,10 @@ class RedisTier:
                 deleted += self._unlink_raw(client, batch)
             return deleted
 
-        if self.l1_timeout is not None:
-            self.engine.clear()
-        return self.policy.run(run, write=True, default=0)
+        try:
+            return self.policy.run(run, write=True, default=0)
+        finally:
+            self._changed_all()
 
     def _unlink_raw(self, client, keys: list[bytes]) -> int:
         if not self.clients.is_cluster:
@@ -523,13 +615,14 @@ class RedisTier:
         if self.clear_pattern is not None:
             self.delete_matching(self.clear_pattern)
             return
-        if self.l1_timeout is not None:
-            self.engine.clear()
         client = self._client()
-        if self.clients.is_cluster:
-            self.policy.run(client.flushdb, target_nodes=client.PRIMARIES, write=True)
-        else:
-            self.policy.run(client.flushdb, write=True)
+        try:
+            if self.clients.is_cluster:
+                self.policy.run(client.flushdb, target_nodes=client.PRIMARIES, write=True)
+            else:
+                self.policy.run(client.flushdb, write=True)
+        finally:
+            self._changed_all()
 
     # ------------------------------------------------------------------ stampede protection
 
@@ -574,18 +667,36 @@ class RedisTier:
 
     async def aget(self, key, default=None, version=None):
         k = self.engine.key(key, version)
-        if self.l1_timeout is not None:
-            value = self.engine.l1_get(k, _MISSING)
-            if value is not _MISSING:
-                self.hits += 1
-                return value
-        raw = await self.policy.arun(self._aclient(False).get, k)
+        token = None
+        if self.l1:
+            # A hit is served without awaiting anything.
+            if self.store.usable:
+                value = self.engine.l1_get(k, _MISSING)
+                if value is not _MISSING:
+                    return value
+            self.listener.ensure_running()
+            if self.store.usable:
+                token = self.engine.l1_token(k)
+        if token is None:
+            raw = await self.policy.arun(self._aclient(False).get, k)
+            ttl = None
+        else:
+            raw, ttl = await self.policy.arun(self._aget_with_ttl, k, default=(None, None))
         value = _MISSING if raw is None else self._decode(raw, k)
         if value is _MISSING:
             self.misses += 1
             return default
         self.hits += 1
+        if token is not None and len(raw) <= self.l1_max_item_bytes:
+            self.engine.l1_fill(k, value, self._l1_seconds(ttl), token)
         return value
+
+    async def _aget_with_ttl(self, k: str):
+        pipe = self._aclient(True).pipeline(transaction=False)
+        pipe.get(k)
+        pipe.pttl(k)
+        raw, ttl = await pipe.execute()
+        return raw, (None if ttl == -1 else ttl)
 
     async def aget_many(self, keys: Iterable, version=None) -> dict:
         keys = list(keys)
@@ -621,13 +732,20 @@ class RedisTier:
         k = self.engine.key(key, version)
         seconds = self._seconds(timeout)
         client = self._aclient()
-        if self.l1_timeout is not None:
-            self.engine.l1_delete(k)
-        if seconds is not None and seconds <= 0:
-            await self.policy.arun(client.delete, k, write=True)
-        else:
-            await self.policy.arun(client.set, k, data, px=None if seconds is None else _px(seconds),
-                                   write=True)
+        token = self._token(k)
+        ok = False
+        px = None if seconds is None else _px(seconds)
+        try:
+            if seconds is not None and seconds <= 0:
+                await self.policy.arun(client.delete, k, write=True)
+            else:
+                ok = bool(await self.policy.arun(client.set, k, data, px=px, write=True,
+                                                 default=False))
+        finally:
+            if ok:
+                self._wrote(k, token, value, len(data), px)
+            else:
+                self._changed(k)
 
     async def aadd(self, key, value, timeout, version=None) -> bool:
         data = self.engine.dumps(value)
@@ -640,8 +758,15 @@ class RedisTier:
                 await self.policy.arun(client.delete, k, write=True)
             return added
         px = None if seconds is None else _px(seconds)
-        return bool(await self.policy.arun(client.set, k, data, nx=True, px=px, write=True,
-                                           default=False))
+        token = self._token(k)
+        added = False
+        try:
+            added = bool(await self.policy.arun(client.set, k, data, nx=True, px=px, write=True,
+                                                default=False))
+        finally:
+            if added:
+                self._wrote(k, token, value, len(data), px)
+        return added
 
     async def aset_many(self, data: dict, timeout, version=None) -> list:
         if not data:
@@ -650,9 +775,6 @@ class RedisTier:
         finals = self.engine.keys_of(keys, version)
         blobs = [self.engine.dumps(v) for v in data.values()]
         seconds = self._seconds(timeout)
-        if self.l1_timeout is not None:
-            for k in finals:
-                self.engine.l1_delete(k)
         client = self._aclient()
         if seconds is not None and seconds <= 0:
             await self.adelete_many(keys, version)
@@ -666,29 +788,35 @@ class RedisTier:
             await pipe.execute()
             return True
 
-        ok = await self.policy.arun(write, write=True, default=False)
+        try:
+            ok = await self.policy.arun(write, write=True, default=False)
+        finally:
+            for k in finals:
+                self._changed(k)
         return [] if ok else keys
 
     async def adelete(self, key, version=None) -> bool:
         k = self.engine.key(key, version)
-        if self.l1_timeout is not None:
-            self.engine.l1_delete(k)
-        return bool(await self.policy.arun(self._aclient().delete, k, write=True, default=0))
+        try:
+            return bool(await self.policy.arun(self._aclient().delete, k, write=True, default=0))
+        finally:
+            self._changed(k)
 
     async def adelete_many(self, keys: Iterable, version=None) -> None:
         finals = self.engine.keys_of(list(keys), version)
         if not finals:
             return
-        if self.l1_timeout is not None:
-            for k in finals:
-                self.engine.l1_delete(k)
         client = self._aclient()
 
         async def unlink():
             for group in (group_by_slot(finals).values() if self.clients.is_cluster else [finals]):
                 await client.unlink(*group)
 
-        await self.policy.arun(unlink, write=True)
+        try:
+            await self.policy.arun(unlink, write=True)
+        finally:
+            for k in finals:
+                self._changed(k)
 
     async def ahas_key(self, key, version=None) -> bool:
         k = self.engine.key(key, version)
@@ -698,16 +826,22 @@ class RedisTier:
         k = self.engine.key(key, version)
         seconds = self._seconds(timeout)
         args = ("persist", 0) if seconds is None else ("px", _px(seconds) if seconds > 0 else 0)
-        if self.l1_timeout is not None:
-            self.engine.l1_delete(k)
         client = self._aclient()
         script = self._script(client, _EXPIRE)
-        return bool(await self.policy.arun(script, keys=[k], args=list(args), write=True, default=0))
+        try:
+            return bool(await self.policy.arun(script, keys=[k], args=list(args), write=True,
+                                               default=0))
+        finally:
+            self._changed(k)
 
     async def aincr(self, key, delta, version=None):
         k = self.engine.key(key, version)
-        if self.l1_timeout is not None:
-            self.engine.l1_delete(k)
+        try:
+            return await self._aincr(k, key, delta)
+        finally:
+            self._changed(k)
+
+    async def _aincr(self, k: str, key, delta):
         client = self._aclient()
         if isinstance(delta, int) and not isinstance(delta, bool) and -(2**63) <= delta < 2**63:
             script = self._script(client, _INCR)
@@ -730,8 +864,6 @@ class RedisTier:
         return new
 
     async def aclear(self) -> None:
-        if self.l1_timeout is not None:
-            self.engine.clear()
         client = self._aclient()
 
         async def run():
@@ -748,7 +880,10 @@ class RedisTier:
             if batch:
                 await self._aunlink(client, batch)
 
-        await self.policy.arun(run, write=True)
+        try:
+            await self.policy.arun(run, write=True)
+        finally:
+            self._changed_all()
 
     async def _aunlink(self, client, keys) -> None:
         for group in (group_by_slot(keys).values() if self.clients.is_cluster else [keys]):
@@ -765,6 +900,8 @@ class RedisTier:
             "decode_errors": self.decode_errors,
             "redis_mode": self.clients.mode,
             **self.policy.stats(),
+            **(self.listener.stats() if self.listener is not None else {}),
+            **({"l1_" + k: v for k, v in self.store.coherence_stats().items()} if self.l1 else {}),
         }
 
     def close(self) -> None:

@@ -4,7 +4,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
+#include <cstdint>
 #include <ctime>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -25,15 +28,62 @@ void retain(void* h) noexcept { Py_INCREF(static_cast<PyObject*>(h)); }
 void release(void* h) noexcept { Py_DECREF(static_cast<PyObject*>(h)); }
 constexpr HandleOps kPyHandles{&retain, &release};
 
+// What keeps an L1 in front of Redis coherent (see redis_tier.py): whether the L1 may be
+// used at all (false while the invalidation listener is down), and a sequence number per
+// bucket of final keys, bumped before every invalidation of a key in that bucket. A fill
+// from Redis takes the bucket's number before its read and inserts only if the number is
+// unchanged (checked and inserted in one call, with no Python code run in between), so an
+// invalidation that arrives while the read is in flight never leaves the old value behind.
+// Every access holds the GIL, which orders them; no member needs to be atomic.
+struct Coherence {
+    static constexpr std::size_t kBuckets = 4096;
+    bool usable = true;
+    std::array<std::uint64_t, kBuckets> seq{};
+    std::uint64_t invalidated = 0;  // keys invalidated (by the listener or by a local write)
+    std::uint64_t resets = 0;       // whole-L1 resets (flushes, listener down or back up)
+    std::uint64_t fills = 0;        // values put into the L1 by a read or a write
+    std::uint64_t refused = 0;      // fills refused: an invalidation raced them
+
+    static std::size_t bucket(std::string_view key) {
+        return std::hash<std::string_view>{}(key) & (kBuckets - 1);
+    }
+    // The key's bucket is bumped first, then the entry erased: a fill that checked the
+    // number before the bump inserted before the erase, so the erase removes it.
+    void invalidate(Store& store, std::string_view key, double now) {
+        ++seq[bucket(key)];
+        ++invalidated;
+        store.erase(key, now);
+    }
+    void reset(Store& store, bool now_usable) {
+        for (auto& n : seq) ++n;
+        usable = now_usable;
+        ++resets;
+        store.clear();
+    }
+};
+
 // Every method is called with the GIL held, which makes retain/release safe.
 class PyStore {
 public:
     PyStore(std::size_t max_bytes, std::size_t max_entries, unsigned cull_frequency,
             unsigned shards)
         : store(std::make_shared<Store>(
-              StoreConfig{max_bytes, max_entries, cull_frequency, shards}, kPyHandles)) {}
+              StoreConfig{max_bytes, max_entries, cull_frequency, shards}, kPyHandles)),
+          coherence(std::make_shared<Coherence>()) {}
     std::shared_ptr<Store> store;
+    std::shared_ptr<Coherence> coherence;
 };
+
+std::string_view bytes_or_str(py::handle key, py::object& owner) {
+    if (PyBytes_Check(key.ptr())) {
+        return std::string_view(PyBytes_AS_STRING(key.ptr()), PyBytes_GET_SIZE(key.ptr()));
+    }
+    Py_ssize_t n;
+    const char* s = PyUnicode_AsUTF8AndSize(key.ptr(), &n);
+    if (!s) throw py::error_already_set();
+    owner = py::reinterpret_borrow<py::object>(key);
+    return std::string_view(s, n);
+}
 
 double wall_clock() {
     timespec ts;
@@ -58,6 +108,7 @@ public:
            py::object default_timeout, py::object default_sentinel, py::object key_warning,
            CodecOptions codec)
         : store_(store.store),
+          coherence_(store.coherence),
           prefix_(std::move(key_prefix)),
           sentinel_(std::move(default_sentinel)),
           key_warning_(std::move(key_warning)),
@@ -129,7 +180,64 @@ public:
     }
     bool l1_delete(const std::string& final_key) { return store_->erase(final_key, now()); }
 
+    // --- the coherent L1 (see Coherence): tokens, guarded fills, local invalidation
+    std::uint64_t l1_token(const std::string& final_key) const {
+        return coherence_->seq[Coherence::bucket(final_key)];
+    }
+    // A value read from Redis: stored only if the L1 is usable and no invalidation of the
+    // key's bucket happened since `token` was taken. Returns whether it was stored.
+    bool l1_fill(const std::string& final_key, py::handle value, double seconds,
+                 std::uint64_t token) {
+        if (seconds <= 0 || !coherence_->usable) return false;
+        Snapshot s = snapshot(value, codec_);  // may run Python: checked after, not before
+        Coherence& c = *coherence_;
+        if (s.charge > l1_max_item_) return false;
+        if (!c.usable || c.seq[Coherence::bucket(final_key)] != token) {
+            ++c.refused;
+            return false;
+        }
+        double t = now();
+        if (!store_->set(final_key, Value{s.object.ptr(), s.tag, s.charge}, t + seconds, t)) return false;
+        ++c.fills;
+        return true;
+    }
+    // After this process's own write to Redis returned: the key's bucket is bumped (so a
+    // read of the old value still in flight in another thread cannot fill it) and the
+    // entry replaced by the written value, if no invalidation came since `token` (taken
+    // before the write was sent) and the L1 is usable; otherwise the entry is dropped.
+    bool l1_write(const std::string& final_key, py::handle value, double seconds,
+                  std::uint64_t token) {
+        Snapshot s = snapshot(value, codec_);
+        Coherence& c = *coherence_;
+        std::size_t b = Coherence::bucket(final_key);
+        bool fresh = c.usable && c.seq[b] == token && seconds > 0 && s.charge <= l1_max_item_;
+        double t = now();
+        ++c.seq[b];
+        if (fresh && store_->set(final_key, Value{s.object.ptr(), s.tag, s.charge}, t + seconds, t)) {
+            ++c.fills;
+            return true;
+        }
+        store_->erase(final_key, t);
+        return false;
+    }
+    // After a write whose new value this process does not hold (delete, incr, touch, a
+    // failed write): bump and drop, as an invalidation message would.
+    void l1_invalidate(const std::string& final_key) { coherence_->invalidate(*store_, final_key, now()); }
+    bool l1_usable() const { return coherence_->usable; }
+    // Values whose decoded form is charged more than this are not kept in the coherent L1.
+    void set_l1_max_item_bytes(std::size_t n) { l1_max_item_ = n; }
+
     // --- the Django API on the L1
+    // A hit of the coherent L1, or nullptr (no exception set) when the caller must ask
+    // Redis: the L1 is not usable (listener down) or holds no live entry for the key.
+    PyObject* l1_hit(py::handle key, py::handle version) {
+        if (!coherence_->usable) return nullptr;
+        const std::string& k = key_of(key, version);
+        Held held(store_->get(k, now()));
+        if (!held.value) return nullptr;
+        return materialize(static_cast<PyObject*>(held.value->handle), held.value->tag).release().ptr();
+    }
+
     py::object get(py::handle key, py::handle default_, py::handle version) {
         const std::string& k = key_of(key, version);
         Held held(store_->get(k, now()));
@@ -367,6 +475,8 @@ private:
     }
 
     std::shared_ptr<Store> store_;
+    std::shared_ptr<Coherence> coherence_;
+    std::size_t l1_max_item_ = static_cast<std::size_t>(-1);
     std::string prefix_;
     py::object version_;
     py::object key_func_;
@@ -435,6 +545,66 @@ py::object bind_fast_get(py::object engine) {
     return py::reinterpret_steal<py::object>(fn);
 }
 
+// get() for the coherent L1 in front of Redis: a hit is answered here; anything else
+// (a miss, the L1 bypassed) is passed on, with the caller's arguments as given, to
+// `fallback`, the Redis tier's get.
+struct CoherentGet {
+    Engine* engine;
+    PyObject* engine_ref;
+    PyObject* fallback;
+};
+
+PyObject* coherent_get(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+    auto* bound = static_cast<CoherentGet*>(PyCapsule_GetPointer(capsule, "fastcache.CoherentGet"));
+    if (!bound) return nullptr;
+    PyObject* key = nargs >= 1 ? args[0] : nullptr;
+    PyObject* version = nargs >= 3 ? args[2] : Py_None;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nkw; ++i) {
+        PyObject* name = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(name, "key") == 0) key = args[nargs + i];
+        else if (PyUnicode_CompareWithASCIIString(name, "version") == 0) version = args[nargs + i];
+    }
+    if (key && nargs <= 3) {  // anything odd is left to the fallback to report
+        try {
+            PyObject* hit = bound->engine->l1_hit(key, version);
+            if (hit) return hit;
+        } catch (py::error_already_set& e) {
+            e.restore();
+            return nullptr;
+        } catch (...) {
+            py::detail::translate_exception(std::current_exception());
+            return nullptr;
+        }
+    }
+    return PyObject_Vectorcall(bound->fallback, args, static_cast<size_t>(nargs), kwnames);
+}
+
+PyMethodDef coherent_get_def = {
+    "get", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&coherent_get)),
+    METH_FASTCALL | METH_KEYWORDS,
+    "get(key, default=None, version=None): from the coherent L1, else from Redis"};
+
+py::object bind_coherent_get(py::object engine, py::object fallback) {
+    auto* bound = new CoherentGet{engine.cast<Engine*>(), engine.inc_ref().ptr(), fallback.inc_ref().ptr()};
+    PyObject* capsule = PyCapsule_New(bound, "fastcache.CoherentGet", [](PyObject* cap) {
+        auto* b = static_cast<CoherentGet*>(PyCapsule_GetPointer(cap, "fastcache.CoherentGet"));
+        Py_XDECREF(b->engine_ref);
+        Py_XDECREF(b->fallback);
+        delete b;
+    });
+    if (!capsule) {
+        Py_DECREF(bound->engine_ref);
+        Py_DECREF(bound->fallback);
+        delete bound;
+        throw py::error_already_set();
+    }
+    PyObject* fn = PyCFunction_NewEx(&coherent_get_def, capsule, nullptr);
+    Py_DECREF(capsule);
+    if (!fn) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(fn);
+}
+
 py::dict stats_of(const PyStore& s) {
     StoreStats st = s.store->stats();
     const StoreConfig& c = s.store->config();
@@ -463,6 +633,32 @@ void register_cache(py::module_& m) {
              py::arg("shards") = 16)
         .def("stats", &stats_of)
         .def("clear", [](PyStore& s) { s.store->clear(); })
+        // The coherent L1 in front of Redis (see Coherence).
+        .def("invalidate",
+             [](PyStore& s, py::iterable keys) {
+                 std::size_t n = 0;
+                 for (py::handle key : keys) {
+                     py::object owner;
+                     std::string k(bytes_or_str(key, owner));
+                     s.coherence->invalidate(*s.store, k, wall_clock());
+                     ++n;
+                 }
+                 return n;
+             },
+             py::arg("final_keys"), "bump and drop each key (str or UTF-8 bytes)")
+        .def("reset", [](PyStore& s, bool usable) { s.coherence->reset(*s.store, usable); },
+             py::arg("usable"), "bump every bucket, clear, and set whether the L1 may be used")
+        .def_property_readonly("usable", [](const PyStore& s) { return s.coherence->usable; })
+        .def("coherence_stats",
+             [](const PyStore& s) {
+                 const Coherence& c = *s.coherence;
+                 py::dict d;
+                 d["invalidated"] = c.invalidated;
+                 d["resets"] = c.resets;
+                 d["fills"] = c.fills;
+                 d["fills_refused"] = c.refused;
+                 return d;
+             })
         // For tests: "" or the first broken internal invariant (exact only when idle).
         .def("_check_invariants", [](const PyStore& s) { return s.store->check_invariants(); });
 
@@ -497,6 +693,17 @@ void register_cache(py::module_& m) {
         .def("l1_get", &Engine::l1_get, py::arg("final_key"), py::arg("default") = none)
         .def("l1_set", &Engine::l1_set, py::arg("final_key"), py::arg("value"), py::arg("seconds"))
         .def("l1_delete", &Engine::l1_delete, py::arg("final_key"))
+        .def("l1_token", &Engine::l1_token, py::arg("final_key"))
+        .def("l1_fill", &Engine::l1_fill, py::arg("final_key"), py::arg("value"),
+             py::arg("seconds"), py::arg("token"))
+        .def("l1_write", &Engine::l1_write, py::arg("final_key"), py::arg("value"),
+             py::arg("seconds"), py::arg("token"))
+        .def("l1_invalidate", &Engine::l1_invalidate, py::arg("final_key"))
+        .def("l1_usable", &Engine::l1_usable)
+        .def("set_l1_max_item_bytes", &Engine::set_l1_max_item_bytes, py::arg("max_bytes"))
+        .def("coherent_get",
+             [](py::object self, py::object fallback) { return bind_coherent_get(std::move(self), std::move(fallback)); },
+             py::arg("fallback"), "get() answering L1 hits here and passing the rest to fallback")
         .def("get", &Engine::get, py::arg("key"), py::arg("default") = none,
              py::arg("version") = none)
         .def("set", &Engine::set, py::arg("key"), py::arg("value"), py::arg("timeout"),

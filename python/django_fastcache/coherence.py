@@ -1,0 +1,370 @@
+"""Keeps the L1 in front of Redis coherent across processes with Redis server-assisted
+client-side caching: one listener per L1 store per process, subscribed to
+``__redis__:invalidate`` on a connection that tracks the cache's key prefixes in broadcast
+mode (one connection per primary on a cluster).
+
+How it is wired (RESP2): the listener connection asks for its ``CLIENT ID``, enables
+``CLIENT TRACKING on REDIRECT <own id> BCAST PREFIX <p>...`` on itself (a connection may
+redirect to itself; once subscribed it could not send the command any more), then
+``SUBSCRIBE __redis__:invalidate``. Redis then sends it the name of every key under a
+tracked prefix that any client changes, or that expires or is evicted, and a null for a
+flush. ``NOLOOP`` is not used: it only silences writes made on the tracking connection
+itself, and this process writes on other connections, so its own writes come back too;
+the writer has already updated its own L1 (``Engine.l1_write``) and the message just
+drops that copy, which costs one extra read later, never a stale value.
+
+The L1 is only used while every listener connection is subscribed ("up"). When one drops,
+misses its health check (a PING answered within ``PONG_DEADLINE``), or the topology
+changes (the Sentinel primary or the cluster's slot map differs from the one it is
+connected to), the store is cleared and marked unusable ("down"): reads go to Redis until
+the listener has reconnected and resubscribed, which clears the store once more, since
+messages may have been missed meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+import weakref
+from typing import Any
+
+import hiredis
+
+from . import _core
+
+__all__ = ["InvalidationListener", "listener_for"]
+
+logger = logging.getLogger("django_fastcache.redis")
+
+CHANNEL = b"__redis__:invalidate"
+PING_INTERVAL = 0.5  # seconds between health checks on each listener connection
+PONG_DEADLINE = 1.0  # a PING unanswered this long means the connection is dead
+TOPOLOGY_INTERVAL = 1.0  # seconds between checks of the Sentinel primary / cluster slots
+IDLE_EXIT = 30.0  # a listener that cannot connect and was not asked for stops retrying
+
+_listeners: weakref.WeakValueDictionary[int, InvalidationListener] = weakref.WeakValueDictionary()
+_registry_lock = threading.Lock()
+
+
+def listener_for(store: _core.Store, clients: Any) -> InvalidationListener:
+    """The listener of ``store`` in this process (created on first call)."""
+    with _registry_lock:
+        listener = _listeners.get(id(store))
+        if listener is None or listener.store is not store:
+            listener = _listeners[id(store)] = InvalidationListener(store, clients)
+        return listener
+
+
+def _after_fork_in_child() -> None:
+    for listener in list(_listeners.values()):
+        listener._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Link:
+    """One subscribed connection: the redis-py connection that set it up, its socket and
+    a RESP reader of its own (redis-py's parser is not meant for a subscribed socket)."""
+
+    __slots__ = ("conn", "sock", "reader", "name", "ping_sent", "pings")
+
+    def __init__(self, conn: Any, name: str) -> None:
+        self.conn = conn
+        self.name = name
+        self.sock: Any = None
+        self.reader = hiredis.Reader()
+        self.ping_sent: float | None = None
+        self.pings = 0
+
+    def close(self) -> None:
+        try:
+            self.conn.disconnect()
+        except Exception:  # already broken: nothing more to release
+            pass
+
+
+class InvalidationListener:
+    """Invalidates one L1 store from Redis's tracking messages; see the module docstring.
+
+    Thread-safe. ``track(prefix)`` and ``ensure_running()`` may be called from any thread;
+    the work happens on one daemon thread per listener. After ``os.fork()`` the child has
+    an empty, bypassed store and no thread; its first ``ensure_running()`` starts one.
+    """
+
+    def __init__(self, store: _core.Store, clients: Any) -> None:
+        self.store = store
+        self.clients = clients
+        self._lock = threading.Lock()
+        self._prefixes: list[bytes] = []  # minimal cover: none is a prefix of another
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._restart = threading.Event()
+        self._last_wanted = time.monotonic()
+        self.state = "down"
+        self.connections = 0
+        self.messages = self.keys = self.flushes = self.downs = self.ups = 0
+        self.last_error = ""
+        store.reset(False)
+
+    # -- called by the cache
+
+    def track(self, prefix: str) -> None:
+        """Makes sure keys starting with ``prefix`` are tracked. A new prefix takes the
+        L1 down at once (keys under it were not tracked until now) and restarts tracking."""
+        wanted = prefix.encode("utf-8", "surrogatepass")
+        with self._lock:
+            if any(wanted.startswith(p) for p in self._prefixes):
+                return
+            self._prefixes = sorted([p for p in self._prefixes if not p.startswith(wanted)]
+                                    + [wanted])
+            if self._thread is not None:
+                self.store.reset(False)
+                self._went_down()
+                self._restart.set()
+
+    def suspect(self) -> None:
+        """Something went wrong talking to Redis elsewhere: the L1 goes down at once and
+        the listener reconnects (and empties it again) before it is used again."""
+        with self._lock:
+            if self._thread is not None and self.store.usable:
+                self.store.reset(False)
+                self._went_down()
+                self._restart.set()
+
+    @property
+    def prefixes(self) -> list[bytes]:
+        return list(self._prefixes)
+
+    def ensure_running(self) -> None:
+        """Starts the listener thread if this process has none (first use, after a fork,
+        or after it gave up on an unreachable server)."""
+        self._last_wanted = time.monotonic()
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():
+                self._forget_after_fork()
+            if self._thread is None:
+                self._restart.clear()
+                self._thread = threading.Thread(
+                    target=self._run, name=f"fastcache-invalidation-{id(self.store):x}",
+                    daemon=True)
+                self._thread.start()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "l1_listener": self.state,
+            "l1_listener_connections": self.connections,
+            "l1_invalidation_messages": self.messages,
+            "l1_invalidated_keys": self.keys,
+            "l1_flushes": self.flushes,
+            "l1_listener_downs": self.downs,
+            "l1_listener_ups": self.ups,
+            "l1_tracked_prefixes": [p.decode("utf-8", "replace") for p in self._prefixes],
+        }
+
+    def _forget_after_fork(self) -> None:
+        # The parent's thread does not exist here and its sockets are the parent's: they
+        # are dropped, never shut down. The copied L1 may be stale from now on.
+        self._pid = os.getpid()
+        self._thread = None
+        self._lock = threading.Lock()
+        self._restart = threading.Event()
+        self.state = "down"
+        self.connections = 0
+        self.store.reset(False)
+
+    # -- the thread
+
+    def _run(self) -> None:
+        backoff = 0.02
+        me = threading.current_thread()
+        while True:
+            links: list[_Link] = []
+            try:
+                self._restart.clear()
+                links = self._connect()
+                self._up(links)
+                backoff = 0.02
+                self._serve(links)
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if self.state == "up":
+                    logger.warning("L1 invalidation listener lost Redis (%s): the L1 is "
+                                   "bypassed until it reconnects", self.last_error)
+            finally:
+                self._down(links)
+            if self._thread is not me:
+                return  # forked away (cannot happen in the child) or replaced
+            if time.monotonic() - self._last_wanted > IDLE_EXIT:
+                with self._lock:
+                    if self._thread is me:
+                        self._thread = None
+                return
+            self._restart.wait(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    def _up(self, links: list[_Link]) -> None:
+        with self._lock:  # track() may have added a prefix these links do not cover
+            if self._restart.is_set():
+                raise ConnectionError("tracked prefixes changed while connecting")
+            # Messages may have been missed while no listener was subscribed: start empty.
+            self.store.reset(True)
+            self.state = "up"
+        self.connections = len(links)
+        self.ups += 1
+
+    def _went_down(self) -> None:
+        if self.state == "up":
+            self.downs += 1
+        self.state = "down"
+
+    def _down(self, links: list[_Link]) -> None:
+        self._went_down()
+        self.connections = 0
+        self.store.reset(False)
+        for link in links:
+            link.close()
+
+    def _connect(self) -> list[_Link]:
+        prefixes = self.prefixes
+        if not prefixes:
+            prefixes = [b""]
+        links = []
+        try:
+            for conn, name in self._new_connections():
+                link = _Link(conn, name)
+                links.append(link)
+                conn.connect()
+                conn.send_command("CLIENT", "ID")
+                client_id = conn.read_response()
+                args: list[Any] = ["CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST"]
+                for p in prefixes:
+                    if p:
+                        args += ["PREFIX", p]
+                conn.send_command(*args)
+                reply = conn.read_response()
+                if reply not in (b"OK", "OK", True):
+                    raise ConnectionError(f"CLIENT TRACKING answered {reply!r}")
+                link.sock = conn._sock
+                link.sock.sendall(b"".join(conn.pack_command("SUBSCRIBE", CHANNEL)))
+                deadline = time.monotonic() + PONG_DEADLINE + self._socket_timeout()
+                while True:
+                    reply = self._next(link, deadline)
+                    if isinstance(reply, list) and reply and reply[0] == b"subscribe":
+                        break
+                    raise ConnectionError(f"SUBSCRIBE answered {reply!r}")
+            self._topology = self._topology_now()
+            self._topology_checked = time.monotonic()
+            return links
+        except BaseException:
+            for link in links:
+                link.close()
+            raise
+
+    def _socket_timeout(self) -> float:
+        return float(self.clients.config.connection_kwargs.get("socket_timeout") or 1.0)
+
+    def _new_connections(self) -> list[tuple[Any, str]]:
+        """Fresh connections (not from any pool's free list) to every primary."""
+        client = self.clients.client(write=True)
+        if self.clients.is_cluster:
+            made = []
+            for node in client.get_primaries():
+                pool = client.get_redis_connection(node).connection_pool
+                made.append((pool.connection_class(**pool.connection_kwargs), node.name))
+            return made
+        pool = client.connection_pool
+        return [(pool.connection_class(**pool.connection_kwargs), self.clients.mode)]
+
+    def _topology_now(self) -> Any:
+        """What the listener connections were made for: the Sentinel primary's address or
+        the cluster's slot map (start, end, primary); None for a single node."""
+        client = self.clients.client(write=True)
+        if self.clients.mode == "sentinel":
+            return tuple(client.connection_pool.get_master_address())
+        if self.clients.is_cluster:
+            slots = client.execute_command("CLUSTER SLOTS")
+            return sorted((tuple(k), tuple(v["primary"])) for k, v in slots.items())
+        return None
+
+    def _next(self, link: _Link, deadline: float) -> Any:
+        """The next reply on one link, waiting until ``deadline`` (monotonic)."""
+        while True:
+            reply = link.reader.gets()
+            if reply is not False:
+                return self._checked(reply)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no reply from {link.name}")
+            ready, _, _ = select.select([link.sock], [], [], left)
+            if ready:
+                self._feed(link)
+
+    @staticmethod
+    def _checked(reply: Any) -> Any:
+        if isinstance(reply, hiredis.ReplyError):
+            raise ConnectionError(f"Redis answered an error: {reply}")
+        return reply
+
+    @staticmethod
+    def _feed(link: _Link) -> None:
+        data = link.sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"{link.name} closed the connection")
+        link.reader.feed(data)
+
+    def _serve(self, links: list[_Link]) -> None:
+        socks = {link.sock: link for link in links}
+        next_ping = time.monotonic() + PING_INTERVAL
+        while not self._restart.is_set():
+            for link in links:
+                self._drain(link)
+            now = time.monotonic()
+            # SSL sockets may hold decrypted bytes that select() cannot see.
+            pending = [s for s in socks if hasattr(s, "pending") and s.pending()]
+            ready = pending or select.select(list(socks), [], [], max(0.0, min(next_ping - now, 0.1)))[0]
+            for sock in ready:
+                self._feed(socks[sock])
+            now = time.monotonic()
+            if now >= next_ping:
+                for link in links:
+                    if link.ping_sent is not None and now - link.ping_sent > PONG_DEADLINE:
+                        raise TimeoutError(f"{link.name} did not answer PING in {PONG_DEADLINE}s")
+                    if link.ping_sent is None:
+                        link.ping_sent = now
+                        link.sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+                next_ping = now + PING_INTERVAL
+                if now - self._topology_checked >= TOPOLOGY_INTERVAL:
+                    self._topology_checked = now
+                    if self._topology_now() != self._topology:
+                        raise ConnectionError("the Redis topology changed (failover or "
+                                              "slot move)")
+
+    def _drain(self, link: _Link) -> None:
+        while True:
+            reply = link.reader.gets()
+            if reply is False:
+                return
+            reply = self._checked(reply)
+            kind = reply[0] if isinstance(reply, list) and reply else reply
+            # RESP2: ["message", channel, keys]; RESP3 (if the connection speaks it, as
+            # redis-py's may): a push ["invalidate", keys]. keys is None for a flush.
+            if kind == b"message" or kind == b"invalidate":
+                self.messages += 1
+                keys = reply[2] if kind == b"message" else reply[1]
+                if keys is None:  # FLUSHDB / FLUSHALL
+                    self.flushes += 1
+                    self.store.reset(self.store.usable)
+                else:
+                    self.keys += self.store.invalidate(keys)
+            elif kind == b"pong" or kind == b"PONG":
+                link.ping_sent = None
+                link.pings += 1
+            else:
+                raise ConnectionError(f"unexpected message on {link.name}: {reply!r}")
+

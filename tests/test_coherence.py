@@ -1,0 +1,418 @@
+"""The coherent L1 in front of Redis, across real processes: how soon a write in one
+process is visible in the others, and that no process ever returns a value older than the
+bound after raw writes, expiry, FLUSHDB, a killed listener, a Redis restart, a Sentinel
+failover and on a cluster (checked over the recorded histories); then, in this process,
+the race between a fill and an invalidation, fork safety, options and stats."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django_fastcache.cache import FastCache
+from redis_servers import RedisSentinelSet, RedisServer, require_binary, wait_until
+
+pytestmark = pytest.mark.redis
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "coherence_worker.py")
+# Staleness a process may show after a change completed elsewhere. Invalidations take
+# well under a millisecond on loopback (see the printed delays); the bound is generous
+# for a 2-core machine shared with compilers, and for a hung-server health check.
+BOUND = 1.0
+
+
+def run_workers(location, n: int, mode: str, *, options=None, during=None, **cfg) -> list[dict]:
+    """Runs ``n`` workers; ``during(dir)`` runs in this process meanwhile (history mode:
+    the workers stop when it returns). Returns each worker's record."""
+    with tempfile.TemporaryDirectory(prefix="fastcache-coh-") as tmp:
+        procs = []
+        for i in range(n):
+            conf = {"location": location, "options": options or {}, "id": i, "workers": n,
+                    "mode": mode, "dir": tmp, **cfg}
+            procs.append(subprocess.Popen([sys.executable, WORKER, json.dumps(conf)],
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True))
+        try:
+            if during is not None:
+                time.sleep(1.0)  # workers start (Django, the listener) and warm up
+                during(tmp)
+                open(os.path.join(tmp, "stop"), "w").close()
+            for p in procs:
+                _, err = p.communicate(timeout=60)
+                assert p.returncode == 0, err
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        records = []
+        for i in range(n):
+            with open(os.path.join(tmp, f"worker{i}.json")) as f:
+                records.append(json.load(f))
+        return records
+
+
+def check_history(records: list[dict], *, flushes=(), expiring=None) -> dict:
+    """Linearizability-style check over versioned values. Per key, versions increase with
+    real time (one writer per key). A read of version v that started at t is stale if a
+    write of a larger version of that key completed before t - BOUND; or if a flush
+    (start, end) began after v's write completed and the read started after end + BOUND;
+    or if it read ``expiring`` = (key, expires_at) after expires_at + BOUND."""
+    writes: dict[str, list] = {}
+    ends: dict[tuple[str, int], float] = {}
+    for r in records:
+        for key, version, _t0, t1 in r["writes"]:
+            writes.setdefault(key, []).append((t1, version))
+            ends[(key, version)] = t1
+    for w in writes.values():
+        w.sort()
+    stale = []
+    reads = 0
+    for r in records:
+        for key, version, t0, _t1 in r["reads"]:
+            reads += 1
+            if version is None:
+                if expiring is None or key != expiring[0]:
+                    continue
+            if expiring is not None and key == expiring[0]:
+                if version is not None and t0 > expiring[1] + BOUND:
+                    stale.append(("expired", r["id"], key, version, t0))
+                continue
+            newest_done = max((v for t1, v in writes.get(key, []) if t1 < t0 - BOUND),
+                              default=None)
+            if newest_done is not None and version < newest_done:
+                stale.append(("overwritten", r["id"], key, version, newest_done, t0))
+            written = ends.get((key, version))
+            for start, end in flushes:
+                if written is not None and written < start and t0 > end + BOUND:
+                    stale.append(("flushed", r["id"], key, version, t0))
+    assert reads > 1000, f"too few reads to say anything ({reads})"
+    assert not stale, f"{len(stale)} stale reads, e.g. {stale[:5]}"
+    return {"reads": reads, "writes": sum(len(w) for w in writes.values())}
+
+
+def l1_stats(records: list[dict]) -> dict:
+    keys = ("l1_hits", "l1_misses", "l1_listener_downs", "l1_invalidated_keys", "l1_flushes",
+            "l1_fills_refused")
+    return {k: sum(r["stats"].get(k, 0) for r in records) for k in keys}
+
+
+@pytest.fixture
+def server():
+    with RedisServer() as srv:
+        yield srv
+
+
+# ---------------------------------------------------------------------- write to visibility
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_a_write_in_one_process_is_visible_in_every_other_within_the_bound(server, workers):
+    records = run_workers(server.url, workers, "pulse", pulses=150, duration=40)
+    write_end = {}
+    for r in records:
+        write_end.update({int(v): t for v, t in r["write_end"].items()})
+    assert len(write_end) == 150, "the chain of writes stalled"
+    delays = []
+    for r in records:
+        for v, t in r["seen"].items():
+            v = int(v)
+            if v in r["write_end"] or str(v) in r["write_end"]:
+                continue  # its own write
+            delays.append(max(0.0, t - write_end[v]))
+    delays.sort()
+    p50 = statistics.median(delays)
+    p99 = delays[int(len(delays) * 0.99)]
+    print(f"\n{workers} processes, {len(delays)} write->visible delays: p50 {p50 * 1e3:.3f} ms, "
+          f"p99 {p99 * 1e3:.3f} ms, max {delays[-1] * 1e3:.3f} ms; {l1_stats(records)}")
+    assert delays[-1] < BOUND
+    assert l1_stats(records)["l1_hits"] > 0  # the readers were served from their L1
+
+
+# ---------------------------------------------------------------------- histories under faults
+
+def test_no_stale_reads_through_raw_writes_expiry_flush_listener_kill_and_restart(server):
+    redis_cli = require_binary("redis-cli")
+    raw = server.client()
+    events = {}
+
+    def faults(tmp):
+        cli = [redis_cli, "-p", str(server.port)]
+        # A raw redis-cli SET, of a key the workers read (plain ints read back as ints).
+        for v in (1, 2, 3):
+            subprocess.run(cli + ["SET", "coh:1:raw", str(time.monotonic_ns())], check=True,
+                           capture_output=True)
+            time.sleep(0.2)
+        # A key expiring in Redis while the workers hold it in their L1.
+        raw.set("coh:1:exp", 7, px=300)
+        events["expiring"] = ("exp", time.monotonic() + 0.3)
+        time.sleep(0.6)
+        t0 = time.monotonic()
+        subprocess.run(cli + ["FLUSHDB"], check=True, capture_output=True)
+        events.setdefault("flushes", []).append((t0, time.monotonic()))
+        time.sleep(0.4)
+        killed = raw.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        events["killed"] = killed
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        server.restart()  # no persistence: the data is gone, as after a flush
+        events["flushes"].append((t0, time.monotonic()))
+        time.sleep(1.0)
+
+    try:
+        records = run_workers(server.url, 3, "history", keys_per_worker=4,
+                              extra_keys=["raw", "exp"], during=faults)
+    finally:
+        raw.close()
+    result = check_history(records, flushes=events["flushes"], expiring=events["expiring"])
+    stats = l1_stats(records)
+    print(f"\nsingle node, faults: {result}, {stats}, listeners killed: {events['killed']}")
+    assert events["killed"] == 3
+    assert stats["l1_listener_downs"] >= 6  # the kill and the restart, in every worker
+    assert stats["l1_hits"] > 0 and stats["l1_flushes"] >= 3
+
+
+def test_no_stale_reads_across_a_sentinel_failover():
+    with RedisSentinelSet() as sset:
+        events = {}
+
+        def failover(tmp):
+            time.sleep(1.0)
+            pause = os.path.join(tmp, "pause")
+            open(pause, "w").close()  # no write may be lost with the old primary
+            time.sleep(0.2)
+            sset.primary.command("WAIT", 1, 2000)
+            events["took"] = sset.kill_primary()
+            os.unlink(pause)
+            events["resumed"] = time.monotonic()
+            time.sleep(1.5)
+
+        records = run_workers("redis:///0", 2, "history", keys_per_worker=4,
+                              options=sset.options(), during=failover)
+    result = check_history(records)
+    stats = l1_stats(records)
+    print(f"\nsentinel failover ({events['took']:.1f} s): {result}, {stats}")
+    assert stats["l1_listener_downs"] >= 2 and stats["l1_hits"] > 0
+    writes_after = [w for r in records for w in r["writes"] if w[2] > events["resumed"]]
+    assert writes_after, "no writes after the failover: nothing was checked there"
+
+
+def test_no_stale_reads_on_a_cluster_with_keys_on_every_master(redis_cluster):
+    from django_fastcache.redis_client import key_slot
+
+    redis_cluster.flush()
+    masters = redis_cluster.masters()
+    slots = redis_cluster.nodes[0].command("CLUSTER", "SLOTS")
+    by_master: dict = {}
+    for w in range(2):
+        for j in range(8):
+            k = f"coh:1:own:{w}:{j}"
+            by_master.setdefault(_master_of(slots, key_slot(k)), []).append(k)
+    assert len(by_master) == len(masters), f"keys do not cover every master: {by_master}"
+
+    def kill_listeners(tmp):
+        time.sleep(0.8)
+        for node in masters:
+            node.command("CLIENT", "KILL", "TYPE", "pubsub")
+        time.sleep(1.2)
+
+    records = run_workers(redis_cluster.url, 2, "history", keys_per_worker=8,
+                          during=kill_listeners)
+    result = check_history(records)
+    stats = l1_stats(records)
+    print(f"\ncluster: {result}, {stats}")
+    assert stats["l1_listener_downs"] >= 2 and stats["l1_hits"] > 0
+
+
+def _master_of(slots, slot: int) -> tuple:
+    """The primary serving ``slot`` in a CLUSTER SLOTS reply (raw or as redis-py parses it)."""
+    if isinstance(slots, dict):
+        for (start, end), info in slots.items():
+            if start <= slot <= end:
+                return tuple(info["primary"])
+    else:
+        for entry in slots:
+            if entry[0] <= slot <= entry[1]:
+                return (entry[2][0], entry[2][1])
+    raise AssertionError(f"slot {slot} is not served")
+
+
+# ---------------------------------------------------------------------- in this process
+
+def up_cache(location, **params) -> FastCache:
+    cache = FastCache(location, params)
+    cache.clear()
+    cache.get("__warm__")
+    wait_until(lambda: cache.stats()["l1_listener"] == "up", 10, "the listener")
+    return cache
+
+
+def raw_set(cache, raw, key, value, **kwargs) -> None:
+    """Writes through another client and waits for this process's listener to hear of it,
+    so that no invalidation is still in flight when the test reads."""
+    before = cache.stats()["l1_invalidated_keys"]
+    raw.set(cache.make_key(key), cache._engine.dumps(value), **kwargs)
+    wait_until(lambda: cache.stats()["l1_invalidated_keys"] > before, 5, "the invalidation")
+
+
+def test_an_invalidation_during_a_fill_never_leaves_the_old_value(clean_redis_server):
+    cache = up_cache(clean_redis_server.url, KEY_PREFIX="race")
+    raw = clean_redis_server.client()
+    tier = cache._tier
+    cache.set("k", "old")
+    k = cache.make_key("k")
+    cache._store.invalidate([k])  # not in the L1: the next get reads Redis
+    real = tier._get_with_ttl
+    before = cache.stats()["l1_invalidated_keys"]
+
+    def slow_read(final):
+        reply = real(final)  # the old value, read...
+        raw.set(k, cache._engine.dumps("new"))  # ...then overwritten by someone else,
+        wait_until(lambda: cache.stats()["l1_invalidated_keys"] > before, 5,
+                   "the invalidation")  # whose message arrives before the fill
+        return reply
+
+    tier._get_with_ttl = slow_read
+    try:
+        assert cache.get("k") == "old"  # what Redis held when it was read
+    finally:
+        tier._get_with_ttl = real
+    assert cache._engine.l1_get(k, "absent") == "absent"
+    assert cache.get("k") == "new"
+    assert cache.stats()["l1_fills_refused"] >= 1
+    raw.close()
+
+
+_FORK_CHILD = textwrap.dedent("""
+    import os, sys, time
+    import django
+    from django.conf import settings
+    settings.configure(SECRET_KEY="x")
+    django.setup()
+    from django_fastcache.cache import FastCache
+
+    cache = FastCache(sys.argv[1], {"KEY_PREFIX": "fork"})
+    cache.set("k", "parent")
+    cache.get("k")
+    while cache.stats()["l1_listener"] != "up":
+        cache.get("k")
+        time.sleep(0.005)
+    assert cache.get("k") == "parent" and cache.stats()["l1_entries"] >= 1
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        stats = cache.stats()
+        # An empty, bypassed L1 and no listener until first use.
+        ok = stats["l1_entries"] == 0 and stats["l1_listener"] == "down"
+        assert cache.get("k") == "parent"
+        deadline = time.time() + 10
+        while cache.stats()["l1_listener"] != "up" and time.time() < deadline:
+            time.sleep(0.005)
+        cache.get("k")
+        ok = ok and cache.get("k") == "parent" and cache.stats()["l1_hits"] >= 1
+        os.write(w, b"ready\\n")
+        deadline = time.time() + 10
+        while cache.get("k") != "changed" and time.time() < deadline:
+            time.sleep(0.001)
+        ok = ok and cache.get("k") == "changed"
+        os.write(w, b"ok\\n" if ok else b"bad %r\\n" % (cache.stats(),))
+        os._exit(0)
+    f = os.fdopen(r)
+    assert f.readline() == "ready\\n"
+    cache.set("k", "changed")  # the parent writes; the child's own listener must see it
+    print(f.readline().strip())
+    os.waitpid(pid, 0)
+""")
+
+
+def test_a_forked_child_starts_empty_and_runs_its_own_listener(clean_redis_server):
+    done = subprocess.run([sys.executable, "-c", _FORK_CHILD, clean_redis_server.url],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok", done.stdout
+
+
+def test_aget_serves_hits_without_awaiting_and_fills_race_free(clean_redis_server):
+    cache = up_cache(clean_redis_server.url, KEY_PREFIX="async")
+    raw = clean_redis_server.client()
+
+    async def scenario():
+        # Written by another client: no invalidation of this process's own write to race.
+        raw_set(cache, raw, "k", {"a": [1]})
+        assert await cache.aget("k") == {"a": [1]}  # a miss, filled
+        coro = cache.aget("k")
+        try:
+            coro.send(None)  # a hit completes on the first step, with nothing awaited
+        except StopIteration as stop:
+            assert stop.value == {"a": [1]}
+        else:
+            raise AssertionError("a hit awaited I/O")
+        raw.set(cache.make_key("k"), cache._engine.dumps("new"))
+        deadline = time.monotonic() + 1
+        while await cache.aget("k") != "new":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+
+    asyncio.run(scenario())
+    raw.close()
+
+
+def test_values_above_l1_max_item_bytes_are_read_from_redis_each_time(clean_redis_server):
+    cache = up_cache(clean_redis_server.url, KEY_PREFIX="big",
+                     OPTIONS={"L1_MAX_ITEM_BYTES": 1000})
+    raw = clean_redis_server.client()
+    raw_set(cache, raw, "small", "s" * 100)
+    raw_set(cache, raw, "big", "b" * 5000)
+    raw.close()
+    assert cache.get("small") == "s" * 100 and cache.get("big") == "b" * 5000
+    entries = cache.stats()["l1_entries"]
+    assert cache.get("big") == "b" * 5000
+    assert cache._engine.l1_get(cache.make_key("big"), "absent") == "absent"
+    assert cache._engine.l1_get(cache.make_key("small"), "absent") == "s" * 100
+    assert cache.stats()["l1_entries"] == entries
+
+
+def test_l1_timeout_caps_an_entry_without_a_redis_ttl(clean_redis_server):
+    cache = up_cache(clean_redis_server.url, KEY_PREFIX="cap", OPTIONS={"L1_TIMEOUT": 0.1})
+    raw = clean_redis_server.client()
+    raw_set(cache, raw, "k", "v")
+    raw.close()
+    assert cache.get("k") == "v"
+    assert cache._engine.l1_get(cache.make_key("k"), "absent") == "v"
+    time.sleep(0.15)
+    assert cache._engine.l1_get(cache.make_key("k"), "absent") == "absent"
+    assert cache.get("k") == "v"  # still in Redis
+
+
+def test_stats_name_the_listener_state_and_its_counters(clean_redis_server):
+    cache = up_cache(clean_redis_server.url, KEY_PREFIX="st")
+    cache.set("k", 1)
+    cache.get("k")
+    stats = cache.stats()
+    for field in ("l1_hits", "l1_misses", "l1_hit_ratio", "l1_listener", "l1_invalidated_keys",
+                  "l1_invalidation_messages", "l1_resets", "l1_listener_downs", "l1_fills",
+                  "l1_fills_refused", "l1_tracked_prefixes"):
+        assert field in stats, field
+    assert stats["tier"] == "l1+redis" and stats["l1_listener"] == "up"
+    assert stats["l1_tracked_prefixes"] == ["st:"] or "" in stats["l1_tracked_prefixes"] or \
+        any("st:".startswith(p) for p in stats["l1_tracked_prefixes"])
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"L1": "yes"}, "L1"),
+    ({"L1_MAX_ITEM_BYTES": -1}, "L1_MAX_ITEM_BYTES"),
+    ({"L1_MAX_BYTES": 0}, "MAX_BYTES"),
+    ({"L1_TIMEOUT": "soon"}, "L1_TIMEOUT"),
+])
+def test_bad_l1_options_are_refused_by_name(options, named):
+    with pytest.raises(ImproperlyConfigured, match=named):
+        FastCache("redis://127.0.0.1:1", {"OPTIONS": options})

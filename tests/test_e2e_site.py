@@ -43,7 +43,8 @@ def test_example_site_under_gunicorn_on_redis(clean_redis_server, tmp_path):
         site.stop()
 
     cache = facts["cache"]
-    # Hits are shared by the workers: whichever process answers, the page comes from Redis.
+    # Hits are shared by the workers: whichever process answers, the page comes from its
+    # L1 or from Redis, and an edit in one worker invalidates the other's L1 copy.
     assert cache["/blog/posts/?author_id=1"] == ["MISS", "HIT", "HIT", "MISS", "HIT"]
     assert cache["/blog/posts/?author_id=2"] == ["MISS", "HIT", "MISS"]
     assert cache["/blog/authors/1/"] == ["MISS", "HIT", "MISS"]
@@ -64,7 +65,9 @@ def test_example_site_under_gunicorn_on_redis(clean_redis_server, tmp_path):
     assert all(x["request_id"] and "duration_ms" in x for x in access)
 
     (row,) = facts["stats"]
-    assert row["tier"] == "redis" and row["errors"] == 0 and row["breaker_state"] == "closed"
+    # The coherent L1 is on in front of Redis, its listener up in the worker that answered.
+    assert row["tier"] == "l1+redis" and row["l1_listener"] == "up"
+    assert row["errors"] == 0 and row["breaker_state"] == "closed"
     assert row["redis_keys"] > 0
     # The cache's keys and the throttles' state are in that Redis, under the site's prefix.
     client = clean_redis_server.client(db=2)

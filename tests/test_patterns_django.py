@@ -4,6 +4,7 @@ Redis), the management commands and the system checks."""
 from __future__ import annotations
 
 import json
+import time
 from io import StringIO
 
 import pytest
@@ -28,8 +29,9 @@ def cache(request):
         conf = {"BACKEND": "django_fastcache.cache.FastCache", "LOCATION": f"pd-{next(_n)}"}
     else:
         server = request.getfixturevalue("clean_redis_server")
+        # The patterns count Redis round trips: the coherent L1 is tested on its own.
         conf = {"BACKEND": "django_fastcache.cache.FastCache", "LOCATION": server.url + "/1",
-                "KEY_PREFIX": "pd"}
+                "KEY_PREFIX": "pd", "OPTIONS": {"L1": False}}
     with override_settings(CACHES={"default": conf}):
         yield caches["default"]
 
@@ -229,6 +231,32 @@ def test_fastcache_stats_table_and_json(cache):
     assert ("breaker state" in text) == (row["tier"] == "redis")
     with pytest.raises(CommandError, match="no cache alias 'nope'"):
         call_command("fastcache_stats", "nope")
+
+
+def test_fastcache_stats_shows_the_coherent_l1_in_front_of_redis(clean_redis_server):
+    conf = {"BACKEND": "django_fastcache.cache.FastCache", "LOCATION": clean_redis_server.url,
+            "KEY_PREFIX": "st"}
+    with override_settings(CACHES={"default": conf}):
+        cache = caches["default"]
+        cache.set("a", 1)
+        deadline = time.monotonic() + 5  # the listener starts with the first call
+        while cache.stats()["l1_listener"] != "up" and time.monotonic() < deadline:
+            cache.get("a")
+            time.sleep(0.01)
+        before = cache.stats()
+        for _ in range(3):
+            cache.get("a")
+        out = StringIO()
+        call_command("fastcache_stats", "--json", stdout=out)
+        row = json.loads(out.getvalue())[0]
+        assert row["tier"] == "l1+redis"
+        assert row["l1_listener"] == "up"
+        lookups = row["l1_hits"] + row["l1_misses"] - before["l1_hits"] - before["l1_misses"]
+        assert lookups == 3
+        out = StringIO()
+        call_command("fastcache_stats", stdout=out)
+        text = out.getvalue()
+        assert "L1 listener" in text and "L1 resets" in text and "Redis hits" in text
 
 
 def test_fastcache_keys_lists_matching_keys_with_ttls(cache):

@@ -9,7 +9,9 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-__all__ = ["improperly", "option_bool", "option_int", "option_mapping", "option_number"]
+__all__ = [
+    "improperly", "option_bool", "option_choice", "option_int", "option_mapping", "option_number",
+]
 
 _MISSING = object()
 
@@ -22,6 +24,14 @@ def option_bool(options: Mapping[str, Any], name: str, default: bool) -> bool:
     value = options.get(name, default)
     if not isinstance(value, bool):
         raise improperly(name, value, "True or False")
+    return value
+
+
+def option_choice(options: Mapping[str, Any], name: str, default: Any,
+                  choices: tuple[Any, ...]) -> Any:
+    value = options.get(name, default)
+    if value not in choices:
+        raise improperly(name, value, "one of " + ", ".join(map(repr, choices)))
     return value
 
 

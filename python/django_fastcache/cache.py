@@ -29,6 +29,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from . import _core
+from ._config import option_bool, option_choice, option_int, option_number
 from . import tags as _tags
 from .errors import LockError, LockNotOwnedError
 
@@ -102,28 +103,6 @@ class _Flights:
                     del self._held[key]
 
 
-def _option(options: dict, name: str, kind: type, *, minimum: float | None = None,
-            choices: tuple | None = None, nullable: bool = False) -> Any:
-    value = options.get(name, _DEFAULTS[name])
-    if value is None and nullable:
-        return None
-    if choices is not None:
-        if value not in choices:
-            raise ImproperlyConfigured(
-                f"FastCache OPTIONS[{name!r}] must be one of {', '.join(map(repr, choices))}, "
-                f"not {value!r}"
-            )
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
-        raise ImproperlyConfigured(
-            f"FastCache OPTIONS[{name!r}] must be {'a number' if kind is float else kind.__name__}"
-            f", not {value!r}"
-        )
-    if minimum is not None and value < minimum:
-        raise ImproperlyConfigured(f"FastCache OPTIONS[{name!r}] must be >= {minimum}, not {value!r}")
-    return value
-
-
 def _signing_key(options: dict) -> bytes:
     from django.conf import settings
 
@@ -145,19 +124,20 @@ def _signing_key(options: dict) -> bytes:
 
 
 def _codec_options(options: dict) -> _core.Codec:
-    serializer = _option(options, "SERIALIZER", str, choices=("msgpack", "pickle"))
-    pickle_mode = _option(options, "PICKLE", str, choices=("signed", "unsigned", "forbid"))
+    serializer = option_choice(options, "SERIALIZER", _DEFAULTS["SERIALIZER"], ("msgpack", "pickle"))
+    pickle_mode = option_choice(options, "PICKLE", _DEFAULTS["PICKLE"], ("signed", "unsigned", "forbid"))
     if serializer == "pickle" and pickle_mode == "forbid":
         raise ImproperlyConfigured(
             "FastCache OPTIONS['SERIALIZER'] = 'pickle' cannot go with OPTIONS['PICKLE'] = 'forbid'"
         )
-    protocol = _option(options, "PICKLE_PROTOCOL", int, minimum=0)
+    protocol = option_int(options, "PICKLE_PROTOCOL", _DEFAULTS["PICKLE_PROTOCOL"], minimum=0)
     if protocol > pickle.HIGHEST_PROTOCOL:
         raise ImproperlyConfigured(
             f"FastCache OPTIONS['PICKLE_PROTOCOL'] must be <= {pickle.HIGHEST_PROTOCOL}, not {protocol}"
         )
-    compress_min = _option(options, "COMPRESS_MIN_BYTES", int, minimum=0, nullable=True)
-    level = _option(options, "COMPRESS_LEVEL", int, minimum=-1)
+    compress_min = option_int(options, "COMPRESS_MIN_BYTES", _DEFAULTS["COMPRESS_MIN_BYTES"], minimum=0,
+                              allow_none=True)
+    level = option_int(options, "COMPRESS_LEVEL", _DEFAULTS["COMPRESS_LEVEL"], minimum=-1)
     if level > 9:
         raise ImproperlyConfigured(f"FastCache OPTIONS['COMPRESS_LEVEL'] must be <= 9, not {level}")
     return _core.Codec(
@@ -194,11 +174,14 @@ class FastCache(BaseCache):
         # The process-wide L1 store of this LOCATION: the whole cache on the embedded
         # default; in front of Redis, the coherent L1 (unless L1=False).
         store_options = options
-        if redis and options.get("L1_MAX_BYTES") is not None:
-            store_options = {**options, "MAX_BYTES": options["L1_MAX_BYTES"]}
+        if redis:
+            l1_max = option_int(options, "L1_MAX_BYTES", None, minimum=1, allow_none=True)
+            if l1_max is not None:
+                store_options = {**options, "MAX_BYTES": l1_max}
         self._store, self._flights = self._shared_store(
             f"redis:{location!r}" if redis else self._location, store_options)
-        self._get_or_set_wait = _option(options, "GET_OR_SET_WAIT", float, minimum=0, nullable=True)
+        self._get_or_set_wait = option_number(
+            options, "GET_OR_SET_WAIT", _DEFAULTS["GET_OR_SET_WAIT"], positive=False, allow_none=True)
         reverse = options.get("REVERSE_KEY_FUNCTION")
         self._reverse_key = import_string(reverse) if isinstance(reverse, str) else reverse
         self._engine = _core.Engine(
@@ -227,7 +210,6 @@ class FastCache(BaseCache):
         self._cull_frequency = self._store.stats()["cull_frequency"]
 
     def _redis_tier(self, location, options: dict, params: dict):
-        from ._config import option_number
         from .policy import policy_from_options
         from .redis_client import REDIS_OPTIONS, RedisClients
         from .redis_tier import RedisTier
@@ -244,16 +226,10 @@ class FastCache(BaseCache):
                     options, name=params.get("KEY_PREFIX", "") or str(location))
                 shared = _redis_shared[shared_key] = (clients, policy)
         clients, policy = shared
-        l1 = options.get("L1", True)
-        if not isinstance(l1, bool):
-            raise ImproperlyConfigured(f"FastCache OPTIONS['L1'] must be True or False, not {l1!r}")
+        l1 = option_bool(options, "L1", True)
         l1_timeout = option_number(options, "L1_TIMEOUT", 300.0, allow_none=True)
-        l1_max_item = options.get("L1_MAX_ITEM_BYTES", _REDIS_ONLY["L1_MAX_ITEM_BYTES"])
-        if isinstance(l1_max_item, bool) or not isinstance(l1_max_item, int) or l1_max_item < 0:
-            raise ImproperlyConfigured(
-                f"FastCache OPTIONS['L1_MAX_ITEM_BYTES'] must be an int >= 0, not {l1_max_item!r}")
-        if options.get("L1_MAX_BYTES") is not None:
-            _option({"MAX_BYTES": options["L1_MAX_BYTES"]}, "MAX_BYTES", int, minimum=1)
+        l1_max_item = option_int(options, "L1_MAX_ITEM_BYTES", _REDIS_ONLY["L1_MAX_ITEM_BYTES"],
+                                 minimum=0)
         prefix = params.get("KEY_PREFIX", "")
         # clear() deletes this cache's keys only; with no prefix, the whole database.
         clear_pattern = None if not prefix else _glob_escape(prefix) + "*"
@@ -267,10 +243,10 @@ class FastCache(BaseCache):
     @staticmethod
     def _shared_store(location: str, options: dict) -> tuple[_core.Store, _Flights]:
         bounds = {
-            "max_bytes": _option(options, "MAX_BYTES", int, minimum=1),
-            "max_entries": _option(options, "MAX_ENTRIES", int, minimum=1),
-            "cull_frequency": _option(options, "CULL_FREQUENCY", int, minimum=0),
-            "shards": _option(options, "SHARDS", int, minimum=1),
+            "max_bytes": option_int(options, "MAX_BYTES", _DEFAULTS["MAX_BYTES"], minimum=1),
+            "max_entries": option_int(options, "MAX_ENTRIES", _DEFAULTS["MAX_ENTRIES"], minimum=1),
+            "cull_frequency": option_int(options, "CULL_FREQUENCY", _DEFAULTS["CULL_FREQUENCY"], minimum=0),
+            "shards": option_int(options, "SHARDS", _DEFAULTS["SHARDS"], minimum=1),
         }
         # Aliases sharing a LOCATION share its store when they agree on its bounds; an
         # alias with other bounds (Django's own test suite has such "cull" aliases) gets

@@ -233,7 +233,10 @@ def local_limiter() -> Any:
 def _load_script(algorithm: str) -> tuple[str, str]:
     import hashlib
 
-    text = resources.files(__package__).joinpath("lua", f"{algorithm}.lua").read_text("utf-8")
+    folder = resources.files(__package__).joinpath("lua")
+    # Every script starts from the same clock prologue, kept in one file.
+    text = (folder.joinpath("_now.lua").read_text("utf-8")
+            + folder.joinpath(f"{algorithm}.lua").read_text("utf-8"))
     return text, hashlib.sha1(text.encode()).hexdigest()
 
 

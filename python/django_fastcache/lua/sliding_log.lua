@@ -3,15 +3,9 @@
 -- KEYS[1]: a list of entry times (integer microseconds), newest at the head, one element
 -- per unit of cost. ARGV: limit, period_us, burst (unused), cost, [now_us: tests only;
 -- empty means Redis TIME]. Returns {allowed, remaining, retry_after_us, reset_after_us}.
+-- `now` (integer microseconds) is set by _now.lua, prepended when the script is loaded.
 local key = KEYS[1]
 local limit, period, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
-local now
-if ARGV[5] and ARGV[5] ~= '' then
-  now = tonumber(ARGV[5])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
 local horizon = now - period
 
 -- When even the newest entry has left the window, drop the whole log in one command.

@@ -273,9 +273,6 @@ def _build_spec(cls: type, tag: int) -> tuple | None:
     cost = cls.cost
     if cls.cache_format is not _DEFAULT_CACHE_FORMAT or type(cost) is not int:
         return None
-    num_proxies = api_settings.NUM_PROXIES
-    if num_proxies is not None and (type(num_proxies) is not int or num_proxies < 0):
-        return None
     try:
         if limiter._store_for(cls.cache) is not None:
             return None  # Redis: one EVALSHA dominates; the Python path serves it
@@ -285,22 +282,22 @@ def _build_spec(cls: type, tag: int) -> tuple | None:
     rates = scope_key = None
     rate = getattr(cls, "rate", None)
     if not rate:
-        rates = cls.THROTTLE_RATES
+        table = rates = cls.THROTTLE_RATES
         if rates is None:
-            rates = api_settings.DEFAULT_THROTTLE_RATES
-        if not scope or type(rates) is not dict or scope not in rates:
+            table = api_settings.DEFAULT_THROTTLE_RATES
+            rates = True  # read from api_settings per request
+        if not scope or type(table) is not dict or scope not in table:
             return None
         scope_key = scope
-        rate = rates[scope]
+        rate = table[scope]
     if rate is None:
-        return (tag, _MODE_DISABLED, None, None, None, None, "", rates, scope_key, cost,
-                num_proxies)
+        return (tag, _MODE_DISABLED, None, None, None, None, "", rates, scope_key, cost)
     try:
         policy, (num_requests, duration) = _parsed(cls, rate)
     except ImproperlyConfigured:
         return None
     return (tag, mode, rate, num_requests, duration, policy, f"throttle_{scope}_", rates,
-            scope_key, cost, num_proxies)
+            scope_key, cost)
 
 
 def _make_spec(cls: type) -> None:
@@ -316,7 +313,7 @@ def _make_spec(cls: type) -> None:
     if _fast_allow is _no_fast_allow:
         limiter.local_limiter()
         _fast_init, _fast_allow = limiter._local.throttle_fastpath(
-            _specs, limiter.Decision, "local", DrfRequest)
+            _specs, limiter.Decision, "local", DrfRequest, api_settings)
     _specs[cls] = spec
 
 

@@ -210,7 +210,7 @@ py::object make_checker(std::shared_ptr<Limiter> limiter, py::object decision_ty
 // Spec positions (throttling.py's _spec_for builds it; test_throttling_fused.py pins them).
 constexpr Py_ssize_t kSpecTag = 0, kSpecMode = 1, kSpecRate = 2, kSpecNumRequests = 3,
                      kSpecDuration = 4, kSpecPolicy = 5, kSpecPrefix = 6, kSpecRates = 7,
-                     kSpecScope = 8, kSpecCost = 9, kSpecNumProxies = 10, kSpecSize = 11;
+                     kSpecScope = 8, kSpecCost = 9, kSpecSize = 10;
 // Modes: the anon key (authenticated users pass), the user key, a rate of None (all pass).
 constexpr long kModeAnon = 0, kModeUser = 1, kModeDisabled = 2;
 
@@ -220,12 +220,15 @@ struct Fastpath {
     PyObject* decision_type;  // owned
     PyObject* source;         // owned
     PyObject* request_type;   // rest_framework.request.Request (owned)
+    // rest_framework.settings.api_settings (owned): NUM_PROXIES and DEFAULT_THROTTLE_RATES
+    // are read from it per request, as DRF does (its tests assign them on it directly).
+    PyObject* api_settings;
 };
 
 struct Names {
     PyObject *rate, *num_requests, *duration, *policy, *key, *now, *decision, *user, *user_,
         *request_, *is_authenticated, *pk, *META, *timer, *strip, *xff, *remote_addr, *comma,
-        *empty;
+        *empty, *num_proxies, *default_rates;
 };
 
 Names* names() {
@@ -235,7 +238,8 @@ Names* names() {
         *n = Names{s("rate"), s("num_requests"), s("duration"), s("policy"), s("key"),
                    s("now"), s("decision"), s("user"), s("_user"), s("_request"),
                    s("is_authenticated"), s("pk"), s("META"), s("timer"), s("strip"),
-                   s("HTTP_X_FORWARDED_FOR"), s("REMOTE_ADDR"), s(","), s("")};
+                   s("HTTP_X_FORWARDED_FOR"), s("REMOTE_ADDR"), s(","), s(""),
+                   s("NUM_PROXIES"), s("DEFAULT_THROTTLE_RATES")};
         return n;
     }();
     return n;
@@ -265,10 +269,15 @@ PyObject* live_spec(Fastpath* f, PyObject* self) {
     }
     PyObject* rates = PyTuple_GET_ITEM(spec, kSpecRates);
     if (rates != Py_None) {
-        // THROTTLE_RATES may be changed in place: the rate must still be the one read.
-        PyObject* rate = PyDict_Check(rates)
-                             ? PyDict_GetItemWithError(rates, PyTuple_GET_ITEM(spec, kSpecScope))
+        // The rate must still be the one read: THROTTLE_RATES may be changed in place, and
+        // True stands for api_settings.DEFAULT_THROTTLE_RATES, which may be reassigned.
+        PyObject* held = rates == Py_True ? PyObject_GetAttr(f->api_settings, names()->default_rates)
+                                          : nullptr;
+        PyObject* table = rates == Py_True ? held : rates;
+        PyObject* rate = table && PyDict_Check(table)
+                             ? PyDict_GetItemWithError(table, PyTuple_GET_ITEM(spec, kSpecScope))
                              : nullptr;
+        Py_XDECREF(held);  // the spec holds the rate it compares with
         if (rate != PyTuple_GET_ITEM(spec, kSpecRate)) {
             PyErr_Clear();
             return nullptr;
@@ -319,8 +328,21 @@ PyObject* attr_or(PyObject* obj, PyObject* name, PyObject* fallback, bool generi
 
 // limiter.get_ident(request, num_proxies). New reference; nullptr with an error set on
 // failure; `unusual` set (and nullptr, no error) when the Python path must decide.
-PyObject* client_ident(Fastpath* f, PyObject* request, PyObject* num_proxies, bool& unusual) {
+PyObject* client_ident(Fastpath* f, PyObject* request, bool& unusual) {
     Names* n = names();
+    PyObject* num_proxies = PyObject_GetAttr(f->api_settings, n->num_proxies);
+    if (!num_proxies) return nullptr;
+    bool trust_all = num_proxies == Py_None;  // DRF: the whole X-Forwarded-For, unsplit
+    long proxies = -1;
+    if (!trust_all) {
+        proxies = PyLong_CheckExact(num_proxies) ? PyLong_AsLong(num_proxies) : -1;
+        if (proxies < 0) PyErr_Clear();  // not a count (or a huge one): the Python path decides
+    }
+    Py_DECREF(num_proxies);
+    if (!trust_all && proxies < 0) {
+        unusual = true;
+        return nullptr;
+    }
     bool drf = Py_TYPE(request) == reinterpret_cast<PyTypeObject*>(f->request_type);
     PyObject* http = attr_or(request, n->request_, request, drf);
     if (!http) return nullptr;
@@ -350,11 +372,8 @@ PyObject* client_ident(Fastpath* f, PyObject* request, PyObject* num_proxies, bo
     Py_INCREF(remote);
     Py_DECREF(meta);  // the values are held: META may change under a Python call below
     PyObject* ident = nullptr;
-    if (num_proxies != Py_None) {
-        long proxies = PyLong_AsLong(num_proxies);
-        if (proxies == -1 && PyErr_Occurred()) {
-            // fall through with the error set
-        } else if (proxies == 0 || !xff) {
+    if (proxies >= 0) {
+        if (proxies == 0 || !xff) {
             ident = remote;
             Py_INCREF(ident);
         } else {
@@ -426,7 +445,7 @@ PyObject* allow_with(Fastpath* f, PyObject* spec, PyObject* self, PyObject* requ
         }
         ident = PyObject_GetAttr(user, n->pk);
     } else if (authenticated == 0) {
-        ident = client_ident(f, request, PyTuple_GET_ITEM(spec, kSpecNumProxies), unusual);
+        ident = client_ident(f, request, unusual);
     }
     Py_XDECREF(user);
     if (!ident) {
@@ -478,6 +497,15 @@ PyObject* fast_allow(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs)
     return out;
 }
 
+void release_fastpath(Fastpath* f) {
+    Py_DECREF(f->specs);
+    Py_DECREF(f->decision_type);
+    Py_DECREF(f->source);
+    Py_DECREF(f->request_type);
+    Py_DECREF(f->api_settings);
+    delete f;
+}
+
 PyMethodDef fast_init_def = {
     "init", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fast_init)), METH_FASTCALL,
     "init(throttle): sets the throttle's rate, num_requests, duration and policy from its "
@@ -488,31 +516,20 @@ PyMethodDef fast_allow_def = {
     "spec does not apply (nothing done)."};
 
 py::tuple make_fastpath(std::shared_ptr<Limiter> limiter, py::dict specs, py::object decision_type,
-                        py::object source, py::object request_type) {
+                        py::object source, py::object request_type, py::object api_settings) {
     if (!PyType_Check(decision_type.ptr()) ||
         !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(decision_type.ptr()), &PyTuple_Type))
         throw py::type_error("decision_type must be a tuple subclass");
     if (!PyType_Check(request_type.ptr())) throw py::type_error("request_type must be a class");
     names();
     auto* f = new Fastpath{std::move(limiter), specs.inc_ref().ptr(), decision_type.inc_ref().ptr(),
-                           source.inc_ref().ptr(), request_type.inc_ref().ptr()};
-    auto release = [](Fastpath* f) {
-        Py_DECREF(f->specs);
-        Py_DECREF(f->decision_type);
-        Py_DECREF(f->source);
-        Py_DECREF(f->request_type);
-        delete f;
-    };
+                           source.inc_ref().ptr(), request_type.inc_ref().ptr(),
+                           api_settings.inc_ref().ptr()};
     PyObject* capsule = PyCapsule_New(f, "fastcache.Fastpath", [](PyObject* cap) {
-        auto* f = static_cast<Fastpath*>(PyCapsule_GetPointer(cap, "fastcache.Fastpath"));
-        Py_DECREF(f->specs);
-        Py_DECREF(f->decision_type);
-        Py_DECREF(f->source);
-        Py_DECREF(f->request_type);
-        delete f;
+        release_fastpath(static_cast<Fastpath*>(PyCapsule_GetPointer(cap, "fastcache.Fastpath")));
     });
     if (!capsule) {
-        release(f);
+        release_fastpath(f);
         throw py::error_already_set();
     }
     auto capsule_obj = py::reinterpret_steal<py::object>(capsule);
@@ -563,7 +580,7 @@ void register_limiter(py::module_& m) {
              "A builtin check(key, policy, cost, now) on this table returning "
              "decision_type(allowed, remaining, retry_after_us, reset_after_us, policy, source).")
         .def("throttle_fastpath", &make_fastpath, py::arg("specs"), py::arg("decision_type"),
-             py::arg("source"), py::arg("request_type"),
+             py::arg("source"), py::arg("request_type"), py::arg("api_settings"),
              "(init, allow): the throttles' fused per-request builtins on this table, reading "
              "per-class specs from `specs` (see django_fastcache.throttling).")
         .def("reset", [](Limiter& self, std::string_view key) { return self.reset(key); })

@@ -1,11 +1,12 @@
 """Instructions per in-process throttle check, under valgrind's callgrind: a count that the
 load of other processes on the machine does not change, for before/after comparisons.
 
-Run ``python benchmarks/callgrind_throttle.py`` (no arguments): it runs itself under
-callgrind twice per case, with a short and a long loop after the same warm-up, and prints
-the difference divided by the extra checks, so start-up and warm-up cancel out.
-Cases: ours in-process and DRF's AnonRateThrottle on LocMemCache, history of 100 entries
-(allowed: each check adds one entry to a 100-entry window).
+Run ``python benchmarks/callgrind_throttle.py [case ...]``: it runs itself under callgrind
+twice per case, with a short and a long loop after the same warm-up, and prints the
+difference divided by the extra checks, so start-up and warm-up cancel out.
+Cases (default all): ours in-process and DRF's AnonRateThrottle on LocMemCache, history of
+100 entries; "ours"/"drf" allowed (each check adds one entry to a 100-entry window),
+"ours-denied"/"drf-denied" with the history full at the limit (every check denied).
 """
 
 from __future__ import annotations
@@ -37,15 +38,18 @@ def run_checks(case: str, n: int) -> None:
 
     from django_fastcache import throttling
 
-    base = throttling.AnonRateThrottle if case == "ours" else drf.AnonRateThrottle
+    base = throttling.AnonRateThrottle if case.startswith("ours") else drf.AnonRateThrottle
     clock = [1_699_920_000.0]
 
     def timer(self):
         clock[0] += 36.0  # 100 entries in the 1-hour window, every check allowed
         return clock[0]
 
-    cls = type("B", (base,), {"cache": LocMemCache("cg", {}), "rate": "200/hour",
-                              "timer": timer})
+    if case.endswith("-denied"):  # as the benchmark: the default timer, 100/hour, full
+        attrs = {"rate": "100/hour"}
+    else:
+        attrs = {"rate": "200/hour", "timer": timer}
+    cls = type("B", (base,), {"cache": LocMemCache("cg", {}), **attrs})
     request = Request(RequestFactory().get("/", REMOTE_ADDR="10.1.2.3"))
     request.user = AnonymousUser()
     for _ in range(WARMUP + n):
@@ -65,9 +69,9 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[2].isdigit():
         run_checks(sys.argv[1], int(sys.argv[2]))
         return
-    for case in sys.argv[1:] or ("ours", "drf"):
+    for case in sys.argv[1:] or ("ours", "drf", "ours-denied", "drf-denied"):
         per_check = (instructions(case, LONG) - instructions(case, SHORT)) / (LONG - SHORT)
-        print(f"{case:5} instructions per check: {per_check:,.0f}")
+        print(f"{case:11} instructions per check: {per_check:,.0f}")
 
 
 if __name__ == "__main__":

@@ -154,6 +154,14 @@ class Limiter:
         float, rounded to microseconds as ``round(now * 1e6)``). Returns
         ``decision_type(allowed, remaining, retry_after_us, reset_after_us, policy, source)``;
         a check denied because the table is full looks like any denial."""
+    def throttle_fastpath(
+        self, specs: dict[type, tuple], decision_type: type, source: str, request_type: type,
+        api_settings: Any,
+    ) -> tuple[Callable[[Any], bool], Callable[[Any, Any], bool | None]]:
+        """``(init, allow)``: the throttles' fused ``__init__`` and ``allow_request()`` on
+        this table, reading per-class specs from ``specs`` (see throttling._build_spec);
+        ``init`` returns False and ``allow`` None, having done nothing, when the spec of
+        the throttle's class does not apply."""
     def reset(self, key: str) -> bool: ...
     def clear(self) -> None: ...
     @property
@@ -163,3 +171,6 @@ class Limiter:
     def stats(self) -> dict[str, int]: ...
 
 def get_limiter(name: str, max_bytes: int = ..., shards: int = ...) -> Limiter: ...
+def type_version(cls: type) -> int:
+    """CPython's version tag of ``cls`` (changes whenever the class or a base changes);
+    0 when it has none."""

@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 
+#include "bindings/bound.hpp"
 #include "bindings/options.hpp"
 #include "bindings/registry.hpp"
 #include "bindings/values.hpp"
@@ -487,6 +488,14 @@ private:
     CodecOptions codec_;
 };
 
+// The engine behind a bound get(); holds a reference to the engine's Python object.
+struct FastGet {
+    static constexpr const char* kCapsuleName = "fastcache.FastGet";
+    Engine* engine = nullptr;
+    PyObject* engine_ref = nullptr;
+    ~FastGet() { Py_XDECREF(engine_ref); }
+};
+
 // The hottest call, get(key, default=None, version=None), as a plain METH_FASTCALL builtin
 // bound to its engine: pybind11's general dispatcher costs about as much as the lookup.
 const char* const kGetArgs[] = {"key", "default", "version"};
@@ -515,8 +524,9 @@ PyObject* fast_get(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs, P
         PyErr_SetString(PyExc_TypeError, "get() missing required argument 'key'");
         return nullptr;
     }
-    auto* engine = static_cast<Engine*>(PyCapsule_GetPointer(capsule, "fastcache.Engine"));
-    if (!engine) return nullptr;
+    auto* bound = bound_state<FastGet>(capsule);
+    if (!bound) return nullptr;
+    Engine* engine = bound->engine;
     try {
         return engine->get(slots[0], slots[1], slots[2]).release().ptr();
     } catch (py::error_already_set& e) {
@@ -531,31 +541,29 @@ PyMethodDef fast_get_def = {"get", reinterpret_cast<PyCFunction>(reinterpret_cas
                             METH_FASTCALL | METH_KEYWORDS,
                             "get(key, default=None, version=None): the value, or default on a miss"};
 
-// A builtin bound to the engine; the capsule keeps the engine object alive.
 py::object bind_fast_get(py::object engine) {
-    Engine* raw = engine.cast<Engine*>();
-    PyObject* capsule = PyCapsule_New(raw, "fastcache.Engine", [](PyObject* cap) {
-        Py_XDECREF(static_cast<PyObject*>(PyCapsule_GetContext(cap)));
-    });
-    if (!capsule) throw py::error_already_set();
-    PyCapsule_SetContext(capsule, engine.inc_ref().ptr());
-    PyObject* fn = PyCFunction_NewEx(&fast_get_def, capsule, nullptr);
-    Py_DECREF(capsule);
-    if (!fn) throw py::error_already_set();
-    return py::reinterpret_steal<py::object>(fn);
+    auto state = std::make_unique<FastGet>();
+    state->engine = engine.cast<Engine*>();
+    state->engine_ref = engine.inc_ref().ptr();
+    return bind_builtins(std::move(state), {&fast_get_def})[0];
 }
 
 // get() for the coherent L1 in front of Redis: a hit is answered here; anything else
 // (a miss, the L1 bypassed) is passed on, with the caller's arguments as given, to
 // `fallback`, the Redis tier's get.
 struct CoherentGet {
-    Engine* engine;
-    PyObject* engine_ref;
-    PyObject* fallback;
+    static constexpr const char* kCapsuleName = "fastcache.CoherentGet";
+    Engine* engine = nullptr;
+    PyObject* engine_ref = nullptr;
+    PyObject* fallback = nullptr;
+    ~CoherentGet() {
+        Py_XDECREF(engine_ref);
+        Py_XDECREF(fallback);
+    }
 };
 
 PyObject* coherent_get(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
-    auto* bound = static_cast<CoherentGet*>(PyCapsule_GetPointer(capsule, "fastcache.CoherentGet"));
+    auto* bound = bound_state<CoherentGet>(capsule);
     if (!bound) return nullptr;
     PyObject* key = nargs >= 1 ? args[0] : nullptr;
     PyObject* version = nargs >= 3 ? args[2] : Py_None;
@@ -586,23 +594,11 @@ PyMethodDef coherent_get_def = {
     "get(key, default=None, version=None): from the coherent L1, else from Redis"};
 
 py::object bind_coherent_get(py::object engine, py::object fallback) {
-    auto* bound = new CoherentGet{engine.cast<Engine*>(), engine.inc_ref().ptr(), fallback.inc_ref().ptr()};
-    PyObject* capsule = PyCapsule_New(bound, "fastcache.CoherentGet", [](PyObject* cap) {
-        auto* b = static_cast<CoherentGet*>(PyCapsule_GetPointer(cap, "fastcache.CoherentGet"));
-        Py_XDECREF(b->engine_ref);
-        Py_XDECREF(b->fallback);
-        delete b;
-    });
-    if (!capsule) {
-        Py_DECREF(bound->engine_ref);
-        Py_DECREF(bound->fallback);
-        delete bound;
-        throw py::error_already_set();
-    }
-    PyObject* fn = PyCFunction_NewEx(&coherent_get_def, capsule, nullptr);
-    Py_DECREF(capsule);
-    if (!fn) throw py::error_already_set();
-    return py::reinterpret_steal<py::object>(fn);
+    auto state = std::make_unique<CoherentGet>();
+    state->engine = engine.cast<Engine*>();
+    state->engine_ref = engine.inc_ref().ptr();
+    state->fallback = fallback.inc_ref().ptr();
+    return bind_builtins(std::move(state), {&coherent_get_def})[0];
 }
 
 py::dict stats_of(const PyStore& s) {

@@ -14,6 +14,7 @@
 
 #include <pybind11/stl.h>
 
+#include "bindings/bound.hpp"
 #include "bindings/registry.hpp"
 #include "core/limiter.hpp"
 
@@ -49,9 +50,14 @@ std::shared_ptr<Limiter> get_limiter(const std::string& name, std::size_t max_by
 // and a Python-built result cost several times the check itself. It reads the policy's
 // integers from the Python Policy tuple and returns the Python Decision tuple directly.
 struct Checker {
+    static constexpr const char* kCapsuleName = "fastcache.Checker";
     std::shared_ptr<Limiter> limiter;
-    PyObject* decision_type;  // a tuple subclass of 6 fields (owned)
-    PyObject* source;         // the Decision's last field (owned)
+    PyObject* decision_type = nullptr;  // a tuple subclass of 6 fields (owned)
+    PyObject* source = nullptr;         // the Decision's last field (owned)
+    ~Checker() {
+        Py_XDECREF(decision_type);
+        Py_XDECREF(source);
+    }
 };
 
 // Positions in django_fastcache.limiter.Policy (rate, algorithm, code, burst, name,
@@ -160,7 +166,7 @@ PyObject* fast_check(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs)
                      nargs);
         return nullptr;
     }
-    auto* c = static_cast<Checker*>(PyCapsule_GetPointer(capsule, "fastcache.Checker"));
+    auto* c = bound_state<Checker>(capsule);
     if (!c) return nullptr;
     return check_to_decision(*c->limiter, c->decision_type, c->source, args[0], args[1], args[2],
                              args[3]);
@@ -175,24 +181,11 @@ py::object make_checker(std::shared_ptr<Limiter> limiter, py::object decision_ty
     if (!PyType_Check(decision_type.ptr()) ||
         !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(decision_type.ptr()), &PyTuple_Type))
         throw py::type_error("decision_type must be a tuple subclass");
-    auto* c = new Checker{std::move(limiter), decision_type.inc_ref().ptr(), source.inc_ref().ptr()};
-    PyObject* capsule = PyCapsule_New(c, "fastcache.Checker", [](PyObject* cap) {
-        auto* c = static_cast<Checker*>(PyCapsule_GetPointer(cap, "fastcache.Checker"));
-        Py_DECREF(c->decision_type);
-        Py_DECREF(c->source);
-        delete c;
-    });
-    if (!capsule) {
-        Py_DECREF(c->decision_type);
-        Py_DECREF(c->source);
-        delete c;
-        throw py::error_already_set();
-    }
-    PyObject* fn = PyCFunction_NewEx(&fast_check_def, capsule, nullptr);
-    Py_DECREF(capsule);
-    if (!fn) throw py::error_already_set();
-    return py::reinterpret_steal<py::object>(fn);
-}
+    auto c = std::make_unique<Checker>();
+    c->limiter = std::move(limiter);
+    c->decision_type = decision_type.inc_ref().ptr();
+    c->source = source.inc_ref().ptr();
+    return bind_builtins(std::move(c), {&fast_check_def})[0];}
 
 // ------------------------------------------------------------ the throttles' fused path
 //
@@ -215,6 +208,8 @@ constexpr Py_ssize_t kSpecTag = 0, kSpecMode = 1, kSpecRate = 2, kSpecNumRequest
 constexpr long kModeAnon = 0, kModeUser = 1, kModeDisabled = 2;
 
 struct Fastpath {
+    static constexpr const char* kCapsuleName = "fastcache.Fastpath";
+    ~Fastpath();
     std::shared_ptr<Limiter> limiter;
     PyObject* specs;          // dict: class -> spec tuple (owned)
     PyObject* decision_type;  // owned
@@ -300,7 +295,7 @@ PyObject* fast_init(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs) 
         PyErr_SetString(PyExc_TypeError, "init(throttle) takes 1 argument");
         return nullptr;
     }
-    auto* f = static_cast<Fastpath*>(PyCapsule_GetPointer(capsule, "fastcache.Fastpath"));
+    auto* f = bound_state<Fastpath>(capsule);
     if (!f) return nullptr;
     PyObject* spec = live_spec(f, args[0]);
     if (!spec) Py_RETURN_FALSE;
@@ -488,7 +483,7 @@ PyObject* fast_allow(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "allow(throttle, request) takes 2 arguments");
         return nullptr;
     }
-    auto* f = static_cast<Fastpath*>(PyCapsule_GetPointer(capsule, "fastcache.Fastpath"));
+    auto* f = bound_state<Fastpath>(capsule);
     if (!f) return nullptr;
     PyObject* spec = live_spec(f, args[0]);
     if (!spec) Py_RETURN_NONE;
@@ -497,13 +492,12 @@ PyObject* fast_allow(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs)
     return out;
 }
 
-void release_fastpath(Fastpath* f) {
-    Py_DECREF(f->specs);
-    Py_DECREF(f->decision_type);
-    Py_DECREF(f->source);
-    Py_DECREF(f->request_type);
-    Py_DECREF(f->api_settings);
-    delete f;
+Fastpath::~Fastpath() {
+    Py_XDECREF(specs);
+    Py_XDECREF(decision_type);
+    Py_XDECREF(source);
+    Py_XDECREF(request_type);
+    Py_XDECREF(api_settings);
 }
 
 PyMethodDef fast_init_def = {
@@ -522,24 +516,11 @@ py::tuple make_fastpath(std::shared_ptr<Limiter> limiter, py::dict specs, py::ob
         throw py::type_error("decision_type must be a tuple subclass");
     if (!PyType_Check(request_type.ptr())) throw py::type_error("request_type must be a class");
     names();
-    auto* f = new Fastpath{std::move(limiter), specs.inc_ref().ptr(), decision_type.inc_ref().ptr(),
-                           source.inc_ref().ptr(), request_type.inc_ref().ptr(),
-                           api_settings.inc_ref().ptr()};
-    PyObject* capsule = PyCapsule_New(f, "fastcache.Fastpath", [](PyObject* cap) {
-        release_fastpath(static_cast<Fastpath*>(PyCapsule_GetPointer(cap, "fastcache.Fastpath")));
-    });
-    if (!capsule) {
-        release_fastpath(f);
-        throw py::error_already_set();
-    }
-    auto capsule_obj = py::reinterpret_steal<py::object>(capsule);
-    PyObject* init = PyCFunction_NewEx(&fast_init_def, capsule, nullptr);
-    if (!init) throw py::error_already_set();
-    auto init_obj = py::reinterpret_steal<py::object>(init);
-    PyObject* allow = PyCFunction_NewEx(&fast_allow_def, capsule, nullptr);
-    if (!allow) throw py::error_already_set();
-    return py::make_tuple(init_obj, py::reinterpret_steal<py::object>(allow));
-}
+    auto f = std::unique_ptr<Fastpath>(new Fastpath{
+        std::move(limiter), specs.inc_ref().ptr(), decision_type.inc_ref().ptr(),
+        source.inc_ref().ptr(), request_type.inc_ref().ptr(), api_settings.inc_ref().ptr()});
+    std::vector<py::object> fns = bind_builtins(std::move(f), {&fast_init_def, &fast_allow_def});
+    return py::make_tuple(fns[0], fns[1]);}
 
 // The type version tag CPython keeps for its attribute cache, assigned now if it can be;
 // 0 when the class has none (then no spec is made for it).

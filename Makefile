@@ -29,7 +29,9 @@ $(BIN)/python:
 # Build requirements (for incremental --no-build-isolation builds), then the runtime, test and
 # benchmark requirements, all read from pyproject.toml so each is written down once.
 $(VENV)/.deps: pyproject.toml | $(BIN)/python
-	$(BIN)/python -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb")); \
+	$(BIN)/python -c 'import tomllib' 2>/dev/null || $(BIN)/pip install --quiet tomli  # Python 3.10
+	$(BIN)/python -c 'import sys; tomllib = __import__("tomllib" if sys.version_info >= (3, 11) else "tomli"); \
+	  d = tomllib.load(open("pyproject.toml", "rb")); \
 	  o = d["project"]["optional-dependencies"]; \
 	  print("\n".join(d["build-system"]["requires"] + d["project"]["dependencies"] + o["test"] + o["bench"]))' \
 	  > $(VENV)/requirements.txt

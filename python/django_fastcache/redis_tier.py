@@ -334,11 +334,13 @@ class RedisTier:
         if token is not None:
             raw, ttl = self.policy.run(self._get_with_ttl, k, default=(None, None))
         else:
-            raw = self.policy.run(self._read, "GET", k)
-        if raw is None:
-            self.misses += 1
-            return default
-        value = self._decode(raw, k)
+            raw, ttl = self.policy.run(self._read, "GET", k), None
+        return self._read_done(k, raw, ttl, token, default)
+
+    def _read_done(self, k: str, raw: bytes | None, ttl, token, default):
+        """The value read for one key (or `default`), counted, and kept in the L1 when the
+        read began under `token` and no invalidation of the key has arrived since."""
+        value = _MISSING if raw is None else self._decode(raw, k)
         if value is _MISSING:
             self.misses += 1
             return default
@@ -682,14 +684,7 @@ class RedisTier:
             ttl = None
         else:
             raw, ttl = await self.policy.arun(self._aget_with_ttl, k, default=(None, None))
-        value = _MISSING if raw is None else self._decode(raw, k)
-        if value is _MISSING:
-            self.misses += 1
-            return default
-        self.hits += 1
-        if token is not None and len(raw) <= self.l1_max_item_bytes:
-            self.engine.l1_fill(k, value, self._l1_seconds(ttl), token)
-        return value
+        return self._read_done(k, raw, ttl, token, default)
 
     async def _aget_with_ttl(self, k: str):
         pipe = self._aclient(True).pipeline(transaction=False)

@@ -96,7 +96,22 @@ def _stop_leftovers() -> None:
         server.close()
 
 
-class RedisServer:
+class _Started:
+    """Context-manager protocol of every harness here: ``with X() as x`` starts it, and
+    stops it (by pid) on exit or when starting fails half-way."""
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RedisServer(_Started):
     """One redis-server process. ``extra`` are extra ``--option value`` arguments.
 
     ``unix_socket=True`` also listens on a Unix socket (:attr:`unix_path`). The port stays
@@ -228,15 +243,6 @@ class RedisServer:
         except OSError:
             return ""
 
-    def __enter__(self) -> RedisServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _text(value: object) -> str:
@@ -253,7 +259,7 @@ def _info(text: bytes | str | dict) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
-class RedisCluster:
+class RedisCluster(_Started):
     """A Redis Cluster of ``masters`` nodes (3 at least), each with a replica if ``replicas``.
 
     Nodes listen on ports whose bus port (port + 10000) is free too. :meth:`start` returns
@@ -333,15 +339,6 @@ class RedisCluster:
         for node in self.nodes:
             node.close()
 
-    def __enter__(self) -> RedisCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class RedisSentinel(RedisServer):
@@ -385,7 +382,7 @@ class RedisSentinel(RedisServer):
         )
 
 
-class RedisSentinelSet:
+class RedisSentinelSet(_Started):
     """A primary and a replica of service ``service``, watched by ``sentinels`` sentinels.
 
     Failure detection is fast (``down_after_ms``) so :meth:`kill_primary` returns within a
@@ -489,12 +486,3 @@ class RedisSentinelSet:
             if server is not None:
                 server.close()
 
-    def __enter__(self) -> RedisSentinelSet:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -470,13 +470,19 @@ class RedisTier:
                 self._wrote(k, token, value, len(data), px)
         return added
 
-    def set_many(self, data: dict, timeout, version=None) -> list:
-        if not data:
-            return []
+    def _batch(self, data: dict, timeout, version):
+        """set_many's inputs as Redis sees them: the keys, their final keys, the encoded
+        values (all encoded before any I/O, so an unserializable value writes nothing) and
+        the timeout in seconds."""
         keys = list(data)
         finals = self.engine.keys_of(keys, version)
         blobs = [self.engine.dumps(v) for v in data.values()]
-        seconds = self._seconds(timeout)
+        return keys, finals, blobs, self._seconds(timeout)
+
+    def set_many(self, data: dict, timeout, version=None) -> list:
+        if not data:
+            return []
+        keys, finals, blobs, seconds = self._batch(data, timeout, version)
         if seconds is not None and seconds <= 0:
             self._delete_finals(finals)
             return []
@@ -766,10 +772,7 @@ class RedisTier:
     async def aset_many(self, data: dict, timeout, version=None) -> list:
         if not data:
             return []
-        keys = list(data)
-        finals = self.engine.keys_of(keys, version)
-        blobs = [self.engine.dumps(v) for v in data.values()]
-        seconds = self._seconds(timeout)
+        keys, finals, blobs, seconds = self._batch(data, timeout, version)
         client = self._aclient()
         if seconds is not None and seconds <= 0:
             await self.adelete_many(keys, version)

@@ -5,6 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SANITIZE ?= 0
 PYTEST_ARGS ?=
+# A pip requirement that replaces the Django version pyproject allows (make test-matrix).
+DJANGO_SPEC ?=
 
 ifeq ($(SANITIZE),1)
 BUILD_FLAGS := -Cbuild-dir=build/asan -Ccmake.define.FASTCACHE_SANITIZE=ON -Ccmake.build-type=RelWithDebInfo
@@ -18,7 +20,7 @@ BUILD_FLAGS :=
 RUN_ENV :=
 endif
 
-.PHONY: all venv install test demo bench redis-server clean
+.PHONY: all venv install lint test test-matrix demo bench redis-server clean
 
 all: test
 
@@ -33,9 +35,10 @@ $(VENV)/.deps: pyproject.toml | $(BIN)/python
 	$(BIN)/python -c 'import sys; tomllib = __import__("tomllib" if sys.version_info >= (3, 11) else "tomli"); \
 	  d = tomllib.load(open("pyproject.toml", "rb")); \
 	  o = d["project"]["optional-dependencies"]; \
-	  print("\n".join(d["build-system"]["requires"] + d["project"]["dependencies"] + o["test"] + o["bench"]))' \
+	  print("\n".join(d["build-system"]["requires"] + d["project"]["dependencies"] + o["test"] + o["bench"] + o["lint"]))' \
 	  > $(VENV)/requirements.txt
 	$(BIN)/pip install --quiet -r $(VENV)/requirements.txt
+	$(if $(DJANGO_SPEC),$(BIN)/pip install --quiet '$(DJANGO_SPEC)')
 	touch $@
 
 venv: $(VENV)/.deps
@@ -50,8 +53,20 @@ redis-server:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) || \
 	  { echo "could not install redis-server"; exit 1; }; }
 
-test: install redis-server
+# Findings fail the run: ruff on the Python, clang-format on the C++ (both pinned in the
+# `lint` extra, so every machine formats alike).
+lint: $(VENV)/.deps
+	$(BIN)/ruff check python tests benchmarks examples scripts
+	find src tests/cpp \( -name '*.cpp' -o -name '*.hpp' -o -name '*.h' \) -print0 | \
+	  xargs -0 $(BIN)/clang-format --dry-run --Werror
+
+test: lint install redis-server
 	$(RUN_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The declared Pythons (3.10, 3.12, 3.13) and Django 4.2 LTS, each in its own venv; CI runs it
+# after `make test` (which covers 3.11 and the newest Django in full).
+test-matrix: redis-server
+	scripts/test-matrix.sh
 
 demo: install
 	$(BIN)/python examples/demo.py
@@ -60,4 +75,4 @@ bench: install redis-server
 	$(BIN)/python benchmarks/bench_cache.py
 
 clean:
-	rm -rf build $(VENV) python/django_fastcache/_core*.so
+	rm -rf build $(VENV) .venv-* python/django_fastcache/_core*.so

@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CPP_TESTS = sorted((ROOT / "tests" / "cpp").glob("test_*.cpp"))
 # `make test SANITIZE=1` sets this; the C++ tests then get their own ASan+UBSan build.
 SANITIZED = os.environ.get("FASTCACHE_SANITIZED") == "1"
-BUILD_DIR = ROOT / "build" / ("cpp-tests-asan" if SANITIZED else "cpp-tests")
+# One build directory per interpreter: CMake caches the Python it found (make test-matrix).
+BUILD_DIR = ROOT / "build" / (
+    f"cpp-tests-{sys.implementation.cache_tag}" + ("-asan" if SANITIZED else "")
+)
 
 CONFIGURE_TIMEOUT = 300
 BUILD_TIMEOUT = 900  # a cold build of the whole core on a shared 2-core machine

@@ -32,6 +32,8 @@ from redis.exceptions import ResponseError as _ResponseError
 
 from . import _core
 from .coherence import listener_for
+from django.core.exceptions import ImproperlyConfigured
+
 from .errors import DecodeError, LockError, LockNotOwnedError
 from .policy import FailurePolicy
 from .redis_client import RedisClients, ascan_keys, group_by_slot, key_slot, scan_keys
@@ -61,6 +63,7 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) 
 return 0
 """
 _NOT_AN_INTEGER = ("not an integer", "out of range", "would overflow")
+_NAMESPACE_MARK = "fastcache.namespace.mark"
 _BATCH = 500
 
 
@@ -70,6 +73,11 @@ def _index_groups(finals: list[str]) -> dict[int, list[int]]:
     for i, k in enumerate(finals):
         groups.setdefault(key_slot(k), []).append(i)
     return groups
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis glob (SCAN MATCH)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _px(seconds: float) -> int:
@@ -142,13 +150,15 @@ class RedisTier:
     """
 
     def __init__(self, engine: _core.Engine, clients: RedisClients, policy: FailurePolicy, *,
-                 clear_pattern: str | None, lock_timeout: float, lock_wait: float | None,
+                 lock_timeout: float, lock_wait: float | None,
                  store: _core.Store | None = None, l1_timeout: float | None = None,
                  l1_max_item_bytes: int = 0) -> None:
         self.engine = engine
         self.clients = clients
         self.policy = policy
-        self.clear_pattern = clear_pattern  # None: FLUSHDB (no key prefix)
+        # What keys this cache makes (see namespace()); set by follow_keys().
+        self._key_prefix = ""
+        self._custom_keys = False
         # The coherent L1: the store (None: no L1), the cap on an entry's life (None: only
         # the Redis TTL) and the largest encoded value it keeps.
         self.store = store
@@ -163,7 +173,7 @@ class RedisTier:
                 policy.on_transient_error.append(self.listener.suspect)
         self.lock_timeout = lock_timeout
         self.lock_wait = lock_wait
-        self.hits = self.misses = self.decode_errors = 0
+        self.hits = self.misses = self.decode_errors = self.undecodable_keys = 0
         self._scripts: dict[tuple[int, str], Any] = {}
         # One server for reads and writes (a single node without replicas, or the Sentinel
         # primary): each thread keeps one connection of the pool for itself and talks to it
@@ -183,6 +193,8 @@ class RedisTier:
     def follow_keys(self, key_prefix: str, custom_key_func: bool) -> None:
         """Tells the listener which keys this cache makes, so that Redis tracks them: the
         ones starting with ``key_prefix + ":"``, or every key with a custom key function."""
+        self._key_prefix = key_prefix
+        self._custom_keys = custom_key_func
         if self.listener is not None:
             self.listener.track("" if custom_key_func else key_prefix + ":")
 
@@ -418,11 +430,23 @@ class RedisTier:
         return self.policy.run(self._read, "PTTL", k, default=-2)
 
     def keys(self, pattern: str) -> list[str]:
-        found = self.policy.run(
-            lambda: [k.decode("utf-8", "surrogatepass") for k in scan_keys(self._client(False), match=pattern)],
-            default=[],
-        )
-        return found
+        """Final keys matching ``pattern``. A key that is not UTF-8 cannot have been made by
+        a cache (its keys are str): another client wrote it, and it is skipped (and counted
+        in ``undecodable_keys``) instead of failing the whole listing."""
+        def scan() -> list[str]:
+            found, skipped = [], 0
+            for k in scan_keys(self._client(False), match=pattern):
+                try:
+                    found.append(k.decode("utf-8"))
+                except UnicodeDecodeError:
+                    skipped += 1
+            if skipped:
+                self.undecodable_keys += skipped
+                logger.warning("%d key(s) matching %r are not UTF-8 (written by another "
+                               "client?): skipped", skipped, pattern)
+            return found
+
+        return self.policy.run(scan, default=[])
 
     # ------------------------------------------------------------------ writes
 
@@ -572,7 +596,7 @@ class RedisTier:
             if isinstance(delta, int) and not isinstance(delta, bool) and -(2**63) <= delta < 2**63:
                 result = self.policy.run(script, keys=[k], args=[delta], write=True, default=_MISSING)
                 if result is _MISSING:
-                    raise ValueError(f"Key '{key}' not found")  # Redis unreachable: as Django's
+                    return None  # Redis unreachable (IGNORE_EXCEPTIONS): as django-redis
                 if result is None:
                     raise ValueError(f"Key '{key}' not found")
                 return result
@@ -585,12 +609,19 @@ class RedisTier:
         """For values Redis cannot INCRBY (floats, Decimals, ints beyond 64 bits): read,
         add and write back keeping the TTL, as Django's BaseCache.incr does (not atomic)."""
         client = self._client()
-        raw = self.policy.run(client.get, k)
+        raw = self.policy.run(client.get, k, default=_MISSING)
+        if raw is _MISSING:
+            return None  # Redis unreachable (IGNORE_EXCEPTIONS)
         value = _MISSING if raw is None else self._decode(raw, k)
         if value is _MISSING:
             raise ValueError(f"Key '{key}' not found")
         new = value + delta
-        self.policy.run(client.set, k, self.engine.dumps(new), keepttl=True, xx=True, write=True)
+        done = self.policy.run(client.set, k, self.engine.dumps(new), keepttl=True, xx=True,
+                               write=True, default=_MISSING)
+        if done is _MISSING:
+            return None  # the write was dropped
+        if not done:
+            raise ValueError(f"Key '{key}' not found")  # deleted meanwhile
         return new
 
     def delete_matching(self, pattern: str) -> int:
@@ -619,18 +650,28 @@ class RedisTier:
             pipe.execute_command("UNLINK", *group)
         return sum(pipe.execute())
 
+    def namespace(self) -> str:
+        """The glob matching every key this cache makes and no other: ``<prefix>:*`` (all
+        versions) with Django's key function, whatever the prefix (an empty one included:
+        its keys start with ``:``). With a custom ``KEY_FUNCTION``, the keys it makes for
+        the current version: its output for a marker key, the marker replaced by ``*``;
+        a function whose output does not end with the key, or that adds nothing before
+        it, names no namespace of its own, and ``clear()`` refuses rather than guess."""
+        if not self._custom_keys:
+            return glob_escape(self._key_prefix) + ":*"
+        final = self.engine.key(_NAMESPACE_MARK, None)
+        head = final[:-len(_NAMESPACE_MARK)]
+        if not final.endswith(_NAMESPACE_MARK) or not head:
+            raise ImproperlyConfigured(
+                f"KEY_FUNCTION made {final!r} for the key {_NAMESPACE_MARK!r}: clear() and "
+                "pattern operations need a key function that puts the key last, after a "
+                "non-empty prefix of its own (e.g. Django's '<prefix>:<version>:<key>')")
+        return glob_escape(head) + "*"
+
     def clear(self) -> None:
-        if self.clear_pattern is not None:
-            self.delete_matching(self.clear_pattern)
-            return
-        client = self._client()
-        try:
-            if self.clients.is_cluster:
-                self.policy.run(client.flushdb, target_nodes=client.PRIMARIES, write=True)
-            else:
-                self.policy.run(client.flushdb, write=True)
-        finally:
-            self._changed_all()
+        """Deletes this cache's keys (``namespace()``), never FLUSHDB: other apps, other
+        FastCache prefixes and the rate limiter may share the database."""
+        self.delete_matching(self.namespace())
 
     # ------------------------------------------------------------------ stampede protection
 
@@ -845,30 +886,36 @@ class RedisTier:
             script = self._script(client, _INCR)
             try:
                 result = await self.policy.arun(script, keys=[k], args=[delta], write=True,
-                                                default=None)
+                                                default=_MISSING)
+                if result is _MISSING:
+                    return None  # Redis unreachable (IGNORE_EXCEPTIONS): as django-redis
                 if result is None:
                     raise ValueError(f"Key '{key}' not found")
                 return result
             except _ResponseError as exc:
                 if not any(text in str(exc) for text in _NOT_AN_INTEGER):
                     raise
-        raw = await self.policy.arun(client.get, k)
+        raw = await self.policy.arun(client.get, k, default=_MISSING)
+        if raw is _MISSING:
+            return None
         value = _MISSING if raw is None else self._decode(raw, k)
         if value is _MISSING:
             raise ValueError(f"Key '{key}' not found")
         new = value + delta
-        await self.policy.arun(client.set, k, self.engine.dumps(new), keepttl=True, xx=True,
-                               write=True)
+        done = await self.policy.arun(client.set, k, self.engine.dumps(new), keepttl=True,
+                                      xx=True, write=True, default=_MISSING)
+        if done is _MISSING:
+            return None
+        if not done:
+            raise ValueError(f"Key '{key}' not found")
         return new
 
     async def aclear(self) -> None:
         client = self._aclient()
 
+        pattern = self.namespace()
+
         async def run():
-            if self.clear_pattern is None and not self.clients.is_cluster:
-                await client.flushdb()
-                return
-            pattern = self.clear_pattern or "*"
             batch = []
             async for k in ascan_keys(client, match=pattern, count=_BATCH):
                 batch.append(k)
@@ -896,6 +943,7 @@ class RedisTier:
             "redis_misses": self.misses,
             "redis_hit_ratio": self.hits / lookups if lookups else 0.0,
             "decode_errors": self.decode_errors,
+            "undecodable_keys": self.undecodable_keys,
             "redis_mode": self.clients.mode,
             **self.policy.stats(),
             **(self.listener.stats() if self.listener is not None else {}),

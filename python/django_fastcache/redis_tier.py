@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.lock
 from redis import exceptions as _rx
@@ -36,6 +36,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from .errors import DecodeError, LockError, LockNotOwnedError
 from .policy import FailurePolicy
+from .wire import Wire
 from .redis_client import RedisClients, ascan_keys, group_by_slot, key_slot, scan_keys
 
 __all__ = ["RedisLock", "RedisTier"]
@@ -118,28 +119,32 @@ class RedisLock(redis.lock.Lock):
             raise LockError(str(exc)) from exc
 
 
-class _HeldConnection:
-    """A connection taken from a pool for one thread; handed back to the pool when the
-    thread ends (its thread-local storage is dropped), so short-lived threads leak none."""
+class _ReadPlan(NamedTuple):
+    """A prepared read: the final keys, their L1 tokens (None: no L1 fill), the key
+    positions of each MGET (one per cluster slot) and the commands, in order."""
 
-    __slots__ = ("pool", "pid", "connection")
+    finals: list[str]
+    tokens: list[int] | None
+    groups: list[list[int]]
+    commands: list[tuple]
 
-    def __init__(self, pool) -> None:
-        self.pool = pool
-        self.pid = os.getpid()
-        self.connection = None  # set first: __del__ runs even if get_connection() raises
-        self.connection = pool.get_connection()
+    @property
+    def primary(self) -> bool:
+        """Read from the primary (the L1 is filled from what it answers)."""
+        return self.tokens is not None
 
-    def release(self) -> None:
-        connection, self.connection = self.connection, None
-        if connection is not None and self.pid == os.getpid():
-            try:
-                self.pool.release(connection)
-            except Exception:  # the pool may be closed or half torn down at exit
-                pass
 
-    def __del__(self) -> None:
-        self.release()
+class _WritePlan(NamedTuple):
+    """A prepared write of one or more keys: what the L1 needs afterwards, and the
+    commands (``SET``, or ``DEL`` for an already expired timeout: ``stores`` False)."""
+
+    finals: list[str]
+    values: list
+    blobs: list[bytes]
+    px: int | None
+    tokens: list[int | None]
+    commands: list[tuple]
+    stores: bool
 
 
 class RedisTier:
@@ -175,20 +180,12 @@ class RedisTier:
         self.lock_wait = lock_wait
         self.hits = self.misses = self.decode_errors = self.undecodable_keys = 0
         self._scripts: dict[tuple[int, str], Any] = {}
-        # One server for reads and writes (a single node without replicas, or the Sentinel
-        # primary): each thread keeps one connection of the pool for itself and talks to it
-        # directly. Borrowing from redis-py's pool and parsing through the client costs
-        # more per command than the round trip itself on a local server.
-        self._direct = clients.mode != "cluster" and len(clients.config.nodes) <= 1
-        self._local = threading.local()
-        self._retries = clients.config.retries
-        self._retry_on: tuple[type[BaseException], ...] = (_rx.ConnectionError,) + (
-            (_rx.TimeoutError, TimeoutError) if clients.config.retry_on_timeout else ())
-        if self._direct:
-            self._read = self._write = self._execute
-        else:
-            self._read = self._execute_read
-            self._write = self._execute_write
+        # Every command goes through one wire (held connections on a single node or the
+        # Sentinel primary, redis-py's routing on a cluster or with read replicas).
+        self.wire = Wire(clients.client,
+                         direct=clients.mode != "cluster" and len(clients.config.nodes) <= 1,
+                         retries=clients.config.retries,
+                         retry_on_timeout=clients.config.retry_on_timeout)
 
     def follow_keys(self, key_prefix: str, custom_key_func: bool) -> None:
         """Tells the listener which keys this cache makes, so that Redis tracks them: the
@@ -203,76 +200,67 @@ class RedisTier:
     def _client(self, write: bool = True):
         return self.clients.client(write=write)
 
-    def _connection(self):
-        held = getattr(self._local, "held", None)
-        if held is None or held.pid != os.getpid():
-            held = self._local.held = _HeldConnection(self.clients.client(True).connection_pool)
-        return held.connection
+    def _read(self, *args):
+        return self.wire.execute(*args, write=False)
 
-    def _execute(self, *args):
-        """One command on this thread's connection, retried on a connection error as the
-        client would (``RETRIES``, ``RETRY_ON_TIMEOUT``); the raw reply (no callbacks)."""
-        attempt = 0
-        while True:
-            try:
-                conn = self._connection()
-                conn.send_command(*args)
-                return conn.read_response()
-            except _ResponseError:
-                raise  # the reply was read: the connection is in step
-            except BaseException as exc:
-                self._drop_connection()
-                if attempt >= self._retries or not isinstance(exc, self._retry_on):
-                    raise
-                attempt += 1
+    def _write(self, *args):
+        return self.wire.execute(*args, write=True)
 
-    def _drop_connection(self) -> None:
-        """After a failure: the connection is closed (a half-read reply must never be read
-        by the next call) and handed back; the next call takes one from the pool, which
-        connects it afresh (with Sentinel, to the primary the sentinels name now)."""
-        held = getattr(self._local, "held", None)
-        self._local.held = None
-        if held is not None:
-            held.connection.disconnect()
-            held.release()
+    # ------------------------------------------------------------------ public I/O
+    # For extensions (django-redis's hash/set/zset families...): any command through this
+    # cache's wire and failure policy, with the L1 kept coherent for the keys it writes.
 
-    def _execute_many(self, commands: list[tuple]) -> list:
-        """Commands in one round trip (a pipeline without MULTI); the raw replies. An error
-        reply is raised after every reply has been read."""
-        if not self._direct:
-            pipe = self._client().pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
-            return pipe.execute()
-        attempt = 0
-        while True:
-            try:
-                conn = self._connection()
-                conn.send_packed_command(conn.pack_commands(commands))
-                replies = []
-                error = None
-                for _ in commands:
-                    try:
-                        replies.append(conn.read_response())
-                    except _ResponseError as exc:
-                        replies.append(exc)
-                        error = error or exc
-                if error is not None:
-                    raise error
-                return replies
-            except _ResponseError:
-                raise
-            except BaseException as exc:
-                self._drop_connection()
-                if attempt >= self._retries or not isinstance(exc, self._retry_on):
-                    raise
-                attempt += 1
+    def client(self, write: bool = True):
+        """The redis-py client: ``redis.Redis`` (single node; with Sentinel, the one that
+        follows the primary) or ``redis.cluster.RedisCluster``; ``write=False`` may be a
+        read replica."""
+        return self.clients.client(write=write)
 
-    def _execute_read(self, *args):
-        return self.clients.client(False).execute_command(*args)
+    def async_client(self, write: bool = True):
+        """The ``redis.asyncio`` client of the running event loop (see :meth:`client`)."""
+        return self.clients.async_client(write=write)
 
-    def _execute_write(self, *args):
-        return self.clients.client(True).execute_command(*args)
+    def run(self, *command, write: bool = True, keys: Iterable[str] = (), default=None):
+        """One command (final keys in it) through the failure policy: its raw reply, or
+        ``default`` when Redis is unreachable and ``IGNORE_EXCEPTIONS`` is on. ``keys``: the
+        final keys a write changes, whose L1 copies are dropped."""
+        try:
+            return self.policy.run(self.wire.execute, *command, write=write, default=default)
+        finally:
+            if write:
+                for k in keys:
+                    self._changed(k)
+
+    def run_many(self, commands: list[tuple], *, write: bool = True, keys: Iterable[str] = (),
+                 default=None):
+        """Commands in one round trip (see :meth:`run`); their replies, in order."""
+        try:
+            return self.policy.run(self.wire.execute_many, commands, write=write,
+                                   default=default)
+        finally:
+            if write:
+                for k in keys:
+                    self._changed(k)
+
+    async def arun(self, *command, write: bool = True, keys: Iterable[str] = (), default=None):
+        """:meth:`run` on the running loop's ``redis.asyncio`` client."""
+        try:
+            return await self.policy.arun(self.wire.aexecute, self._aclient(write), *command,
+                                          write=write, default=default)
+        finally:
+            if write:
+                for k in keys:
+                    self._changed(k)
+
+    async def arun_many(self, commands: list[tuple], *, write: bool = True,
+                        keys: Iterable[str] = (), default=None):
+        try:
+            return await self.policy.arun(self.wire.aexecute_many, self._aclient(write),
+                                          commands, write=write, default=default)
+        finally:
+            if write:
+                for k in keys:
+                    self._changed(k)
 
     def _script(self, client, source: str):
         handle = (id(client), source)
@@ -327,6 +315,10 @@ class RedisTier:
 
     # ------------------------------------------------------------------ reads
 
+    # One "L1, else Redis" path serves get, aget, get_many, aget_many (and so the tag
+    # counters): prepare (L1 lookups, invalidation tokens, the commands) -> one round trip
+    # -> finish (decode, count, fill the L1 with the values and their Redis TTLs).
+
     def get(self, key, default=None, version=None):
         if self.l1 and self.store.usable:
             value = self.engine.l1_get(self.engine.key(key, version), _MISSING)
@@ -337,89 +329,124 @@ class RedisTier:
     def get_from_redis(self, key, default=None, version=None):
         """``get`` after an L1 miss (or with the L1 bypassed): reads Redis, and fills the
         L1 unless an invalidation of the key arrived while the read was in flight."""
+        read = self._read_plan([self.engine.key(key, version)])
+        replies = self.policy.run(self.wire.execute_many, read.commands, write=read.primary,
+                                  default=None)
+        value = self._read_finish(read, replies)[0]
+        return default if value is _MISSING else value
+
+    async def aget(self, key, default=None, version=None):
         k = self.engine.key(key, version)
-        token = None
+        if self.l1 and self.store.usable:  # a hit is served without awaiting anything
+            value = self.engine.l1_get(k, _MISSING)
+            if value is not _MISSING:
+                return value
+        read = self._read_plan([k])
+        replies = await self.policy.arun(self.wire.aexecute_many, self._aclient(read.primary),
+                                         read.commands, default=None)
+        value = self._read_finish(read, replies)[0]
+        return default if value is _MISSING else value
+
+    def get_many(self, keys: Iterable, version=None) -> dict:
+        out, keys, finals = self._many_from_l1(keys, version)
+        if finals:
+            read = self._read_plan(finals)
+            replies = self.policy.run(self.wire.execute_many, read.commands,
+                                      write=read.primary, default=None)
+            self._collect(out, keys, self._read_finish(read, replies))
+        return out
+
+    async def aget_many(self, keys: Iterable, version=None) -> dict:
+        out, keys, finals = self._many_from_l1(keys, version)
+        if finals:
+            read = self._read_plan(finals)
+            replies = await self.policy.arun(self.wire.aexecute_many,
+                                             self._aclient(read.primary), read.commands,
+                                             default=None)
+            self._collect(out, keys, self._read_finish(read, replies))
+        return out
+
+    def _many_from_l1(self, keys: Iterable, version) -> tuple[dict, list, list[str]]:
+        """The L1 hits of a get_many, and the keys (user, final) left for Redis."""
+        keys = list(keys)
+        if not keys:
+            return {}, [], []
+        finals = self.engine.keys_of(keys, version)
+        out: dict = {}
+        if not (self.l1 and self.store.usable):
+            return out, keys, finals
+        rest_keys, rest_finals = [], []
+        for key, k in zip(keys, finals, strict=True):
+            value = self.engine.l1_get(k, _MISSING)
+            if value is _MISSING:
+                rest_keys.append(key)
+                rest_finals.append(k)
+            else:
+                out[key] = value
+        return out, rest_keys, rest_finals
+
+    @staticmethod
+    def _collect(out: dict, keys: list, values: list) -> None:
+        for key, value in zip(keys, values, strict=True):
+            if value is not _MISSING:
+                out[key] = value
+
+    def _read_plan(self, finals: list[str]) -> _ReadPlan:
+        """Prepare a read of ``finals``: with the L1 usable, each key's invalidation token
+        is taken before the read is sent, and the TTLs are fetched in the same round trip
+        (one ``MGET`` per slot then a ``PTTL`` per key), from the primary (a replica may
+        not have a write whose invalidation was already applied here). Without it, one
+        ``MGET`` per slot, from a replica if there is one."""
+        tokens = None
         if self.l1:
             self.listener.ensure_running()
             if self.store.usable:
-                token = self.engine.l1_token(k)
-        if token is not None:
-            raw, ttl = self.policy.run(self._get_with_ttl, k, default=(None, None))
+                tokens = [self.engine.l1_token(k) for k in finals]
+        if self.clients.is_cluster and len(finals) > 1:
+            groups = list(_index_groups(finals).values())
         else:
-            raw, ttl = self.policy.run(self._read, "GET", k), None
-        return self._read_done(k, raw, ttl, token, default)
+            groups = [list(range(len(finals)))]
+        commands: list[tuple] = []
+        for indexes in groups:
+            commands.append(("MGET", *(finals[i] for i in indexes)))
+            if tokens is not None:
+                commands.extend(("PTTL", finals[i]) for i in indexes)
+        return _ReadPlan(finals, tokens, groups, commands)
 
-    def _read_done(self, k: str, raw: bytes | None, ttl, token, default):
-        """The value read for one key (or `default`), counted, and kept in the L1 when the
-        read began under `token` and no invalidation of the key has arrived since."""
-        value = _MISSING if raw is None else self._decode(raw, k)
-        if value is _MISSING:
-            self.misses += 1
-            return default
-        self.hits += 1
-        if token is not None and len(raw) <= self.l1_max_item_bytes:
-            self.engine.l1_fill(k, value, self._l1_seconds(ttl), token)
-        return value
-
-    def _get_with_ttl(self, k: str):
-        if self._direct:
-            raw, ttl = self._execute_many([("GET", k), ("PTTL", k)])
-        else:
-            # From the primary: a replica may not have the write whose invalidation has
-            # already been applied here, and its old value would then stay in the L1.
-            pipe = self._client(True).pipeline(transaction=False)
-            pipe.get(k)
-            pipe.pttl(k)
-            raw, ttl = pipe.execute()
-        return raw, (None if ttl == -1 else ttl)
-
-    def get_many(self, keys: Iterable, version=None) -> dict:
-        keys = list(keys)
-        if not keys:
-            return {}
-        finals = self.engine.keys_of(keys, version)
-        out = {}
-        if self.l1 and self.store.usable:
-            rest_keys, rest_finals = [], []
-            for key, k in zip(keys, finals):
-                value = self.engine.l1_get(k, _MISSING)
+    def _read_finish(self, read: _ReadPlan, replies: list | None) -> list:
+        """The values read (``_MISSING`` for a miss), counted; each kept in the L1 when the
+        read began under a token and no invalidation of its key has arrived since."""
+        finals = read.finals
+        values: list = [_MISSING] * len(finals)
+        if replies is None:  # Redis unreachable: misses
+            self.misses += len(finals)
+            return values
+        tokens = read.tokens
+        engine = self.engine
+        at = 0
+        for indexes in read.groups:
+            raws = replies[at]
+            at += 1
+            if tokens is not None:
+                ttls = replies[at:at + len(indexes)]
+                at += len(indexes)
+            for n, i in enumerate(indexes):
+                raw = raws[n]
+                if raw is None:
+                    continue
+                k = finals[i]
+                value = self._decode(raw, k)
                 if value is _MISSING:
-                    rest_keys.append(key)
-                    rest_finals.append(k)
-                else:
-                    out[key] = value
-            if not rest_finals:
-                return out
-            keys, finals = rest_keys, rest_finals
-        raws = self.policy.run(self._mget, finals, default=None) or [None] * len(finals)
-        found = 0
-        for key, k, raw in zip(keys, finals, raws):
-            if raw is None:
-                continue
-            value = self._decode(raw, k)
-            if value is not _MISSING:
-                out[key] = value
-                found += 1
+                    continue
+                values[i] = value
+                if tokens is not None and len(raw) <= self.l1_max_item_bytes:
+                    ttl = ttls[n]
+                    engine.l1_fill(k, value, self._l1_seconds(None if ttl == -1 else ttl),
+                                   tokens[i])
+        found = sum(1 for v in values if v is not _MISSING)
         self.hits += found
-        self.misses += len(keys) - found
-        return out
-
-    def _mget(self, finals: list[str]) -> list:
-        if not self.clients.is_cluster:
-            return self._read("MGET", *finals)
-        client = self._client(False)
-        # One MGET per slot, all in one pipeline: one round trip per node.
-        groups = _index_groups(finals)
-        pipe = client.pipeline()
-        order = []
-        for indexes in groups.values():
-            pipe.execute_command("MGET", *(finals[i] for i in indexes))
-            order.append(indexes)
-        out: list = [None] * len(finals)
-        for indexes, values in zip(order, pipe.execute()):
-            for i, raw in zip(indexes, values):
-                out[i] = raw
-        return out
+        self.misses += len(finals) - found
+        return values
 
     def has_key(self, key, version=None) -> bool:
         k = self.engine.key(key, version)
@@ -450,27 +477,86 @@ class RedisTier:
 
     # ------------------------------------------------------------------ writes
 
-    def set(self, key, value, timeout, version=None) -> None:
+    # set and set_many (and their async twins): prepare (encode everything, take the
+    # L1 tokens) -> one round trip -> finish (the L1 takes what Redis accepted).
+
+    def _set_plan(self, key, value, timeout, version) -> _WritePlan:
         data = self.engine.dumps(value)
         k = self.engine.key(key, version)
         seconds = self._seconds(timeout)
-        token = self._token(k)
-        ok = False
+        if seconds is not None and seconds <= 0:
+            return _WritePlan([k], [value], [data], None, [None], [("DEL", k)], False)
+        px = None if seconds is None else _px(seconds)
+        command = ("SET", k, data) if px is None else ("SET", k, data, "PX", px)
+        return _WritePlan([k], [value], [data], px, [self._token(k)], [command], True)
+
+    def _set_many_plan(self, data: dict, timeout, version) -> _WritePlan:
+        """All values are encoded before any I/O, so an unserializable one writes nothing."""
+        finals = self.engine.keys_of(list(data), version)
+        values = list(data.values())
+        blobs = [self.engine.dumps(v) for v in values]
+        seconds = self._seconds(timeout)
+        if seconds is not None and seconds <= 0:
+            return _WritePlan(finals, values, blobs, None, [None] * len(finals),
+                              [("DEL", k) for k in finals], False)
+        px = None if seconds is None else _px(seconds)
+        tail = () if px is None else ("PX", px)
+        return _WritePlan(finals, values, blobs, px, [self._token(k) for k in finals],
+                          [("SET", k, blob, *tail) for k, blob in zip(finals, blobs, strict=True)],
+                          True)
+
+    def _write_finish(self, plan: _WritePlan, replies: list | None) -> bool:
+        """After the round trip (``replies`` None: it failed): the L1 keeps each value
+        Redis stored, and drops its copy of every other key written."""
+        ok = replies is not None
+        if self.l1:
+            for k, value, blob, token in zip(plan.finals, plan.values, plan.blobs, plan.tokens,
+                                             strict=True):
+                if ok and plan.stores:
+                    self._wrote(k, token, value, len(blob), plan.px)
+                else:
+                    self._changed(k)
+        return ok
+
+    def set(self, key, value, timeout, version=None) -> None:
+        plan = self._set_plan(key, value, timeout, version)
+        replies = None
         try:
-            if seconds is not None and seconds <= 0:
-                self.policy.run(self._write, "DEL", k, write=True)
-                return
-            px = None if seconds is None else _px(seconds)
-            if px is None:
-                ok = self.policy.run(self._write, "SET", k, data, write=True, default=False)
-            else:
-                ok = self.policy.run(self._write, "SET", k, data, "PX", px, write=True,
-                                     default=False)
+            replies = self.policy.run(self.wire.execute_many, plan.commands, write=True)
         finally:
-            if ok:
-                self._wrote(k, token, value, len(data), px)
-            else:
-                self._changed(k)
+            self._write_finish(plan, replies)
+
+    async def aset(self, key, value, timeout, version=None) -> None:
+        plan = self._set_plan(key, value, timeout, version)
+        replies = None
+        try:
+            replies = await self.policy.arun(self.wire.aexecute_many, self._aclient(),
+                                             plan.commands, write=True)
+        finally:
+            self._write_finish(plan, replies)
+
+    def set_many(self, data: dict, timeout, version=None) -> list:
+        if not data:
+            return []
+        plan = self._set_many_plan(data, timeout, version)
+        replies = None
+        try:
+            replies = self.policy.run(self.wire.execute_many, plan.commands, write=True)
+        finally:
+            ok = self._write_finish(plan, replies)
+        return [] if ok or not plan.stores else list(data)
+
+    async def aset_many(self, data: dict, timeout, version=None) -> list:
+        if not data:
+            return []
+        plan = self._set_many_plan(data, timeout, version)
+        replies = None
+        try:
+            replies = await self.policy.arun(self.wire.aexecute_many, self._aclient(),
+                                             plan.commands, write=True)
+        finally:
+            ok = self._write_finish(plan, replies)
+        return [] if ok or not plan.stores else list(data)
 
     def add(self, key, value, timeout, version=None) -> bool:
         data = self.engine.dumps(value)
@@ -493,45 +579,6 @@ class RedisTier:
             if added:
                 self._wrote(k, token, value, len(data), px)
         return added
-
-    def _batch(self, data: dict, timeout, version):
-        """set_many's inputs as Redis sees them: the keys, their final keys, the encoded
-        values (all encoded before any I/O, so an unserializable value writes nothing) and
-        the timeout in seconds."""
-        keys = list(data)
-        finals = self.engine.keys_of(keys, version)
-        blobs = [self.engine.dumps(v) for v in data.values()]
-        return keys, finals, blobs, self._seconds(timeout)
-
-    def set_many(self, data: dict, timeout, version=None) -> list:
-        if not data:
-            return []
-        keys, finals, blobs, seconds = self._batch(data, timeout, version)
-        if seconds is not None and seconds <= 0:
-            self._delete_finals(finals)
-            return []
-        px = None if seconds is None else _px(seconds)
-
-        def write() -> bool:
-            if px is None:
-                commands = [("SET", k, blob) for k, blob in zip(finals, blobs)]
-            else:
-                commands = [("SET", k, blob, "PX", px) for k, blob in zip(finals, blobs)]
-            self._execute_many(commands)
-            return True
-
-        tokens = [self._token(k) for k in finals]
-        ok = False
-        try:
-            ok = self.policy.run(write, write=True, default=False)
-        finally:
-            if self.l1:
-                for k, token, value, blob in zip(finals, tokens, data.values(), blobs):
-                    if ok:
-                        self._wrote(k, token, value, len(blob), px)
-                    else:
-                        self._changed(k)
-        return [] if ok else keys
 
     def delete(self, key, version=None) -> bool:
         k = self.engine.key(key, version)
@@ -714,81 +761,6 @@ class RedisTier:
     def _aclient(self, write: bool = True):
         return self.clients.async_client(write=write)
 
-    async def aget(self, key, default=None, version=None):
-        k = self.engine.key(key, version)
-        token = None
-        if self.l1:
-            # A hit is served without awaiting anything.
-            if self.store.usable:
-                value = self.engine.l1_get(k, _MISSING)
-                if value is not _MISSING:
-                    return value
-            self.listener.ensure_running()
-            if self.store.usable:
-                token = self.engine.l1_token(k)
-        if token is None:
-            raw = await self.policy.arun(self._aclient(False).get, k)
-            ttl = None
-        else:
-            raw, ttl = await self.policy.arun(self._aget_with_ttl, k, default=(None, None))
-        return self._read_done(k, raw, ttl, token, default)
-
-    async def _aget_with_ttl(self, k: str):
-        pipe = self._aclient(True).pipeline(transaction=False)
-        pipe.get(k)
-        pipe.pttl(k)
-        raw, ttl = await pipe.execute()
-        return raw, (None if ttl == -1 else ttl)
-
-    async def aget_many(self, keys: Iterable, version=None) -> dict:
-        keys = list(keys)
-        if not keys:
-            return {}
-        finals = self.engine.keys_of(keys, version)
-        client = self._aclient(False)
-        if self.clients.is_cluster:
-            groups = _index_groups(finals)
-            raws: list = [None] * len(finals)
-
-            async def fetch(indexes):
-                values = await client.execute_command("MGET", *(finals[i] for i in indexes))
-                for i, raw in zip(indexes, values):
-                    raws[i] = raw
-
-            async def all_groups():
-                await asyncio.gather(*(fetch(ix) for ix in groups.values()))
-
-            await self.policy.arun(all_groups)
-        else:
-            raws = await self.policy.arun(client.mget, finals, default=None) or [None] * len(finals)
-        out = {}
-        for key, k, raw in zip(keys, finals, raws):
-            if raw is not None:
-                value = self._decode(raw, k)
-                if value is not _MISSING:
-                    out[key] = value
-        return out
-
-    async def aset(self, key, value, timeout, version=None) -> None:
-        data = self.engine.dumps(value)
-        k = self.engine.key(key, version)
-        seconds = self._seconds(timeout)
-        client = self._aclient()
-        token = self._token(k)
-        ok = False
-        px = None if seconds is None else _px(seconds)
-        try:
-            if seconds is not None and seconds <= 0:
-                await self.policy.arun(client.delete, k, write=True)
-            else:
-                ok = bool(await self.policy.arun(client.set, k, data, px=px, write=True,
-                                                 default=False))
-        finally:
-            if ok:
-                self._wrote(k, token, value, len(data), px)
-            else:
-                self._changed(k)
-
     async def aadd(self, key, value, timeout, version=None) -> bool:
         data = self.engine.dumps(value)
         k = self.engine.key(key, version)
@@ -809,30 +781,6 @@ class RedisTier:
             if added:
                 self._wrote(k, token, value, len(data), px)
         return added
-
-    async def aset_many(self, data: dict, timeout, version=None) -> list:
-        if not data:
-            return []
-        keys, finals, blobs, seconds = self._batch(data, timeout, version)
-        client = self._aclient()
-        if seconds is not None and seconds <= 0:
-            await self.adelete_many(keys, version)
-            return []
-        px = None if seconds is None else _px(seconds)
-
-        async def write() -> bool:
-            pipe = client.pipeline(transaction=False)
-            for k, blob in zip(finals, blobs):
-                pipe.set(k, blob, px=px)
-            await pipe.execute()
-            return True
-
-        try:
-            ok = await self.policy.arun(write, write=True, default=False)
-        finally:
-            for k in finals:
-                self._changed(k)
-        return [] if ok else keys
 
     async def adelete(self, key, version=None) -> bool:
         k = self.engine.key(key, version)

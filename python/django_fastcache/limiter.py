@@ -460,7 +460,7 @@ def _check(cache: Any, key: str, policy: Policy, cost: int, now: float | None,
             allowed, remaining, retry, reset = store.hit(key, policy, cost)
         except Exception as exc:  # noqa: BLE001 - no Redis failure may reach the view
             if breaker is not None:
-                breaker.record_failure()
+                breaker.record_failure(exc)
             return _on_failure(exc, key, policy, cost, now, failure_mode)
         if breaker is not None:
             breaker.record_success()

@@ -122,6 +122,12 @@ class Wire:
             held = self._local.held = _Held(self.client_for(True).connection_pool)
         return held.connection
 
+    def held_connection(self) -> Any:
+        """This thread's held connection in this process, or None (none taken yet, or
+        direct mode is off); for inspection and tests."""
+        held = getattr(self._local, "held", None)
+        return held.connection if held is not None and held.pid == os.getpid() else None
+
     def drop_connection(self) -> None:
         """After a failure: the connection is closed (a half-read reply must never be read
         by the next command) and handed back; the next command takes one from the pool,

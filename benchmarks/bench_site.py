@@ -314,7 +314,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5, help="per cell per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--endpoints", default="page,api,write",
+                        help="comma-separated subset of page, api, write")
     opts = parser.parse_args()
+    wanted = opts.endpoints.split(",")
+    endpoints = [e for e, short in zip(ENDPOINTS, ("page", "api", "write"), strict=True)
+                 if short in wanted]
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="bench-site-"))
     (work / "bench_settings.py").write_text(SETTINGS)
@@ -333,7 +338,7 @@ def main() -> None:
                 run_wrk(wrk, site.base + ENDPOINTS[0][2], "GET", 1.0, opts.connections, script)
             for r in range(opts.rounds):
                 order = ["fastcache", "baseline"] if r % 2 == 0 else ["baseline", "fastcache"]
-                for name, method, path in ENDPOINTS:
+                for name, method, path in endpoints:
                     for stack in order:
                         got = run_wrk(wrk, sites[stack].base + path, method, opts.seconds,
                                       opts.connections, script)
@@ -355,7 +360,7 @@ def main() -> None:
               f"{'non-2xx':>8} {'ratio':>7}")
     print(header)
     print("-" * len(header))
-    for name, _, _ in ENDPOINTS:
+    for name, _, _ in endpoints:
         base_rps = med(name, "baseline", "rps")
         for stack in ("fastcache", "baseline"):
             rps = med(name, stack, "rps")
@@ -369,6 +374,9 @@ def main() -> None:
     errors = {k: v for k, v in errors.items() if v}
     if errors:
         print(f"socket errors: {errors}")
+    rounds = {f"{name} / {stack}": [round(x["rps"]) for x in v]
+              for (name, stack), v in results.items()}
+    print(f"req/s per round: {rounds}")
     page = med(ENDPOINTS[0][0], "fastcache", "rps") / med(ENDPOINTS[0][0], "baseline", "rps")
     print(f"cached list page: {page:.2f}x the baseline's requests/s (target >= 1.5x: "
           f"{'met' if page >= 1.5 else 'NOT met'})")

@@ -63,9 +63,10 @@ class _Held:
         self.connection = None  # set first: __del__ runs even if get_connection() raises
         self.connection = pool.get_connection()
 
-    def release(self) -> None:
+    def release(self, _getpid: Callable[[], int] = os.getpid) -> None:
+        # (os.getpid bound early: this may run from __del__ at interpreter exit.)
         connection, self.connection = self.connection, None
-        if connection is not None and self.pid == os.getpid():
+        if connection is not None and self.pid == _getpid():
             try:
                 self.pool.release(connection)
             except Exception:  # the pool may be closed or half torn down at exit

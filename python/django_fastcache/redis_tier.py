@@ -17,29 +17,24 @@ the Redis TTL it was read or written with, nor ``L1_TIMEOUT``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from typing import Any, NamedTuple
 
-import redis.lock
+from django.core.exceptions import ImproperlyConfigured
 from redis import exceptions as _rx
-from redis.exceptions import ResponseError as _ResponseError
 
 from . import _core
 from .coherence import listener_for
-from django.core.exceptions import ImproperlyConfigured
-
-from .errors import DecodeError, LockError, LockNotOwnedError
+from .errors import DecodeError
 from .policy import FailurePolicy
-from .wire import Wire
 from .redis_client import RedisClients, ascan_keys, group_by_slot, key_slot, scan_keys
+from .redis_lock import RedisLock
+from .wire import Script, Wire
 
-__all__ = ["RedisLock", "RedisTier"]
+__all__ = ["RedisLock", "RedisTier", "Step", "glob_escape"]
 
 logger = logging.getLogger("django_fastcache.redis")
 _MISSING = object()
@@ -63,6 +58,7 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+_INCR_SCRIPT, _EXPIRE_SCRIPT, _RELEASE_SCRIPT = Script(_INCR), Script(_EXPIRE), Script(_RELEASE)
 _NOT_AN_INTEGER = ("not an integer", "out of range", "would overflow")
 _NAMESPACE_MARK = "fastcache.namespace.mark"
 _BATCH = 500
@@ -85,38 +81,20 @@ def _px(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-class RedisLock(redis.lock.Lock):
-    """redis-py's lock, raising this package's :class:`LockError` /
-    :class:`LockNotOwnedError` (as the in-process ``LocalLock`` does), so callers catch one
-    hierarchy whichever tier is configured. Same thread safety as redis-py's ``Lock``."""
+class Step(NamedTuple):
+    """One I/O step of an operation: commands sent in one round trip. ``write``: the step
+    changes data (a failure drops a write); ``primary``: send it to the primary (else a
+    read replica may answer)."""
 
-    def __enter__(self) -> RedisLock:
-        try:
-            return super().__enter__()
-        except _rx.LockError as exc:
-            raise LockError(f"could not acquire lock {self.name!r}") from exc
+    commands: list[tuple]
+    write: bool = True
+    primary: bool = True
 
-    def release(self) -> None:
-        try:
-            super().release()
-        except _rx.LockError as exc:  # no token here, or the lock expired / changed hands
-            raise LockNotOwnedError(f"cannot release lock {self.name!r}: not owned") from exc
 
-    def extend(self, additional_time: float, replace_ttl: bool = False) -> bool:
-        return self._owned_only(super().extend, additional_time, replace_ttl)
-
-    def reacquire(self) -> bool:
-        return self._owned_only(super().reacquire)
-
-    def _owned_only(self, fn, *args):
-        if self.local.token is None:
-            raise LockNotOwnedError(f"cannot change lock {self.name!r}: not owned")
-        try:
-            return fn(*args)
-        except _rx.LockNotOwnedError as exc:
-            raise LockNotOwnedError(f"cannot change lock {self.name!r}: not owned") from exc
-        except _rx.LockError as exc:  # e.g. a lock without a timeout cannot be extended
-            raise LockError(str(exc)) from exc
+#: An operation: a generator that yields its I/O steps and gets back each step's replies
+#: (None: Redis unreachable and the failure policy said "carry on"; an error reply or an
+#: outage the policy raises is thrown in), and returns the operation's result.
+Op = Generator[Step, Any, Any]
 
 
 class _ReadPlan(NamedTuple):
@@ -145,6 +123,13 @@ class _WritePlan(NamedTuple):
     tokens: list[int | None]
     commands: list[tuple]
     stores: bool
+
+
+def _evalsha(script: Script, keys: list, args: list) -> tuple:
+    return ("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+_BY_SHA = {script.sha: script for script in (_INCR_SCRIPT, _EXPIRE_SCRIPT, _RELEASE_SCRIPT)}
 
 
 class RedisTier:
@@ -179,7 +164,6 @@ class RedisTier:
         self.lock_timeout = lock_timeout
         self.lock_wait = lock_wait
         self.hits = self.misses = self.decode_errors = self.undecodable_keys = 0
-        self._scripts: dict[tuple[int, str], Any] = {}
         # Every command goes through one wire (held connections on a single node or the
         # Sentinel primary, redis-py's routing on a cluster or with read replicas).
         self.wire = Wire(clients.client,
@@ -195,16 +179,60 @@ class RedisTier:
         if self.listener is not None:
             self.listener.track("" if custom_key_func else key_prefix + ":")
 
-    # ------------------------------------------------------------------ plumbing
+    # ------------------------------------------------------------------ running operations
+    # Each operation is written once, as a generator (prepare -> yield its I/O steps ->
+    # finish); run() and arun() differ only in how a step reaches Redis.
 
-    def _client(self, write: bool = True):
-        return self.clients.client(write=write)
+    def _drive(self, op: Op) -> Any:
+        """Runs ``op`` on this thread's wire, each step through the failure policy."""
+        try:
+            step = next(op)
+            while True:
+                try:
+                    replies = self.policy.run(self._send, step, write=step.write,
+                                              default=None)
+                except BaseException as exc:
+                    step = op.throw(exc)
+                else:
+                    step = op.send(replies)
+        except StopIteration as stop:
+            return stop.value
 
-    def _read(self, *args):
-        return self.wire.execute(*args, write=False)
+    async def _adrive(self, op: Op) -> Any:
+        """Runs ``op`` on the running loop's ``redis.asyncio`` client."""
+        try:
+            step = next(op)
+            while True:
+                try:
+                    replies = await self.policy.arun(self._asend, step, write=step.write,
+                                                     default=None)
+                except BaseException as exc:
+                    step = op.throw(exc)
+                else:
+                    step = op.send(replies)
+        except StopIteration as stop:
+            return stop.value
 
-    def _write(self, *args):
-        return self.wire.execute(*args, write=True)
+    def _send(self, step: Step) -> list:
+        try:
+            return self.wire.execute_many(step.commands, write=step.primary)
+        except _rx.NoScriptError:
+            # After SCRIPT FLUSH, a restart or a failover: load the script, send again (a
+            # script step is one command, so nothing else ran twice).
+            if len(step.commands) != 1:
+                raise
+            self.clients.client(True).script_load(_BY_SHA[step.commands[0][1]].source)
+            return self.wire.execute_many(step.commands, write=step.primary)
+
+    async def _asend(self, step: Step) -> list:
+        client = self.clients.async_client(write=step.primary)
+        try:
+            return await self.wire.aexecute_many(client, step.commands)
+        except _rx.NoScriptError:
+            if len(step.commands) != 1:
+                raise
+            await client.script_load(_BY_SHA[step.commands[0][1]].source)
+            return await self.wire.aexecute_many(client, step.commands)
 
     # ------------------------------------------------------------------ public I/O
     # For extensions (django-redis's hash/set/zset families...): any command through this
@@ -220,54 +248,41 @@ class RedisTier:
         """The ``redis.asyncio`` client of the running event loop (see :meth:`client`)."""
         return self.clients.async_client(write=write)
 
+    def _command_op(self, commands: list[tuple], write: bool, keys: Iterable[str],
+                    default: Any) -> Op:
+        try:
+            replies = yield Step(list(commands), write, write)
+        finally:
+            if write:
+                for k in keys:
+                    self._changed(k)
+        return default if replies is None else replies
+
     def run(self, *command, write: bool = True, keys: Iterable[str] = (), default=None):
         """One command (final keys in it) through the failure policy: its raw reply, or
         ``default`` when Redis is unreachable and ``IGNORE_EXCEPTIONS`` is on. ``keys``: the
-        final keys a write changes, whose L1 copies are dropped."""
-        try:
-            return self.policy.run(self.wire.execute, *command, write=write, default=default)
-        finally:
-            if write:
-                for k in keys:
-                    self._changed(k)
+        final keys a write changes, whose L1 copies are dropped. Reads go to a replica
+        when there is one."""
+        replies = self._drive(self._command_op([command], write, keys, None))
+        return default if replies is None else replies[0]
 
     def run_many(self, commands: list[tuple], *, write: bool = True, keys: Iterable[str] = (),
                  default=None):
-        """Commands in one round trip (see :meth:`run`); their replies, in order."""
-        try:
-            return self.policy.run(self.wire.execute_many, commands, write=write,
-                                   default=default)
-        finally:
-            if write:
-                for k in keys:
-                    self._changed(k)
+        """Commands in one round trip (see :meth:`run`); their replies, in order (on a
+        cluster each command is routed by its keys; a multi-key command must stay in one
+        slot)."""
+        return self._drive(self._command_op(commands, write, keys, default))
 
     async def arun(self, *command, write: bool = True, keys: Iterable[str] = (), default=None):
         """:meth:`run` on the running loop's ``redis.asyncio`` client."""
-        try:
-            return await self.policy.arun(self.wire.aexecute, self._aclient(write), *command,
-                                          write=write, default=default)
-        finally:
-            if write:
-                for k in keys:
-                    self._changed(k)
+        replies = await self._adrive(self._command_op([command], write, keys, None))
+        return default if replies is None else replies[0]
 
     async def arun_many(self, commands: list[tuple], *, write: bool = True,
                         keys: Iterable[str] = (), default=None):
-        try:
-            return await self.policy.arun(self.wire.aexecute_many, self._aclient(write),
-                                          commands, write=write, default=default)
-        finally:
-            if write:
-                for k in keys:
-                    self._changed(k)
+        return await self._adrive(self._command_op(commands, write, keys, default))
 
-    def _script(self, client, source: str):
-        handle = (id(client), source)
-        script = self._scripts.get(handle)
-        if script is None:  # register_script handles EVALSHA and NOSCRIPT reloads
-            script = self._scripts[handle] = client.register_script(source)
-        return script
+    # ------------------------------------------------------------------ helpers
 
     def _decode(self, raw: bytes, key: str) -> Any:
         try:
@@ -314,7 +329,6 @@ class RedisTier:
             self.store.reset(self.store.usable)
 
     # ------------------------------------------------------------------ reads
-
     # One "L1, else Redis" path serves get, aget, get_many, aget_many (and so the tag
     # counters): prepare (L1 lookups, invalidation tokens, the commands) -> one round trip
     # -> finish (decode, count, fill the L1 with the values and their Redis TTLs).
@@ -324,16 +338,12 @@ class RedisTier:
             value = self.engine.l1_get(self.engine.key(key, version), _MISSING)
             if value is not _MISSING:
                 return value
-        return self.get_from_redis(key, default, version)
+        return self._drive(self._get_op(self.engine.key(key, version), default))
 
     def get_from_redis(self, key, default=None, version=None):
         """``get`` after an L1 miss (or with the L1 bypassed): reads Redis, and fills the
         L1 unless an invalidation of the key arrived while the read was in flight."""
-        read = self._read_plan([self.engine.key(key, version)])
-        replies = self.policy.run(self.wire.execute_many, read.commands, write=read.primary,
-                                  default=None)
-        value = self._read_finish(read, replies)[0]
-        return default if value is _MISSING else value
+        return self._drive(self._get_op(self.engine.key(key, version), default))
 
     async def aget(self, key, default=None, version=None):
         k = self.engine.key(key, version)
@@ -341,55 +351,44 @@ class RedisTier:
             value = self.engine.l1_get(k, _MISSING)
             if value is not _MISSING:
                 return value
+        return await self._adrive(self._get_op(k, default))
+
+    def _get_op(self, k: str, default) -> Op:
         read = self._read_plan([k])
-        replies = await self.policy.arun(self.wire.aexecute_many, self._aclient(read.primary),
-                                         read.commands, default=None)
+        replies = yield Step(read.commands, False, read.primary)
         value = self._read_finish(read, replies)[0]
         return default if value is _MISSING else value
 
     def get_many(self, keys: Iterable, version=None) -> dict:
-        out, keys, finals = self._many_from_l1(keys, version)
-        if finals:
-            read = self._read_plan(finals)
-            replies = self.policy.run(self.wire.execute_many, read.commands,
-                                      write=read.primary, default=None)
-            self._collect(out, keys, self._read_finish(read, replies))
-        return out
+        return self._drive(self._get_many_op(keys, version))
 
     async def aget_many(self, keys: Iterable, version=None) -> dict:
-        out, keys, finals = self._many_from_l1(keys, version)
-        if finals:
-            read = self._read_plan(finals)
-            replies = await self.policy.arun(self.wire.aexecute_many,
-                                             self._aclient(read.primary), read.commands,
-                                             default=None)
-            self._collect(out, keys, self._read_finish(read, replies))
-        return out
+        return await self._adrive(self._get_many_op(keys, version))
 
-    def _many_from_l1(self, keys: Iterable, version) -> tuple[dict, list, list[str]]:
-        """The L1 hits of a get_many, and the keys (user, final) left for Redis."""
+    def _get_many_op(self, keys: Iterable, version) -> Op:
         keys = list(keys)
         if not keys:
-            return {}, [], []
+            return {}
         finals = self.engine.keys_of(keys, version)
         out: dict = {}
-        if not (self.l1 and self.store.usable):
-            return out, keys, finals
-        rest_keys, rest_finals = [], []
-        for key, k in zip(keys, finals, strict=True):
-            value = self.engine.l1_get(k, _MISSING)
-            if value is _MISSING:
-                rest_keys.append(key)
-                rest_finals.append(k)
-            else:
-                out[key] = value
-        return out, rest_keys, rest_finals
-
-    @staticmethod
-    def _collect(out: dict, keys: list, values: list) -> None:
-        for key, value in zip(keys, values, strict=True):
+        if self.l1 and self.store.usable:
+            rest_keys, rest_finals = [], []
+            for key, k in zip(keys, finals, strict=True):
+                value = self.engine.l1_get(k, _MISSING)
+                if value is _MISSING:
+                    rest_keys.append(key)
+                    rest_finals.append(k)
+                else:
+                    out[key] = value
+            if not rest_finals:
+                return out
+            keys, finals = rest_keys, rest_finals
+        read = self._read_plan(finals)
+        replies = yield Step(read.commands, False, read.primary)
+        for key, value in zip(keys, self._read_finish(read, replies), strict=True):
             if value is not _MISSING:
                 out[key] = value
+        return out
 
     def _read_plan(self, finals: list[str]) -> _ReadPlan:
         """Prepare a read of ``finals``: with the L1 usable, each key's invalidation token
@@ -449,12 +448,17 @@ class RedisTier:
         return values
 
     def has_key(self, key, version=None) -> bool:
-        k = self.engine.key(key, version)
-        return bool(self.policy.run(self._read, "EXISTS", k, default=0))
+        return self._drive(self._exists_op(self.engine.key(key, version)))
+
+    async def ahas_key(self, key, version=None) -> bool:
+        return await self._adrive(self._exists_op(self.engine.key(key, version)))
+
+    def _exists_op(self, k: str) -> Op:
+        replies = yield Step([("EXISTS", k)], False, False)
+        return bool(replies and replies[0])
 
     def pttl(self, key, version=None) -> int:
-        k = self.engine.key(key, version)
-        return self.policy.run(self._read, "PTTL", k, default=-2)
+        return self.run("PTTL", self.engine.key(key, version), write=False, default=-2)
 
     def keys(self, pattern: str) -> list[str]:
         """Final keys matching ``pattern``. A key that is not UTF-8 cannot have been made by
@@ -462,7 +466,7 @@ class RedisTier:
         in ``undecodable_keys``) instead of failing the whole listing."""
         def scan() -> list[str]:
             found, skipped = [], 0
-            for k in scan_keys(self._client(False), match=pattern):
+            for k in scan_keys(self.clients.client(False), match=pattern):
                 try:
                     found.append(k.decode("utf-8"))
                 except UnicodeDecodeError:
@@ -476,9 +480,8 @@ class RedisTier:
         return self.policy.run(scan, default=[])
 
     # ------------------------------------------------------------------ writes
-
-    # set and set_many (and their async twins): prepare (encode everything, take the
-    # L1 tokens) -> one round trip -> finish (the L1 takes what Redis accepted).
+    # prepare (encode everything, take the L1 tokens) -> one round trip -> finish (the L1
+    # takes what Redis accepted, and drops its copy of anything else written).
 
     def _set_plan(self, key, value, timeout, version) -> _WritePlan:
         data = self.engine.dumps(value)
@@ -505,197 +508,171 @@ class RedisTier:
                           [("SET", k, blob, *tail) for k, blob in zip(finals, blobs, strict=True)],
                           True)
 
-    def _write_finish(self, plan: _WritePlan, replies: list | None) -> bool:
-        """After the round trip (``replies`` None: it failed): the L1 keeps each value
-        Redis stored, and drops its copy of every other key written."""
-        ok = replies is not None
-        if self.l1:
-            for k, value, blob, token in zip(plan.finals, plan.values, plan.blobs, plan.tokens,
-                                             strict=True):
-                if ok and plan.stores:
-                    self._wrote(k, token, value, len(blob), plan.px)
-                else:
-                    self._changed(k)
+    def _write_op(self, plan: _WritePlan) -> Op:
+        replies = None
+        try:
+            replies = yield Step(plan.commands)
+        finally:
+            ok = replies is not None
+            if self.l1:
+                for k, value, blob, token in zip(plan.finals, plan.values, plan.blobs,
+                                                 plan.tokens, strict=True):
+                    if ok and plan.stores:
+                        self._wrote(k, token, value, len(blob), plan.px)
+                    else:
+                        self._changed(k)
         return ok
 
     def set(self, key, value, timeout, version=None) -> None:
-        plan = self._set_plan(key, value, timeout, version)
-        replies = None
-        try:
-            replies = self.policy.run(self.wire.execute_many, plan.commands, write=True)
-        finally:
-            self._write_finish(plan, replies)
+        self._drive(self._write_op(self._set_plan(key, value, timeout, version)))
 
     async def aset(self, key, value, timeout, version=None) -> None:
-        plan = self._set_plan(key, value, timeout, version)
-        replies = None
-        try:
-            replies = await self.policy.arun(self.wire.aexecute_many, self._aclient(),
-                                             plan.commands, write=True)
-        finally:
-            self._write_finish(plan, replies)
+        await self._adrive(self._write_op(self._set_plan(key, value, timeout, version)))
 
     def set_many(self, data: dict, timeout, version=None) -> list:
         if not data:
             return []
         plan = self._set_many_plan(data, timeout, version)
-        replies = None
-        try:
-            replies = self.policy.run(self.wire.execute_many, plan.commands, write=True)
-        finally:
-            ok = self._write_finish(plan, replies)
+        ok = self._drive(self._write_op(plan))
         return [] if ok or not plan.stores else list(data)
 
     async def aset_many(self, data: dict, timeout, version=None) -> list:
         if not data:
             return []
         plan = self._set_many_plan(data, timeout, version)
-        replies = None
-        try:
-            replies = await self.policy.arun(self.wire.aexecute_many, self._aclient(),
-                                             plan.commands, write=True)
-        finally:
-            ok = self._write_finish(plan, replies)
+        ok = await self._adrive(self._write_op(plan))
         return [] if ok or not plan.stores else list(data)
 
     def add(self, key, value, timeout, version=None) -> bool:
+        return self._drive(self._add_op(key, value, timeout, version))
+
+    async def aadd(self, key, value, timeout, version=None) -> bool:
+        return await self._adrive(self._add_op(key, value, timeout, version))
+
+    def _add_op(self, key, value, timeout, version) -> Op:
         data = self.engine.dumps(value)
         k = self.engine.key(key, version)
         seconds = self._seconds(timeout)
         if seconds is not None and seconds <= 0:
             # Django: an add with a zero timeout succeeds if the key was free, stores nothing.
-            added = bool(self.policy.run(self._write, "SET", k, data, "NX", write=True,
-                                         default=False))
+            replies = yield Step([("SET", k, data, "NX")])
+            added = bool(replies and replies[0])
             if added:
-                self.policy.run(self._write, "DEL", k, write=True)
+                yield Step([("DEL", k)])
             return added
         px = None if seconds is None else _px(seconds)
         command = ("SET", k, data, "NX") if px is None else ("SET", k, data, "NX", "PX", px)
         token = self._token(k)
         added = False
         try:
-            added = bool(self.policy.run(self._write, *command, write=True, default=False))
+            replies = yield Step([command])
+            added = bool(replies and replies[0])
         finally:
             if added:
                 self._wrote(k, token, value, len(data), px)
         return added
 
     def delete(self, key, version=None) -> bool:
-        k = self.engine.key(key, version)
-        try:
-            return bool(self.policy.run(self._write, "DEL", k, write=True, default=0))
-        finally:
-            self._changed(k)
+        return self._drive(self._delete_op([self.engine.key(key, version)]))
+
+    async def adelete(self, key, version=None) -> bool:
+        return await self._adrive(self._delete_op([self.engine.key(key, version)]))
 
     def delete_many(self, keys: Iterable, version=None) -> None:
         finals = self.engine.keys_of(list(keys), version)
         if finals:
-            self._delete_finals(finals)
+            self._drive(self._delete_op(finals))
 
-    def _delete_finals(self, finals: list[str]) -> int:
-        def unlink() -> int:
-            client = self._client()
-            if not self.clients.is_cluster:
-                return sum(client.unlink(*finals[i:i + _BATCH]) for i in range(0, len(finals), _BATCH))
-            pipe = client.pipeline()
-            for group in group_by_slot(finals).values():
-                pipe.execute_command("UNLINK", *group)
-            return sum(pipe.execute())
+    async def adelete_many(self, keys: Iterable, version=None) -> None:
+        finals = self.engine.keys_of(list(keys), version)
+        if finals:
+            await self._adrive(self._delete_op(finals))
 
+    def _delete_op(self, finals: list) -> Op:
+        """``DEL`` of one key (True if it existed); ``UNLINK`` in batches (per slot on a
+        cluster) of several (how many existed)."""
+        if len(finals) == 1:
+            commands = [("DEL", finals[0])]
+        elif self.clients.is_cluster:
+            commands = [("UNLINK", *group) for group in group_by_slot(finals).values()]
+        else:
+            commands = [("UNLINK", *finals[i:i + _BATCH]) for i in range(0, len(finals), _BATCH)]
         try:
-            return self.policy.run(unlink, write=True, default=0)
+            replies = yield Step(commands)
         finally:
             for k in finals:
                 self._changed(k)
+        if replies is None:
+            return False if len(finals) == 1 else 0
+        return bool(replies[0]) if len(finals) == 1 else sum(replies)
 
     def touch(self, key, timeout, version=None) -> bool:
-        k = self.engine.key(key, version)
+        return self._drive(self._expire_op(self.engine.key(key, version),
+                                           self._touch_args(timeout)))
+
+    async def atouch(self, key, timeout, version=None) -> bool:
+        return await self._adrive(self._expire_op(self.engine.key(key, version),
+                                                  self._touch_args(timeout)))
+
+    def _touch_args(self, timeout) -> tuple:
         seconds = self._seconds(timeout)
         if seconds is None:
-            args = ("persist", 0)
-        else:
-            args = ("px", _px(seconds) if seconds > 0 else 0)
-        return self._expire(k, args)
+            return ("persist", 0)
+        return ("px", _px(seconds) if seconds > 0 else 0)
 
     def expire_at(self, key, when: float | None, version=None) -> bool:
         k = self.engine.key(key, version)
-        return self._expire(k, ("persist", 0) if when is None else ("pxat", int(when * 1000)))
+        args = ("persist", 0) if when is None else ("pxat", int(when * 1000))
+        return self._drive(self._expire_op(k, args))
 
-    def _expire(self, k: str, args) -> bool:
-        client = self._client()
-        script = self._script(client, _EXPIRE)
+    def _expire_op(self, k: str, args: tuple) -> Op:
         try:
-            return bool(self.policy.run(script, keys=[k], args=list(args), write=True, default=0))
+            replies = yield Step([_evalsha(_EXPIRE_SCRIPT, [k], list(args))])
         finally:
             self._changed(k)
+        return bool(replies and replies[0])
 
     def incr(self, key, delta, version=None):
-        k = self.engine.key(key, version)
+        return self._drive(self._incr_op(self.engine.key(key, version), key, delta))
+
+    async def aincr(self, key, delta, version=None):
+        return await self._adrive(self._incr_op(self.engine.key(key, version), key, delta))
+
+    def _incr_op(self, k: str, key, delta) -> Op:
+        """One atomic script when the value is a Redis integer. For values Redis cannot
+        INCRBY (floats, Decimals, ints beyond 64 bits): read, add and write back keeping
+        the TTL, as Django's BaseCache.incr does (not atomic). Redis unreachable (with
+        ``IGNORE_EXCEPTIONS``): None, as django-redis answers, never "not found"."""
         try:
-            return self._incr(k, key, delta)
+            if isinstance(delta, int) and not isinstance(delta, bool) and -(2**63) <= delta < 2**63:
+                try:
+                    replies = yield Step([_evalsha(_INCR_SCRIPT, [k], [delta])])
+                except _rx.ResponseError as exc:
+                    if not any(text in str(exc) for text in _NOT_AN_INTEGER):
+                        raise
+                else:
+                    if replies is None:
+                        return None
+                    if replies[0] is None:
+                        raise ValueError(f"Key '{key}' not found")
+                    return replies[0]
+            replies = yield Step([("GET", k)], False, True)
+            if replies is None:
+                return None
+            value = _MISSING if replies[0] is None else self._decode(replies[0], k)
+            if value is _MISSING:
+                raise ValueError(f"Key '{key}' not found")
+            new = value + delta
+            replies = yield Step([("SET", k, self.engine.dumps(new), "KEEPTTL", "XX")])
+            if replies is None:
+                return None  # the write was dropped
+            if not replies[0]:
+                raise ValueError(f"Key '{key}' not found")  # deleted meanwhile
+            return new
         finally:
             self._changed(k)
 
-    def _incr(self, k: str, key, delta):
-        client = self._client()
-        script = self._script(client, _INCR)
-        try:
-            if isinstance(delta, int) and not isinstance(delta, bool) and -(2**63) <= delta < 2**63:
-                result = self.policy.run(script, keys=[k], args=[delta], write=True, default=_MISSING)
-                if result is _MISSING:
-                    return None  # Redis unreachable (IGNORE_EXCEPTIONS): as django-redis
-                if result is None:
-                    raise ValueError(f"Key '{key}' not found")
-                return result
-        except _ResponseError as exc:
-            if not any(text in str(exc) for text in _NOT_AN_INTEGER):
-                raise
-        return self._incr_slow(k, key, delta)
-
-    def _incr_slow(self, k: str, key, delta):
-        """For values Redis cannot INCRBY (floats, Decimals, ints beyond 64 bits): read,
-        add and write back keeping the TTL, as Django's BaseCache.incr does (not atomic)."""
-        client = self._client()
-        raw = self.policy.run(client.get, k, default=_MISSING)
-        if raw is _MISSING:
-            return None  # Redis unreachable (IGNORE_EXCEPTIONS)
-        value = _MISSING if raw is None else self._decode(raw, k)
-        if value is _MISSING:
-            raise ValueError(f"Key '{key}' not found")
-        new = value + delta
-        done = self.policy.run(client.set, k, self.engine.dumps(new), keepttl=True, xx=True,
-                               write=True, default=_MISSING)
-        if done is _MISSING:
-            return None  # the write was dropped
-        if not done:
-            raise ValueError(f"Key '{key}' not found")  # deleted meanwhile
-        return new
-
-    def delete_matching(self, pattern: str) -> int:
-        def run() -> int:
-            client = self._client()
-            batch, deleted = [], 0
-            for k in scan_keys(client, match=pattern, count=_BATCH):
-                batch.append(k)
-                if len(batch) >= _BATCH:
-                    deleted += self._unlink_raw(client, batch)
-                    batch = []
-            if batch:
-                deleted += self._unlink_raw(client, batch)
-            return deleted
-
-        try:
-            return self.policy.run(run, write=True, default=0)
-        finally:
-            self._changed_all()
-
-    def _unlink_raw(self, client, keys: list[bytes]) -> int:
-        if not self.clients.is_cluster:
-            return client.unlink(*keys)
-        pipe = client.pipeline()
-        for group in group_by_slot(keys).values():
-            pipe.execute_command("UNLINK", *group)
-        return sum(pipe.execute())
+    # ------------------------------------------------------------------ namespace
 
     def namespace(self) -> str:
         """The glob matching every key this cache makes and no other: ``<prefix>:*`` (all
@@ -715,152 +692,36 @@ class RedisTier:
                 "non-empty prefix of its own (e.g. Django's '<prefix>:<version>:<key>')")
         return glob_escape(head) + "*"
 
+    def delete_matching(self, pattern: str) -> int:
+        """Deletes the keys matching ``pattern`` (SCAN on every primary, UNLINK in
+        batches); how many were deleted."""
+        def run() -> int:
+            batch, deleted = [], 0
+            for k in scan_keys(self.clients.client(True), match=pattern, count=_BATCH):
+                batch.append(k)
+                if len(batch) >= _BATCH:
+                    deleted += self._unlink_now(batch)
+                    batch = []
+            if batch:
+                deleted += self._unlink_now(batch)
+            return deleted
+
+        try:
+            return self.policy.run(run, write=True, default=0)
+        finally:
+            self._changed_all()
+
+    def _unlink_now(self, keys: list[bytes]) -> int:
+        groups = group_by_slot(keys).values() if self.clients.is_cluster else [keys]
+        return sum(self.wire.execute_many([("UNLINK", *group) for group in groups]))
+
     def clear(self) -> None:
         """Deletes this cache's keys (``namespace()``), never FLUSHDB: other apps, other
         FastCache prefixes and the rate limiter may share the database."""
         self.delete_matching(self.namespace())
 
-    # ------------------------------------------------------------------ stampede protection
-
-    def get_or_set(self, cache, key, default, timeout, version=None):
-        """One process computes a missing value while others wait for it: a lease in Redis
-        (SET NX PX) names the computing process; the others poll for the value for up to
-        ``lock_wait`` seconds, then compute it themselves."""
-        value = cache.get(key, _MISSING, version=version)
-        if value is not _MISSING:
-            return value
-        if not callable(default):
-            cache.add(key, default, timeout=timeout, version=version)
-            return cache.get(key, default, version=version)
-        lease = self.engine.key(key, version) + ":__fastcache_lease__"
-        token = uuid.uuid4().hex
-        client = self._client()
-        won = self.policy.run(client.set, lease, token, nx=True, px=_px(self.lock_timeout),
-                              write=True, default=True)
-        if not won:
-            deadline = time.monotonic() + (self.lock_timeout if self.lock_wait is None
-                                           else min(self.lock_wait, self.lock_timeout))
-            delay = 0.005
-            while time.monotonic() < deadline:
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
-                value = cache.get(key, _MISSING, version=version)
-                if value is not _MISSING:
-                    return value
-        try:
-            value = default()
-            cache.add(key, value, timeout=timeout, version=version)
-            return cache.get(key, value, version=version)
-        finally:
-            if won:
-                self.policy.run(self._script(client, _RELEASE), keys=[lease], args=[token],
-                                write=True)
-
-    # ------------------------------------------------------------------ asyncio twins
-
-    def _aclient(self, write: bool = True):
-        return self.clients.async_client(write=write)
-
-    async def aadd(self, key, value, timeout, version=None) -> bool:
-        data = self.engine.dumps(value)
-        k = self.engine.key(key, version)
-        seconds = self._seconds(timeout)
-        client = self._aclient()
-        if seconds is not None and seconds <= 0:
-            added = bool(await self.policy.arun(client.set, k, data, nx=True, write=True, default=False))
-            if added:
-                await self.policy.arun(client.delete, k, write=True)
-            return added
-        px = None if seconds is None else _px(seconds)
-        token = self._token(k)
-        added = False
-        try:
-            added = bool(await self.policy.arun(client.set, k, data, nx=True, px=px, write=True,
-                                                default=False))
-        finally:
-            if added:
-                self._wrote(k, token, value, len(data), px)
-        return added
-
-    async def adelete(self, key, version=None) -> bool:
-        k = self.engine.key(key, version)
-        try:
-            return bool(await self.policy.arun(self._aclient().delete, k, write=True, default=0))
-        finally:
-            self._changed(k)
-
-    async def adelete_many(self, keys: Iterable, version=None) -> None:
-        finals = self.engine.keys_of(list(keys), version)
-        if not finals:
-            return
-        client = self._aclient()
-
-        async def unlink():
-            for group in (group_by_slot(finals).values() if self.clients.is_cluster else [finals]):
-                await client.unlink(*group)
-
-        try:
-            await self.policy.arun(unlink, write=True)
-        finally:
-            for k in finals:
-                self._changed(k)
-
-    async def ahas_key(self, key, version=None) -> bool:
-        k = self.engine.key(key, version)
-        return bool(await self.policy.arun(self._aclient(False).exists, k, default=0))
-
-    async def atouch(self, key, timeout, version=None) -> bool:
-        k = self.engine.key(key, version)
-        seconds = self._seconds(timeout)
-        args = ("persist", 0) if seconds is None else ("px", _px(seconds) if seconds > 0 else 0)
-        client = self._aclient()
-        script = self._script(client, _EXPIRE)
-        try:
-            return bool(await self.policy.arun(script, keys=[k], args=list(args), write=True,
-                                               default=0))
-        finally:
-            self._changed(k)
-
-    async def aincr(self, key, delta, version=None):
-        k = self.engine.key(key, version)
-        try:
-            return await self._aincr(k, key, delta)
-        finally:
-            self._changed(k)
-
-    async def _aincr(self, k: str, key, delta):
-        client = self._aclient()
-        if isinstance(delta, int) and not isinstance(delta, bool) and -(2**63) <= delta < 2**63:
-            script = self._script(client, _INCR)
-            try:
-                result = await self.policy.arun(script, keys=[k], args=[delta], write=True,
-                                                default=_MISSING)
-                if result is _MISSING:
-                    return None  # Redis unreachable (IGNORE_EXCEPTIONS): as django-redis
-                if result is None:
-                    raise ValueError(f"Key '{key}' not found")
-                return result
-            except _ResponseError as exc:
-                if not any(text in str(exc) for text in _NOT_AN_INTEGER):
-                    raise
-        raw = await self.policy.arun(client.get, k, default=_MISSING)
-        if raw is _MISSING:
-            return None
-        value = _MISSING if raw is None else self._decode(raw, k)
-        if value is _MISSING:
-            raise ValueError(f"Key '{key}' not found")
-        new = value + delta
-        done = await self.policy.arun(client.set, k, self.engine.dumps(new), keepttl=True,
-                                      xx=True, write=True, default=_MISSING)
-        if done is _MISSING:
-            return None
-        if not done:
-            raise ValueError(f"Key '{key}' not found")
-        return new
-
     async def aclear(self) -> None:
-        client = self._aclient()
-
+        client = self.clients.async_client(True)
         pattern = self.namespace()
 
         async def run():
@@ -879,8 +740,43 @@ class RedisTier:
             self._changed_all()
 
     async def _aunlink(self, client, keys) -> None:
-        for group in (group_by_slot(keys).values() if self.clients.is_cluster else [keys]):
-            await client.unlink(*group)
+        groups = group_by_slot(keys).values() if self.clients.is_cluster else [keys]
+        await self.wire.aexecute_many(client, [("UNLINK", *group) for group in groups])
+
+    # ------------------------------------------------------------------ stampede protection
+
+    def get_or_set(self, cache, key, default, timeout, version=None):
+        """One process computes a missing value while others wait for it: a lease in Redis
+        (SET NX PX) names the computing process; the others poll for the value for up to
+        ``lock_wait`` seconds, then compute it themselves."""
+        value = cache.get(key, _MISSING, version=version)
+        if value is not _MISSING:
+            return value
+        if not callable(default):
+            cache.add(key, default, timeout=timeout, version=version)
+            return cache.get(key, default, version=version)
+        lease = self.engine.key(key, version) + ":__fastcache_lease__"
+        token = uuid.uuid4().hex
+        won = bool(self.run("SET", lease, token, "NX", "PX", _px(self.lock_timeout),
+                            default=True))
+        if not won:
+            deadline = time.monotonic() + (self.lock_timeout if self.lock_wait is None
+                                           else min(self.lock_wait, self.lock_timeout))
+            delay = 0.005
+            while time.monotonic() < deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+                value = cache.get(key, _MISSING, version=version)
+                if value is not _MISSING:
+                    return value
+        try:
+            value = default()
+            cache.add(key, value, timeout=timeout, version=version)
+            return cache.get(key, value, version=version)
+        finally:
+            if won:
+                self._drive(self._command_op([_evalsha(_RELEASE_SCRIPT, [lease], [token])],
+                                             True, (), None))
 
     # ------------------------------------------------------------------ operations
 
@@ -900,4 +796,3 @@ class RedisTier:
 
     def close(self) -> None:
         """Connections stay pooled across requests, as Django's RedisCache keeps them."""
-

@@ -65,11 +65,13 @@ class CircuitBreaker:
     """Counts consecutive failures of calls to one server and stops calling it for a while.
 
     closed -> open after ``failure_threshold`` consecutive failures (0 disables the
-    breaker), or straight to half-open on a timeout (see :meth:`record_failure`); while open, :meth:`allow` returns False; ``reset_timeout`` seconds after
-    opening it is half-open: the first :meth:`allow` gets True (the trial call) and the
-    others False until that trial reports. A success closes it, a failure re-opens it for
-    another ``reset_timeout``. A trial that never reports (its caller died or raised an
-    unrelated error) expires after ``reset_timeout`` and the next caller gets the trial.
+    breaker), or straight to half-open on a timeout (see :meth:`record_failure`); while
+    open, :meth:`allow` returns False; ``reset_timeout`` seconds after opening it is
+    half-open: the first :meth:`allow` gets True (the trial call) and the others False
+    until that trial reports. A success closes it, a failure re-opens it for another
+    ``reset_timeout``. A trial that never reports expires after ``trial_timeout``
+    (at least ``reset_timeout``: a trial may reconnect) and the next caller gets the
+    trial; :meth:`abandon_trial` releases it at once.
     Any success closes the breaker: a reply from the server is proof it is up.
 
     Thread-safe. :meth:`allow` on a closed breaker is one attribute read;
@@ -79,7 +81,8 @@ class CircuitBreaker:
 
     __slots__ = (
         "failure_threshold", "reset_timeout", "timer", "failures", "short_circuited",
-        "opens", "suspected", "trial_timeout", "_tripped", "_consecutive", "_opened_at", "_trial_at", "_lock",
+        "opens", "suspected", "trial_timeout", "_tripped", "_consecutive", "_opened_at",
+        "_trial_at", "_lock",
     )
 
     def __init__(self, failure_threshold: int = 5, reset_timeout: float = 1.0,

@@ -271,21 +271,21 @@ def test_an_invalidation_during_a_fill_never_leaves_the_old_value(clean_redis_se
     cache.set("k", "old")
     k = cache.make_key("k")
     cache._store.invalidate([k])  # not in the L1: the next get reads Redis
-    real = tier._get_with_ttl
+    real = tier.wire.execute_many  # the read's one I/O step
     before = cache.stats()["l1_invalidated_keys"]
 
-    def slow_read(final):
-        reply = real(final)  # the old value, read...
+    def slow_read(commands, write=True):
+        reply = real(commands, write=write)  # the old value, read...
         raw.set(k, cache._engine.dumps("new"))  # ...then overwritten by someone else,
         wait_until(lambda: cache.stats()["l1_invalidated_keys"] > before, 5,
                    "the invalidation")  # whose message arrives before the fill
         return reply
 
-    tier._get_with_ttl = slow_read
+    tier.wire.execute_many = slow_read
     try:
         assert cache.get("k") == "old"  # what Redis held when it was read
     finally:
-        tier._get_with_ttl = real
+        tier.wire.execute_many = real
     assert cache._engine.l1_get(k, "absent") == "absent"
     assert cache.get("k") == "new"
     assert cache.stats()["l1_fills_refused"] >= 1

@@ -169,7 +169,8 @@ def test_hiredis_parser_and_options_reach_the_connections(clean_redis_server):
     try:
         assert type(connection._parser).__name__ == "_HiredisParser"
         assert connection.socket_timeout == 0.5 and connection.health_check_interval == 30
-        assert connection.retry.get_retries() == 1
+        retry = connection.retry  # get_retries() is redis-py >= 6; _retries before
+        assert (retry.get_retries() if hasattr(retry, "get_retries") else retry._retries) == 1
     finally:
         pool.release(connection)
     clients.close()
@@ -475,7 +476,8 @@ def test_cluster_client_sets_land_on_the_node_owning_the_slot(clean_redis_cluste
         assert owner.port in masters
         assert owner.client().get(key) == key.encode()
         others = [n for n in masters.values() if n is not owner]
-        with pytest.raises(redis.exceptions.MovedError):
+        # MovedError on redis-py >= 6; a plain ResponseError (its base) on 5.3.
+        with pytest.raises(redis.exceptions.ResponseError, match=r"\d+ \S+:\d+$"):
             others[0].client().get(key)
     clients.close()
 

@@ -93,7 +93,7 @@ def test_builtin_rejects_bad_arguments_clearly():
 
 # ------------------------------------------------------------- the Redis direct path
 
-def test_redis_checks_use_private_connections_not_the_command_path(server, monkeypatch):
+def test_redis_checks_use_held_connections_not_the_command_path(server, monkeypatch):
     client = redis_client(server.url)
     client.flushall()
     cache = FakeRedisCache(client)
@@ -110,14 +110,14 @@ def test_redis_checks_use_private_connections_not_the_command_path(server, monke
     assert {d.source for d in decisions} == {"redis"}
     assert 0 < decisions[-1].retry_after <= 60
     store = limiter._store_for(cache)
-    assert len(store._free) == 1  # one thread, one connection
+    assert store.wire.held_connection() is not None  # one thread, one held connection
 
 
 def test_single_connection_and_other_clients_go_through_redis_py(server):
     client = redis.Redis.from_url(server.url, single_connection_client=True)
     client.flushall()
     store = limiter.RedisStore(client, None)
-    assert store._pool is None
+    assert not store.wire.direct
     policy = limiter.make_policy("2/min")
     assert [store.hit("one", policy, 1)[0] for _ in range(3)] == [1, 1, 0]
 
@@ -136,14 +136,14 @@ def test_noscript_on_the_direct_path_loads_the_script_and_retries(server):
         assert client.script_exists(sha) == [True]
 
 
-def test_a_connection_the_server_closed_is_retried_once_through_redis_py(server):
+def test_a_connection_the_server_closed_is_retried_once_on_a_fresh_connection(server):
     client = redis_client(server.url)
     client.flushall()
     cache = FakeRedisCache(client)
     policy = limiter.make_policy("5/min")
     assert limiter.check(cache, "killed", policy).source == "redis"
     store = limiter._store_for(cache)
-    (conn,) = store._free
+    conn = store.wire.held_connection()
     client.client_kill_filter(_id=_client_id(conn))
     decision = limiter.check(cache, "killed", policy)
     assert decision.source == "redis" and decision.allowed and decision.remaining == 3
@@ -170,11 +170,11 @@ def test_an_error_reply_keeps_the_connection_in_sync(server, caplog):
         decision = limiter.check(cache, "wrongtype", policy)
         assert decision.source == "failure-closed"
         store = limiter._store_for(cache)
-        (conn,) = store._free
+        conn = store.wire.held_connection()
         client.delete(rkey)
         again = limiter.check(cache, "wrongtype", policy)
     assert again.source == "redis" and again.allowed
-    assert store._free == [conn]
+    assert store.wire.held_connection() is conn
     assert "WRONGTYPE" in caplog.text
 
 
@@ -185,19 +185,19 @@ def test_a_forked_child_does_not_reuse_the_parents_connections(server):
     policy = limiter.make_policy("100/min")
     limiter.check(cache, "fork", policy)
     store = limiter._store_for(cache)
-    assert store._free
+    assert store.wire.held_connection() is not None
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report, never return into pytest
         try:
-            os.write(write, b"empty" if not store._free else b"kept")
+            os.write(write, b"empty" if store.wire.held_connection() is None else b"kept")
         finally:
             os._exit(0)
     os.close(write)
     os.waitpid(pid, 0)
     assert os.read(read, 16) == b"empty"
     os.close(read)
-    assert store._free  # the parent keeps its own
+    assert store.wire.held_connection() is not None  # the parent keeps its own
 
 
 # ------------------------------------------------------------------ throttle details

@@ -109,7 +109,7 @@ class FakeBreaker:
         self.successes += 1
         self.failures = 0
 
-    def record_failure(self) -> None:
+    def record_failure(self, exc: BaseException | None = None) -> None:
         self.failures += 1
 
 

@@ -230,11 +230,9 @@ class FastCache(BaseCache):
         l1_timeout = option_number(options, "L1_TIMEOUT", 300.0, allow_none=True)
         l1_max_item = option_int(options, "L1_MAX_ITEM_BYTES", _REDIS_ONLY["L1_MAX_ITEM_BYTES"],
                                  minimum=0)
-        prefix = params.get("KEY_PREFIX", "")
-        # clear() deletes this cache's keys only; with no prefix, the whole database.
-        clear_pattern = None if not prefix else _glob_escape(prefix) + "*"
+        # clear() deletes this cache's keys only (RedisTier.namespace()).
         return RedisTier(
-            self._engine, clients, policy, clear_pattern=clear_pattern,
+            self._engine, clients, policy,
             lock_timeout=option_number(options, "GET_OR_SET_LOCK_TIMEOUT", 10.0),
             lock_wait=self._get_or_set_wait, store=self._store if l1 else None,
             l1_timeout=l1_timeout, l1_max_item_bytes=l1_max_item,

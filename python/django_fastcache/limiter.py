@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import threading
 import time
-import weakref
 from importlib import resources
 from typing import Any, NamedTuple
 
@@ -241,42 +239,31 @@ def _load_script(algorithm: str) -> tuple[str, str]:
 
 
 _SCRIPTS = {name: _load_script(name) for name in ALGORITHMS}
+# The same scripts as the wire layer runs them; filled by the first RedisStore (the wire
+# needs redis-py, which the in-process limiter does not).
+_WIRE_SCRIPTS: dict[str, Any] = {}
 
 
 class RedisStore:
     """Checks run by one ``EVALSHA`` in the Redis of a cache backend (``redis_client()``).
 
-    On a single-node or Sentinel client the store sends the command itself, pre-packed,
-    on connections it takes from the client's pool once and keeps in a free list of its
-    own: redis-py's general command path (pool checkout with a socket poll, retry wrapper,
-    observability hooks) costs several times the round trip. A connection error there is
-    retried once through redis-py, which applies the client's retry policy; a timeout is
-    not. A cluster client goes through redis-py. A ``NOSCRIPT`` reply (after ``SCRIPT
-    FLUSH``, a restart or a failover) loads the script and retries once.
+    The command goes through the package's wire layer (:mod:`.wire`): on a FastCache the
+    cache's own wire (the same held connections, fork rules and retry policy as its cache
+    operations), otherwise a wire over the client given. A ``NOSCRIPT`` reply (after
+    ``SCRIPT FLUSH``, a restart or a failover) loads the script and retries once.
 
-    Thread safety: safe; a connection is used by one thread at a time (the free list's
-    pop and append are atomic). The free list holds at most as many connections as
-    checks ran at once; it is emptied in a forked child.
+    Thread safety: safe (each thread uses its own connection).
     """
 
-    def __init__(self, client: Any, breaker: Any) -> None:
-        import redis
-        from redis.exceptions import ConnectionError, NoScriptError, ResponseError
+    def __init__(self, client: Any, breaker: Any, wire: Any = None) -> None:
+        from .wire import Script, Wire
 
+        if not _WIRE_SCRIPTS:
+            _WIRE_SCRIPTS.update({name: Script(text) for name, (text, _sha) in _SCRIPTS.items()})
         self.client = client
         self.breaker = breaker
         self.prefix = throttle_setting("KEY_PREFIX")
-        self._noscript = NoScriptError
-        self._response_error = ResponseError
-        self._connection_error = ConnectionError
-        # (id(policy), cost) -> (policy, the packed EVALSHA with %d/%b for the key)
-        self._packed: dict[tuple[int, int], tuple[Policy, bytes]] = {}
-        self._free: list[Any] = []
-        pool = getattr(client, "connection_pool", None)
-        direct = (isinstance(client, redis.Redis) and pool is not None
-                  and getattr(client, "connection", None) is None)
-        self._pool = pool if direct else None
-        _direct_stores.add(self)
+        self.wire = wire if wire is not None else Wire.over(client)
 
     def key(self, key: str, policy: Policy) -> str:
         # The identity is the hash tag: every key of one identity lands in one cluster
@@ -288,75 +275,10 @@ class RedisStore:
     def hit(self, key: str, policy: Policy, cost: int, now_us: int | None = None) -> list[int]:
         """Raw script reply ``[allowed, remaining, retry_after_us, reset_after_us]``.
         ``now_us`` replaces Redis TIME: for tests of the algorithm only."""
-        rkey = self.key(key, policy)
-        if now_us is None and self._pool is not None:
-            try:
-                return self._direct(rkey, policy, cost)
-            except self._noscript:
-                self.client.script_load(_SCRIPTS[policy.algorithm][0])
-            except self._connection_error:
-                pass  # a connection the server closed: once more through redis-py
-        text, sha = _SCRIPTS[policy.algorithm]
         args = [policy.limit, policy.period_us, policy.burst, cost]
         if now_us is not None:
             args.append(now_us)
-        try:
-            return self.client.evalsha(sha, 1, rkey, *args)
-        except self._noscript:
-            self.client.script_load(text)
-            return self.client.evalsha(sha, 1, rkey, *args)
-
-    def _direct(self, rkey: str, policy: Policy, cost: int) -> Any:
-        packed = self._packed.get((id(policy), cost))
-        if packed is None or packed[0] is not policy:
-            packed = self._pack(policy, cost)
-        k = rkey.encode()
-        command = packed[1] % (len(k), k)
-        free = self._free
-        try:
-            conn = free.pop()
-        except IndexError:
-            conn = self._pool.get_connection()
-        try:
-            conn.send_packed_command((command,))
-            reply = conn.read_response()
-        except self._response_error:
-            free.append(conn)  # an error reply leaves the connection in sync
-            raise
-        except BaseException:
-            # The reply may still be on its way: never reuse the socket as it is (the
-            # connection reconnects on its next command).
-            conn.disconnect()
-            free.append(conn)
-            raise
-        free.append(conn)
-        return reply
-
-    def _pack(self, policy: Policy, cost: int) -> tuple[Policy, bytes]:
-        sha = _SCRIPTS[policy.algorithm][1].encode()
-        tail = b"".join(b"$%d\r\n%d\r\n" % (len(b"%d" % v), v)
-                        for v in (policy.limit, policy.period_us, policy.burst, cost))
-        template = b"*8\r\n$7\r\nEVALSHA\r\n$40\r\n" + sha + b"\r\n$1\r\n1\r\n$%d\r\n%b\r\n" + tail
-        entry = (policy, template)
-        if len(self._packed) > 1000:  # policies made per call (not memoized) must not pile up
-            self._packed.clear()
-        self._packed[(id(policy), cost)] = entry
-        return entry
-
-    def _forget_connections(self) -> None:
-        self._free = []
-
-
-# Stores with private connections, emptied in a forked child (the sockets are the parent's).
-_direct_stores: weakref.WeakSet[RedisStore] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for store in list(_direct_stores):
-        store._forget_connections()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+        return self.wire.evalsha(_WIRE_SCRIPTS[policy.algorithm], [self.key(key, policy)], args)
 
 
 _stores: dict[int, tuple[Any, RedisStore | None]] = {}
@@ -373,7 +295,9 @@ def _store_for(cache: Any) -> RedisStore | None:
     if redis_client is not None:
         client = redis_client()
         if client is not None:
-            store = RedisStore(client, getattr(cache, "breaker", None))
+            # A FastCache's own wire: one set of held connections for cache and limiter.
+            wire = getattr(getattr(cache, "_tier", None), "wire", None)
+            store = RedisStore(client, getattr(cache, "breaker", None), wire)
     _stores[id(cache)] = (cache, store)
     return store
 
@@ -460,7 +384,7 @@ def _check(cache: Any, key: str, policy: Policy, cost: int, now: float | None,
             allowed, remaining, retry, reset = store.hit(key, policy, cost)
         except Exception as exc:  # noqa: BLE001 - no Redis failure may reach the view
             if breaker is not None:
-                breaker.record_failure()
+                breaker.record_failure(exc)
             return _on_failure(exc, key, policy, cost, now, failure_mode)
         if breaker is not None:
             breaker.record_success()

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from .errors import ConnectionInterrupted
 
 __all__ = [
+    "TIMEOUT_ERRORS",
     "TRANSIENT_ERRORS",
     "CircuitBreaker",
     "FailurePolicy",
@@ -48,7 +49,11 @@ if _rx is not None:
     _LOCAL_ERRORS: tuple[type[BaseException], ...] = (_rx.MaxConnectionsError,)
     # The server answered (with an error reply): proof that it is up.
     _ANSWERED: tuple[type[BaseException], ...] = (_rx.ResponseError,)
+    # The server did not answer in time: it may hang (SIGSTOP, swapping, a long script).
+    TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (
+        _rx.TimeoutError, TimeoutError, asyncio.TimeoutError)
 else:
+    TIMEOUT_ERRORS = (TimeoutError, asyncio.TimeoutError)
     TRANSIENT_ERRORS = (OSError, asyncio.TimeoutError)
     _LOCAL_ERRORS = ()
     _ANSWERED = ()
@@ -60,11 +65,13 @@ class CircuitBreaker:
     """Counts consecutive failures of calls to one server and stops calling it for a while.
 
     closed -> open after ``failure_threshold`` consecutive failures (0 disables the
-    breaker); while open, :meth:`allow` returns False; ``reset_timeout`` seconds after
-    opening it is half-open: the first :meth:`allow` gets True (the trial call) and the
-    others False until that trial reports. A success closes it, a failure re-opens it for
-    another ``reset_timeout``. A trial that never reports (its caller died or raised an
-    unrelated error) expires after ``reset_timeout`` and the next caller gets the trial.
+    breaker), or straight to half-open on a timeout (see :meth:`record_failure`); while
+    open, :meth:`allow` returns False; ``reset_timeout`` seconds after opening it is
+    half-open: the first :meth:`allow` gets True (the trial call) and the others False
+    until that trial reports. A success closes it, a failure re-opens it for another
+    ``reset_timeout``. A trial that never reports expires after ``trial_timeout``
+    (at least ``reset_timeout``: a trial may reconnect) and the next caller gets the
+    trial; :meth:`abandon_trial` releases it at once.
     Any success closes the breaker: a reply from the server is proof it is up.
 
     Thread-safe. :meth:`allow` on a closed breaker is one attribute read;
@@ -74,21 +81,27 @@ class CircuitBreaker:
 
     __slots__ = (
         "failure_threshold", "reset_timeout", "timer", "failures", "short_circuited",
-        "opens", "_tripped", "_consecutive", "_opened_at", "_trial_at", "_lock",
+        "opens", "suspected", "trial_timeout", "_tripped", "_consecutive", "_opened_at",
+        "_trial_at", "_lock",
     )
 
     def __init__(self, failure_threshold: int = 5, reset_timeout: float = 1.0,
-                 timer: Callable[[], float] = time.monotonic) -> None:
+                 timer: Callable[[], float] = time.monotonic,
+                 trial_timeout: float | None = None) -> None:
         if not isinstance(failure_threshold, int) or failure_threshold < 0:
             raise ValueError(f"failure_threshold must be an int >= 0, not {failure_threshold!r}")
         if not isinstance(reset_timeout, (int, float)) or not reset_timeout > 0:
             raise ValueError(f"reset_timeout must be a number > 0, not {reset_timeout!r}")
         self.failure_threshold = failure_threshold
         self.reset_timeout = float(reset_timeout)
+        #: How long a trial may be in flight before another caller gets one (a trial
+        #: that reconnects may take a connect timeout and a few read timeouts).
+        self.trial_timeout = max(self.reset_timeout, float(trial_timeout or 0.0))
         self.timer = timer
         self.failures = 0  #: failures recorded, in any state
         self.short_circuited = 0  #: calls refused by allow()
         self.opens = 0  #: closed -> open transitions (outages), re-opens not counted
+        self.suspected = 0  #: of which: tripped at once by a timeout
         self._tripped = False  # open or half-open
         self._consecutive = 0
         self._opened_at = 0.0
@@ -107,7 +120,7 @@ class CircuitBreaker:
             if not self._tripped:
                 return True
             if now - self._opened_at < self.reset_timeout or (
-                self._trial_at is not None and now - self._trial_at < self.reset_timeout
+                self._trial_at is not None and now - self._trial_at < self.trial_timeout
             ):
                 self.short_circuited += 1
                 return False
@@ -128,9 +141,15 @@ class CircuitBreaker:
             self._trial_at = None
             return True
 
-    def record_failure(self) -> bool:
+    def record_failure(self, exc: BaseException | None = None) -> bool:
         """Report a call that failed to reach the server; True if this opened the breaker
-        from closed (a failed trial re-opens it and returns False)."""
+        from closed (a failed trial re-opens it and returns False).
+
+        A timeout (``exc`` one of :data:`TIMEOUT_ERRORS`) trips the breaker at once, half
+        open: a server that hangs costs a socket timeout per call, so after the first one
+        every thread of the process is short-circuited while one trial call at a time
+        finds out whether it answers again. Refused connections cost microseconds and
+        count towards ``failure_threshold`` as before."""
         now = self.timer()
         with self._lock:
             self.failures += 1
@@ -140,6 +159,13 @@ class CircuitBreaker:
                     self._opened_at = now
                     self._trial_at = None
                 return False
+            if self.failure_threshold and exc is not None and isinstance(exc, TIMEOUT_ERRORS):
+                self._tripped = True
+                self._opened_at = now - self.reset_timeout  # half-open: the next call tries
+                self._trial_at = None
+                self.opens += 1
+                self.suspected += 1
+                return True
             if self.failure_threshold and self._consecutive >= self.failure_threshold:
                 self._tripped = True
                 self._opened_at = now
@@ -147,6 +173,12 @@ class CircuitBreaker:
                 self.opens += 1
                 return True
             return False
+
+    def abandon_trial(self) -> None:
+        """A call made while tripped ended without a verdict (an unrelated exception, a
+        cancelled task): the next caller may make the trial at once."""
+        with self._lock:
+            self._trial_at = None
 
     @property
     def state(self) -> str:
@@ -230,6 +262,10 @@ class FailurePolicy:
         except _ANSWERED:
             self._succeeded()
             raise
+        except BaseException:
+            if breaker._tripped:
+                breaker.abandon_trial()
+            raise
         if breaker._tripped or breaker._consecutive:
             self._succeeded()
         return result
@@ -247,6 +283,10 @@ class FailurePolicy:
             return self._failed(exc, default, write, count=True)
         except _ANSWERED:
             self._succeeded()
+            raise
+        except BaseException:  # CancelledError included
+            if breaker._tripped:
+                breaker.abandon_trial()
             raise
         if breaker._tripped or breaker._consecutive:
             self._succeeded()
@@ -268,7 +308,7 @@ class FailurePolicy:
         return default
 
     def _failed(self, exc: BaseException, default: Any, write: bool, count: bool) -> Any:
-        opened = self.breaker.record_failure() if count else False
+        opened = self.breaker.record_failure(exc) if count else False
         if count:
             for callback in self.on_transient_error:
                 callback()
@@ -309,6 +349,7 @@ class FailurePolicy:
             "short_circuited": breaker.short_circuited,
             "breaker_state": breaker.state,
             "breaker_opens": breaker.opens,
+            "breaker_suspected": breaker.suspected,
             "breaker_failures": breaker.failures,
         }
 
@@ -321,10 +362,13 @@ def policy_from_options(options: Mapping[str, Any], name: str = "default",
     ``ImproperlyConfigured`` naming the option for a bad value."""
     from ._config import option_bool, option_int, option_number
 
+    # A trial may reconnect: a connect timeout, then the handshake and the command.
+    socket = option_number(options, "SOCKET_TIMEOUT", 1.0, allow_none=True) or 0.0
+    connect = option_number(options, "SOCKET_CONNECT_TIMEOUT", 1.0, allow_none=True) or 0.0
     breaker = CircuitBreaker(
         failure_threshold=option_int(options, "CIRCUIT_BREAKER_THRESHOLD", 5, minimum=0),
         reset_timeout=option_number(options, "CIRCUIT_BREAKER_RESET_TIMEOUT", 1.0),
-        timer=timer,
+        timer=timer, trial_timeout=connect + 3 * socket,
     )
     return FailurePolicy(
         ignore_exceptions=option_bool(options, "IGNORE_EXCEPTIONS", True),

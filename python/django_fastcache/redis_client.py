@@ -15,6 +15,7 @@ import os
 import random
 import re
 import threading
+import weakref
 from collections.abc import AsyncIterator, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -446,6 +447,7 @@ class RedisClients:
         self._pid = os.getpid()
         self._sync: _ClientSet | None = None
         self._async: dict[asyncio.AbstractEventLoop, _ClientSet] = {}
+        _all_clients.add(self)
 
     @property
     def mode(self) -> str:
@@ -479,13 +481,21 @@ class RedisClients:
             return self._sync
 
     def _check_fork(self) -> None:
+        """Under ``self._lock``: a fork that bypassed ``os.register_at_fork`` hooks (none
+        does in CPython; kept as a guard) is handled like one that ran them."""
         if self._pid != os.getpid():
-            # The parent's clients are dropped without closing: their sockets are the
-            # parent's too, and redis-py only closes them (never shuts them down) when the
-            # pid differs.
-            self._pid = os.getpid()
-            self._sync = None
-            self._async = {}
+            self._forget_parent(new_lock=False)
+
+    def _forget_parent(self, new_lock: bool) -> None:
+        # The parent's clients are dropped without closing: their sockets are the parent's
+        # too (redis-py only closes them, never shuts them down, when the pid differs). They
+        # are kept referenced, so that no finalizer of theirs runs in the child while a
+        # thread of the child uses the clients built to replace them.
+        self._orphans = [self._sync, self._async]
+        self._pid = os.getpid()
+        self._sync = None
+        self._async = {}
+        if new_lock:
             self._lock = threading.Lock()
 
     # -- asyncio
@@ -614,6 +624,20 @@ class RedisClients:
         c = self.config
         where = f"service {c.service!r}" if c.mode == "sentinel" else ", ".join(map(str, c.nodes))
         return f"<RedisClients {c.mode} {where} db={c.db}>"
+
+
+_all_clients: weakref.WeakSet[RedisClients] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Runs in the child before any other thread exists: each RedisClients starts over at
+    # once (fresh lock, no clients), so the child's threads build one client set, once,
+    # and a lock held by a parent thread at the fork is never inherited.
+    for clients in list(_all_clients):
+        clients._forget_parent(new_lock=True)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def _aclose_all(clients: _ClientSet) -> None:

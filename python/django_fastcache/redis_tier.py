@@ -17,26 +17,24 @@ the Redis TTL it was read or written with, nor ``L1_TIMEOUT``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import threading
 import time
 import uuid
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Generator, Iterable
+from typing import Any, NamedTuple
 
-import redis.lock
+from django.core.exceptions import ImproperlyConfigured
 from redis import exceptions as _rx
-from redis.exceptions import ResponseError as _ResponseError
 
 from . import _core
 from .coherence import listener_for
-from .errors import DecodeError, LockError, LockNotOwnedError
+from .errors import DecodeError
 from .policy import FailurePolicy
 from .redis_client import RedisClients, ascan_keys, group_by_slot, key_slot, scan_keys
+from .redis_lock import RedisLock
+from .wire import Script, Wire
 
-__all__ = ["RedisLock", "RedisTier"]
+__all__ = ["RedisLock", "RedisTier", "Step", "glob_escape"]
 
 logger = logging.getLogger("django_fastcache.redis")
 _MISSING = object()
@@ -60,7 +58,9 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+_INCR_SCRIPT, _EXPIRE_SCRIPT, _RELEASE_SCRIPT = Script(_INCR), Script(_EXPIRE), Script(_RELEASE)
 _NOT_AN_INTEGER = ("not an integer", "out of range", "would overflow")
+_NAMESPACE_MARK = "fastcache.namespace.mark"
 _BATCH = 500
 
 
@@ -72,66 +72,64 @@ def _index_groups(finals: list[str]) -> dict[int, list[int]]:
     return groups
 
 
+def glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis glob (SCAN MATCH)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
 def _px(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-class RedisLock(redis.lock.Lock):
-    """redis-py's lock, raising this package's :class:`LockError` /
-    :class:`LockNotOwnedError` (as the in-process ``LocalLock`` does), so callers catch one
-    hierarchy whichever tier is configured. Same thread safety as redis-py's ``Lock``."""
+class Step(NamedTuple):
+    """One I/O step of an operation: commands sent in one round trip. ``write``: the step
+    changes data (a failure drops a write); ``primary``: send it to the primary (else a
+    read replica may answer)."""
 
-    def __enter__(self) -> RedisLock:
-        try:
-            return super().__enter__()
-        except _rx.LockError as exc:
-            raise LockError(f"could not acquire lock {self.name!r}") from exc
-
-    def release(self) -> None:
-        try:
-            super().release()
-        except _rx.LockError as exc:  # no token here, or the lock expired / changed hands
-            raise LockNotOwnedError(f"cannot release lock {self.name!r}: not owned") from exc
-
-    def extend(self, additional_time: float, replace_ttl: bool = False) -> bool:
-        return self._owned_only(super().extend, additional_time, replace_ttl)
-
-    def reacquire(self) -> bool:
-        return self._owned_only(super().reacquire)
-
-    def _owned_only(self, fn, *args):
-        if self.local.token is None:
-            raise LockNotOwnedError(f"cannot change lock {self.name!r}: not owned")
-        try:
-            return fn(*args)
-        except _rx.LockNotOwnedError as exc:
-            raise LockNotOwnedError(f"cannot change lock {self.name!r}: not owned") from exc
-        except _rx.LockError as exc:  # e.g. a lock without a timeout cannot be extended
-            raise LockError(str(exc)) from exc
+    commands: list[tuple]
+    write: bool = True
+    primary: bool = True
 
 
-class _HeldConnection:
-    """A connection taken from a pool for one thread; handed back to the pool when the
-    thread ends (its thread-local storage is dropped), so short-lived threads leak none."""
+#: An operation: a generator that yields its I/O steps and gets back each step's replies
+#: (None: Redis unreachable and the failure policy said "carry on"; an error reply or an
+#: outage the policy raises is thrown in), and returns the operation's result.
+Op = Generator[Step, Any, Any]
 
-    __slots__ = ("pool", "pid", "connection")
 
-    def __init__(self, pool) -> None:
-        self.pool = pool
-        self.pid = os.getpid()
-        self.connection = None  # set first: __del__ runs even if get_connection() raises
-        self.connection = pool.get_connection()
+class _ReadPlan(NamedTuple):
+    """A prepared read: the final keys, their L1 tokens (None: no L1 fill), the key
+    positions of each MGET (one per cluster slot) and the commands, in order."""
 
-    def release(self) -> None:
-        connection, self.connection = self.connection, None
-        if connection is not None and self.pid == os.getpid():
-            try:
-                self.pool.release(connection)
-            except Exception:  # the pool may be closed or half torn down at exit
-                pass
+    finals: list[str]
+    tokens: list[int] | None
+    groups: list[list[int]]
+    commands: list[tuple]
 
-    def __del__(self) -> None:
-        self.release()
+    @property
+    def primary(self) -> bool:
+        """Read from the primary (the L1 is filled from what it answers)."""
+        return self.tokens is not None
+
+
+class _WritePlan(NamedTuple):
+    """A prepared write of one or more keys: what the L1 needs afterwards, and the
+    commands (``SET``, or ``DEL`` for an already expired timeout: ``stores`` False)."""
+
+    finals: list[str]
+    values: list
+    blobs: list[bytes]
+    px: int | None
+    tokens: list[int | None]
+    commands: list[tuple]
+    stores: bool
+
+
+def _evalsha(script: Script, keys: list, args: list) -> tuple:
+    return ("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+_BY_SHA = {script.sha: script for script in (_INCR_SCRIPT, _EXPIRE_SCRIPT, _RELEASE_SCRIPT)}
 
 
 class RedisTier:
@@ -142,13 +140,15 @@ class RedisTier:
     """
 
     def __init__(self, engine: _core.Engine, clients: RedisClients, policy: FailurePolicy, *,
-                 clear_pattern: str | None, lock_timeout: float, lock_wait: float | None,
+                 lock_timeout: float, lock_wait: float | None,
                  store: _core.Store | None = None, l1_timeout: float | None = None,
                  l1_max_item_bytes: int = 0) -> None:
         self.engine = engine
         self.clients = clients
         self.policy = policy
-        self.clear_pattern = clear_pattern  # None: FLUSHDB (no key prefix)
+        # What keys this cache makes (see namespace()); set by follow_keys().
+        self._key_prefix = ""
+        self._custom_keys = False
         # The coherent L1: the store (None: no L1), the cap on an entry's life (None: only
         # the Redis TTL) and the largest encoded value it keeps.
         self.store = store
@@ -163,111 +163,126 @@ class RedisTier:
                 policy.on_transient_error.append(self.listener.suspect)
         self.lock_timeout = lock_timeout
         self.lock_wait = lock_wait
-        self.hits = self.misses = self.decode_errors = 0
-        self._scripts: dict[tuple[int, str], Any] = {}
-        # One server for reads and writes (a single node without replicas, or the Sentinel
-        # primary): each thread keeps one connection of the pool for itself and talks to it
-        # directly. Borrowing from redis-py's pool and parsing through the client costs
-        # more per command than the round trip itself on a local server.
-        self._direct = clients.mode != "cluster" and len(clients.config.nodes) <= 1
-        self._local = threading.local()
-        self._retries = clients.config.retries
-        self._retry_on: tuple[type[BaseException], ...] = (_rx.ConnectionError,) + (
-            (_rx.TimeoutError, TimeoutError) if clients.config.retry_on_timeout else ())
-        if self._direct:
-            self._read = self._write = self._execute
-        else:
-            self._read = self._execute_read
-            self._write = self._execute_write
+        self.hits = self.misses = self.decode_errors = self.undecodable_keys = 0
+        # Every command goes through one wire (held connections on a single node or the
+        # Sentinel primary, redis-py's routing on a cluster or with read replicas).
+        self.wire = Wire(clients.client,
+                         direct=clients.mode != "cluster" and len(clients.config.nodes) <= 1,
+                         retries=clients.config.retries,
+                         retry_on_timeout=clients.config.retry_on_timeout)
 
     def follow_keys(self, key_prefix: str, custom_key_func: bool) -> None:
         """Tells the listener which keys this cache makes, so that Redis tracks them: the
         ones starting with ``key_prefix + ":"``, or every key with a custom key function."""
+        self._key_prefix = key_prefix
+        self._custom_keys = custom_key_func
         if self.listener is not None:
             self.listener.track("" if custom_key_func else key_prefix + ":")
 
-    # ------------------------------------------------------------------ plumbing
+    # ------------------------------------------------------------------ running operations
+    # Each operation is written once, as a generator (prepare -> yield its I/O steps ->
+    # finish); run() and arun() differ only in how a step reaches Redis.
 
-    def _client(self, write: bool = True):
+    def _drive(self, op: Op) -> Any:
+        """Runs ``op`` on this thread's wire, each step through the failure policy."""
+        try:
+            step = next(op)
+            while True:
+                try:
+                    replies = self.policy.run(self._send, step, write=step.write,
+                                              default=None)
+                except BaseException as exc:
+                    step = op.throw(exc)
+                else:
+                    step = op.send(replies)
+        except StopIteration as stop:
+            return stop.value
+
+    async def _adrive(self, op: Op) -> Any:
+        """Runs ``op`` on the running loop's ``redis.asyncio`` client."""
+        try:
+            step = next(op)
+            while True:
+                try:
+                    replies = await self.policy.arun(self._asend, step, write=step.write,
+                                                     default=None)
+                except BaseException as exc:
+                    step = op.throw(exc)
+                else:
+                    step = op.send(replies)
+        except StopIteration as stop:
+            return stop.value
+
+    def _send(self, step: Step) -> list:
+        try:
+            return self.wire.execute_many(step.commands, write=step.primary)
+        except _rx.NoScriptError:
+            # After SCRIPT FLUSH, a restart or a failover: load the script, send again (a
+            # script step is one command, so nothing else ran twice).
+            if len(step.commands) != 1:
+                raise
+            self.clients.client(True).script_load(_BY_SHA[step.commands[0][1]].source)
+            return self.wire.execute_many(step.commands, write=step.primary)
+
+    async def _asend(self, step: Step) -> list:
+        client = self.clients.async_client(write=step.primary)
+        try:
+            return await self.wire.aexecute_many(client, step.commands)
+        except _rx.NoScriptError:
+            if len(step.commands) != 1:
+                raise
+            await client.script_load(_BY_SHA[step.commands[0][1]].source)
+            return await self.wire.aexecute_many(client, step.commands)
+
+    # ------------------------------------------------------------------ public I/O
+    # For extensions (django-redis's hash/set/zset families...): any command through this
+    # cache's wire and failure policy, with the L1 kept coherent for the keys it writes.
+
+    def client(self, write: bool = True):
+        """The redis-py client: ``redis.Redis`` (single node; with Sentinel, the one that
+        follows the primary) or ``redis.cluster.RedisCluster``; ``write=False`` may be a
+        read replica."""
         return self.clients.client(write=write)
 
-    def _connection(self):
-        held = getattr(self._local, "held", None)
-        if held is None or held.pid != os.getpid():
-            held = self._local.held = _HeldConnection(self.clients.client(True).connection_pool)
-        return held.connection
+    def async_client(self, write: bool = True):
+        """The ``redis.asyncio`` client of the running event loop (see :meth:`client`)."""
+        return self.clients.async_client(write=write)
 
-    def _execute(self, *args):
-        """One command on this thread's connection, retried on a connection error as the
-        client would (``RETRIES``, ``RETRY_ON_TIMEOUT``); the raw reply (no callbacks)."""
-        attempt = 0
-        while True:
-            try:
-                conn = self._connection()
-                conn.send_command(*args)
-                return conn.read_response()
-            except _ResponseError:
-                raise  # the reply was read: the connection is in step
-            except BaseException as exc:
-                self._drop_connection()
-                if attempt >= self._retries or not isinstance(exc, self._retry_on):
-                    raise
-                attempt += 1
+    def _command_op(self, commands: list[tuple], write: bool, keys: Iterable[str],
+                    default: Any) -> Op:
+        try:
+            replies = yield Step(list(commands), write, write)
+        finally:
+            if write:
+                for k in keys:
+                    self._changed(k)
+        return default if replies is None else replies
 
-    def _drop_connection(self) -> None:
-        """After a failure: the connection is closed (a half-read reply must never be read
-        by the next call) and handed back; the next call takes one from the pool, which
-        connects it afresh (with Sentinel, to the primary the sentinels name now)."""
-        held = getattr(self._local, "held", None)
-        self._local.held = None
-        if held is not None:
-            held.connection.disconnect()
-            held.release()
+    def run(self, *command, write: bool = True, keys: Iterable[str] = (), default=None):
+        """One command (final keys in it) through the failure policy: its raw reply, or
+        ``default`` when Redis is unreachable and ``IGNORE_EXCEPTIONS`` is on. ``keys``: the
+        final keys a write changes, whose L1 copies are dropped. Reads go to a replica
+        when there is one."""
+        replies = self._drive(self._command_op([command], write, keys, None))
+        return default if replies is None else replies[0]
 
-    def _execute_many(self, commands: list[tuple]) -> list:
-        """Commands in one round trip (a pipeline without MULTI); the raw replies. An error
-        reply is raised after every reply has been read."""
-        if not self._direct:
-            pipe = self._client().pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
-            return pipe.execute()
-        attempt = 0
-        while True:
-            try:
-                conn = self._connection()
-                conn.send_packed_command(conn.pack_commands(commands))
-                replies = []
-                error = None
-                for _ in commands:
-                    try:
-                        replies.append(conn.read_response())
-                    except _ResponseError as exc:
-                        replies.append(exc)
-                        error = error or exc
-                if error is not None:
-                    raise error
-                return replies
-            except _ResponseError:
-                raise
-            except BaseException as exc:
-                self._drop_connection()
-                if attempt >= self._retries or not isinstance(exc, self._retry_on):
-                    raise
-                attempt += 1
+    def run_many(self, commands: list[tuple], *, write: bool = True, keys: Iterable[str] = (),
+                 default=None):
+        """Commands in one round trip (see :meth:`run`); their replies, in order (on a
+        cluster each command is routed by its keys; a multi-key command must stay in one
+        slot)."""
+        return self._drive(self._command_op(commands, write, keys, default))
 
-    def _execute_read(self, *args):
-        return self.clients.client(False).execute_command(*args)
+    async def arun(self, *command, write: bool = True, keys: Iterable[str] = (), default=None):
+        """:meth:`run` on the running loop's ``redis.asyncio`` client."""
+        replies = await self._adrive(self._command_op([command], write, keys, None))
+        return default if replies is None else replies[0]
 
-    def _execute_write(self, *args):
-        return self.clients.client(True).execute_command(*args)
+    async def arun_many(self, commands: list[tuple], *, write: bool = True,
+                        keys: Iterable[str] = (), default=None):
+        return await self._adrive(self._command_op(commands, write, keys, default))
 
-    def _script(self, client, source: str):
-        handle = (id(client), source)
-        script = self._scripts.get(handle)
-        if script is None:  # register_script handles EVALSHA and NOSCRIPT reloads
-            script = self._scripts[handle] = client.register_script(source)
-        return script
+    # ------------------------------------------------------------------ helpers
 
     def _decode(self, raw: bytes, key: str) -> Any:
         try:
@@ -314,62 +329,51 @@ class RedisTier:
             self.store.reset(self.store.usable)
 
     # ------------------------------------------------------------------ reads
+    # One "L1, else Redis" path serves get, aget, get_many, aget_many (and so the tag
+    # counters): prepare (L1 lookups, invalidation tokens, the commands) -> one round trip
+    # -> finish (decode, count, fill the L1 with the values and their Redis TTLs).
 
     def get(self, key, default=None, version=None):
         if self.l1 and self.store.usable:
             value = self.engine.l1_get(self.engine.key(key, version), _MISSING)
             if value is not _MISSING:
                 return value
-        return self.get_from_redis(key, default, version)
+        return self._drive(self._get_op(self.engine.key(key, version), default))
 
     def get_from_redis(self, key, default=None, version=None):
         """``get`` after an L1 miss (or with the L1 bypassed): reads Redis, and fills the
         L1 unless an invalidation of the key arrived while the read was in flight."""
+        return self._drive(self._get_op(self.engine.key(key, version), default))
+
+    async def aget(self, key, default=None, version=None):
         k = self.engine.key(key, version)
-        token = None
-        if self.l1:
-            self.listener.ensure_running()
-            if self.store.usable:
-                token = self.engine.l1_token(k)
-        if token is not None:
-            raw, ttl = self.policy.run(self._get_with_ttl, k, default=(None, None))
-        else:
-            raw, ttl = self.policy.run(self._read, "GET", k), None
-        return self._read_done(k, raw, ttl, token, default)
+        if self.l1 and self.store.usable:  # a hit is served without awaiting anything
+            value = self.engine.l1_get(k, _MISSING)
+            if value is not _MISSING:
+                return value
+        return await self._adrive(self._get_op(k, default))
 
-    def _read_done(self, k: str, raw: bytes | None, ttl, token, default):
-        """The value read for one key (or `default`), counted, and kept in the L1 when the
-        read began under `token` and no invalidation of the key has arrived since."""
-        value = _MISSING if raw is None else self._decode(raw, k)
-        if value is _MISSING:
-            self.misses += 1
-            return default
-        self.hits += 1
-        if token is not None and len(raw) <= self.l1_max_item_bytes:
-            self.engine.l1_fill(k, value, self._l1_seconds(ttl), token)
-        return value
-
-    def _get_with_ttl(self, k: str):
-        if self._direct:
-            raw, ttl = self._execute_many([("GET", k), ("PTTL", k)])
-        else:
-            # From the primary: a replica may not have the write whose invalidation has
-            # already been applied here, and its old value would then stay in the L1.
-            pipe = self._client(True).pipeline(transaction=False)
-            pipe.get(k)
-            pipe.pttl(k)
-            raw, ttl = pipe.execute()
-        return raw, (None if ttl == -1 else ttl)
+    def _get_op(self, k: str, default) -> Op:
+        read = self._read_plan([k])
+        replies = yield Step(read.commands, False, read.primary)
+        value = self._read_finish(read, replies)[0]
+        return default if value is _MISSING else value
 
     def get_many(self, keys: Iterable, version=None) -> dict:
+        return self._drive(self._get_many_op(keys, version))
+
+    async def aget_many(self, keys: Iterable, version=None) -> dict:
+        return await self._adrive(self._get_many_op(keys, version))
+
+    def _get_many_op(self, keys: Iterable, version) -> Op:
         keys = list(keys)
         if not keys:
             return {}
         finals = self.engine.keys_of(keys, version)
-        out = {}
+        out: dict = {}
         if self.l1 and self.store.usable:
             rest_keys, rest_finals = [], []
-            for key, k in zip(keys, finals):
+            for key, k in zip(keys, finals, strict=True):
                 value = self.engine.l1_get(k, _MISSING)
                 if value is _MISSING:
                     rest_keys.append(key)
@@ -379,231 +383,327 @@ class RedisTier:
             if not rest_finals:
                 return out
             keys, finals = rest_keys, rest_finals
-        raws = self.policy.run(self._mget, finals, default=None) or [None] * len(finals)
-        found = 0
-        for key, k, raw in zip(keys, finals, raws):
-            if raw is None:
-                continue
-            value = self._decode(raw, k)
+        read = self._read_plan(finals)
+        replies = yield Step(read.commands, False, read.primary)
+        for key, value in zip(keys, self._read_finish(read, replies), strict=True):
             if value is not _MISSING:
                 out[key] = value
-                found += 1
-        self.hits += found
-        self.misses += len(keys) - found
         return out
 
-    def _mget(self, finals: list[str]) -> list:
-        if not self.clients.is_cluster:
-            return self._read("MGET", *finals)
-        client = self._client(False)
-        # One MGET per slot, all in one pipeline: one round trip per node.
-        groups = _index_groups(finals)
-        pipe = client.pipeline()
-        order = []
-        for indexes in groups.values():
-            pipe.execute_command("MGET", *(finals[i] for i in indexes))
-            order.append(indexes)
-        out: list = [None] * len(finals)
-        for indexes, values in zip(order, pipe.execute()):
-            for i, raw in zip(indexes, values):
-                out[i] = raw
-        return out
+    def _read_plan(self, finals: list[str]) -> _ReadPlan:
+        """Prepare a read of ``finals``: with the L1 usable, each key's invalidation token
+        is taken before the read is sent, and the TTLs are fetched in the same round trip
+        (one ``MGET`` per slot then a ``PTTL`` per key), from the primary (a replica may
+        not have a write whose invalidation was already applied here). Without it, one
+        ``MGET`` per slot, from a replica if there is one."""
+        tokens = None
+        if self.l1:
+            self.listener.ensure_running()
+            if self.store.usable:
+                tokens = [self.engine.l1_token(k) for k in finals]
+        if self.clients.is_cluster and len(finals) > 1:
+            groups = list(_index_groups(finals).values())
+        else:
+            groups = [list(range(len(finals)))]
+        commands: list[tuple] = []
+        for indexes in groups:
+            commands.append(("MGET", *(finals[i] for i in indexes)))
+            if tokens is not None:
+                commands.extend(("PTTL", finals[i]) for i in indexes)
+        return _ReadPlan(finals, tokens, groups, commands)
+
+    def _read_finish(self, read: _ReadPlan, replies: list | None) -> list:
+        """The values read (``_MISSING`` for a miss), counted; each kept in the L1 when the
+        read began under a token and no invalidation of its key has arrived since."""
+        finals = read.finals
+        values: list = [_MISSING] * len(finals)
+        if replies is None:  # Redis unreachable: misses
+            self.misses += len(finals)
+            return values
+        tokens = read.tokens
+        engine = self.engine
+        at = 0
+        for indexes in read.groups:
+            raws = replies[at]
+            at += 1
+            if tokens is not None:
+                ttls = replies[at:at + len(indexes)]
+                at += len(indexes)
+            for n, i in enumerate(indexes):
+                raw = raws[n]
+                if raw is None:
+                    continue
+                k = finals[i]
+                value = self._decode(raw, k)
+                if value is _MISSING:
+                    continue
+                values[i] = value
+                if tokens is not None and len(raw) <= self.l1_max_item_bytes:
+                    ttl = ttls[n]
+                    engine.l1_fill(k, value, self._l1_seconds(None if ttl == -1 else ttl),
+                                   tokens[i])
+        found = sum(1 for v in values if v is not _MISSING)
+        self.hits += found
+        self.misses += len(finals) - found
+        return values
 
     def has_key(self, key, version=None) -> bool:
-        k = self.engine.key(key, version)
-        return bool(self.policy.run(self._read, "EXISTS", k, default=0))
+        return self._drive(self._exists_op(self.engine.key(key, version)))
+
+    async def ahas_key(self, key, version=None) -> bool:
+        return await self._adrive(self._exists_op(self.engine.key(key, version)))
+
+    def _exists_op(self, k: str) -> Op:
+        replies = yield Step([("EXISTS", k)], False, False)
+        return bool(replies and replies[0])
 
     def pttl(self, key, version=None) -> int:
-        k = self.engine.key(key, version)
-        return self.policy.run(self._read, "PTTL", k, default=-2)
+        return self.run("PTTL", self.engine.key(key, version), write=False, default=-2)
 
     def keys(self, pattern: str) -> list[str]:
-        found = self.policy.run(
-            lambda: [k.decode("utf-8", "surrogatepass") for k in scan_keys(self._client(False), match=pattern)],
-            default=[],
-        )
-        return found
+        """Final keys matching ``pattern``. A key that is not UTF-8 cannot have been made by
+        a cache (its keys are str): another client wrote it, and it is skipped (and counted
+        in ``undecodable_keys``) instead of failing the whole listing."""
+        def scan() -> list[str]:
+            found, skipped = [], 0
+            for k in scan_keys(self.clients.client(False), match=pattern):
+                try:
+                    found.append(k.decode("utf-8"))
+                except UnicodeDecodeError:
+                    skipped += 1
+            if skipped:
+                self.undecodable_keys += skipped
+                logger.warning("%d key(s) matching %r are not UTF-8 (written by another "
+                               "client?): skipped", skipped, pattern)
+            return found
+
+        return self.policy.run(scan, default=[])
 
     # ------------------------------------------------------------------ writes
+    # prepare (encode everything, take the L1 tokens) -> one round trip -> finish (the L1
+    # takes what Redis accepted, and drops its copy of anything else written).
 
-    def set(self, key, value, timeout, version=None) -> None:
+    def _set_plan(self, key, value, timeout, version) -> _WritePlan:
         data = self.engine.dumps(value)
         k = self.engine.key(key, version)
         seconds = self._seconds(timeout)
-        token = self._token(k)
-        ok = False
+        if seconds is not None and seconds <= 0:
+            return _WritePlan([k], [value], [data], None, [None], [("DEL", k)], False)
+        px = None if seconds is None else _px(seconds)
+        command = ("SET", k, data) if px is None else ("SET", k, data, "PX", px)
+        return _WritePlan([k], [value], [data], px, [self._token(k)], [command], True)
+
+    def _set_many_plan(self, data: dict, timeout, version) -> _WritePlan:
+        """All values are encoded before any I/O, so an unserializable one writes nothing."""
+        finals = self.engine.keys_of(list(data), version)
+        values = list(data.values())
+        blobs = [self.engine.dumps(v) for v in values]
+        seconds = self._seconds(timeout)
+        if seconds is not None and seconds <= 0:
+            return _WritePlan(finals, values, blobs, None, [None] * len(finals),
+                              [("DEL", k) for k in finals], False)
+        px = None if seconds is None else _px(seconds)
+        tail = () if px is None else ("PX", px)
+        return _WritePlan(finals, values, blobs, px, [self._token(k) for k in finals],
+                          [("SET", k, blob, *tail) for k, blob in zip(finals, blobs, strict=True)],
+                          True)
+
+    def _write_op(self, plan: _WritePlan) -> Op:
+        replies = None
         try:
-            if seconds is not None and seconds <= 0:
-                self.policy.run(self._write, "DEL", k, write=True)
-                return
-            px = None if seconds is None else _px(seconds)
-            if px is None:
-                ok = self.policy.run(self._write, "SET", k, data, write=True, default=False)
-            else:
-                ok = self.policy.run(self._write, "SET", k, data, "PX", px, write=True,
-                                     default=False)
+            replies = yield Step(plan.commands)
         finally:
-            if ok:
-                self._wrote(k, token, value, len(data), px)
-            else:
-                self._changed(k)
+            ok = replies is not None
+            if self.l1:
+                for k, value, blob, token in zip(plan.finals, plan.values, plan.blobs,
+                                                 plan.tokens, strict=True):
+                    if ok and plan.stores:
+                        self._wrote(k, token, value, len(blob), plan.px)
+                    else:
+                        self._changed(k)
+        return ok
+
+    def set(self, key, value, timeout, version=None) -> None:
+        self._drive(self._write_op(self._set_plan(key, value, timeout, version)))
+
+    async def aset(self, key, value, timeout, version=None) -> None:
+        await self._adrive(self._write_op(self._set_plan(key, value, timeout, version)))
+
+    def set_many(self, data: dict, timeout, version=None) -> list:
+        if not data:
+            return []
+        plan = self._set_many_plan(data, timeout, version)
+        ok = self._drive(self._write_op(plan))
+        return [] if ok or not plan.stores else list(data)
+
+    async def aset_many(self, data: dict, timeout, version=None) -> list:
+        if not data:
+            return []
+        plan = self._set_many_plan(data, timeout, version)
+        ok = await self._adrive(self._write_op(plan))
+        return [] if ok or not plan.stores else list(data)
 
     def add(self, key, value, timeout, version=None) -> bool:
+        return self._drive(self._add_op(key, value, timeout, version))
+
+    async def aadd(self, key, value, timeout, version=None) -> bool:
+        return await self._adrive(self._add_op(key, value, timeout, version))
+
+    def _add_op(self, key, value, timeout, version) -> Op:
         data = self.engine.dumps(value)
         k = self.engine.key(key, version)
         seconds = self._seconds(timeout)
         if seconds is not None and seconds <= 0:
             # Django: an add with a zero timeout succeeds if the key was free, stores nothing.
-            added = bool(self.policy.run(self._write, "SET", k, data, "NX", write=True,
-                                         default=False))
+            replies = yield Step([("SET", k, data, "NX")])
+            added = bool(replies and replies[0])
             if added:
-                self.policy.run(self._write, "DEL", k, write=True)
+                yield Step([("DEL", k)])
             return added
         px = None if seconds is None else _px(seconds)
         command = ("SET", k, data, "NX") if px is None else ("SET", k, data, "NX", "PX", px)
         token = self._token(k)
         added = False
         try:
-            added = bool(self.policy.run(self._write, *command, write=True, default=False))
+            replies = yield Step([command])
+            added = bool(replies and replies[0])
         finally:
             if added:
                 self._wrote(k, token, value, len(data), px)
         return added
 
-    def _batch(self, data: dict, timeout, version):
-        """set_many's inputs as Redis sees them: the keys, their final keys, the encoded
-        values (all encoded before any I/O, so an unserializable value writes nothing) and
-        the timeout in seconds."""
-        keys = list(data)
-        finals = self.engine.keys_of(keys, version)
-        blobs = [self.engine.dumps(v) for v in data.values()]
-        return keys, finals, blobs, self._seconds(timeout)
-
-    def set_many(self, data: dict, timeout, version=None) -> list:
-        if not data:
-            return []
-        keys, finals, blobs, seconds = self._batch(data, timeout, version)
-        if seconds is not None and seconds <= 0:
-            self._delete_finals(finals)
-            return []
-        px = None if seconds is None else _px(seconds)
-
-        def write() -> bool:
-            if px is None:
-                commands = [("SET", k, blob) for k, blob in zip(finals, blobs)]
-            else:
-                commands = [("SET", k, blob, "PX", px) for k, blob in zip(finals, blobs)]
-            self._execute_many(commands)
-            return True
-
-        tokens = [self._token(k) for k in finals]
-        ok = False
-        try:
-            ok = self.policy.run(write, write=True, default=False)
-        finally:
-            if self.l1:
-                for k, token, value, blob in zip(finals, tokens, data.values(), blobs):
-                    if ok:
-                        self._wrote(k, token, value, len(blob), px)
-                    else:
-                        self._changed(k)
-        return [] if ok else keys
-
     def delete(self, key, version=None) -> bool:
-        k = self.engine.key(key, version)
-        try:
-            return bool(self.policy.run(self._write, "DEL", k, write=True, default=0))
-        finally:
-            self._changed(k)
+        return self._drive(self._delete_op([self.engine.key(key, version)]))
+
+    async def adelete(self, key, version=None) -> bool:
+        return await self._adrive(self._delete_op([self.engine.key(key, version)]))
 
     def delete_many(self, keys: Iterable, version=None) -> None:
         finals = self.engine.keys_of(list(keys), version)
         if finals:
-            self._delete_finals(finals)
+            self._drive(self._delete_op(finals))
 
-    def _delete_finals(self, finals: list[str]) -> int:
-        def unlink() -> int:
-            client = self._client()
-            if not self.clients.is_cluster:
-                return sum(client.unlink(*finals[i:i + _BATCH]) for i in range(0, len(finals), _BATCH))
-            pipe = client.pipeline()
-            for group in group_by_slot(finals).values():
-                pipe.execute_command("UNLINK", *group)
-            return sum(pipe.execute())
+    async def adelete_many(self, keys: Iterable, version=None) -> None:
+        finals = self.engine.keys_of(list(keys), version)
+        if finals:
+            await self._adrive(self._delete_op(finals))
 
+    def _delete_op(self, finals: list) -> Op:
+        """``DEL`` of one key (True if it existed); ``UNLINK`` in batches (per slot on a
+        cluster) of several (how many existed)."""
+        if len(finals) == 1:
+            commands = [("DEL", finals[0])]
+        elif self.clients.is_cluster:
+            commands = [("UNLINK", *group) for group in group_by_slot(finals).values()]
+        else:
+            commands = [("UNLINK", *finals[i:i + _BATCH]) for i in range(0, len(finals), _BATCH)]
         try:
-            return self.policy.run(unlink, write=True, default=0)
+            replies = yield Step(commands)
         finally:
             for k in finals:
                 self._changed(k)
+        if replies is None:
+            return False if len(finals) == 1 else 0
+        return bool(replies[0]) if len(finals) == 1 else sum(replies)
 
     def touch(self, key, timeout, version=None) -> bool:
-        k = self.engine.key(key, version)
+        return self._drive(self._expire_op(self.engine.key(key, version),
+                                           self._touch_args(timeout)))
+
+    async def atouch(self, key, timeout, version=None) -> bool:
+        return await self._adrive(self._expire_op(self.engine.key(key, version),
+                                                  self._touch_args(timeout)))
+
+    def _touch_args(self, timeout) -> tuple:
         seconds = self._seconds(timeout)
         if seconds is None:
-            args = ("persist", 0)
-        else:
-            args = ("px", _px(seconds) if seconds > 0 else 0)
-        return self._expire(k, args)
+            return ("persist", 0)
+        return ("px", _px(seconds) if seconds > 0 else 0)
 
     def expire_at(self, key, when: float | None, version=None) -> bool:
         k = self.engine.key(key, version)
-        return self._expire(k, ("persist", 0) if when is None else ("pxat", int(when * 1000)))
+        args = ("persist", 0) if when is None else ("pxat", int(when * 1000))
+        return self._drive(self._expire_op(k, args))
 
-    def _expire(self, k: str, args) -> bool:
-        client = self._client()
-        script = self._script(client, _EXPIRE)
+    def _expire_op(self, k: str, args: tuple) -> Op:
         try:
-            return bool(self.policy.run(script, keys=[k], args=list(args), write=True, default=0))
+            replies = yield Step([_evalsha(_EXPIRE_SCRIPT, [k], list(args))])
         finally:
             self._changed(k)
+        return bool(replies and replies[0])
 
     def incr(self, key, delta, version=None):
-        k = self.engine.key(key, version)
+        return self._drive(self._incr_op(self.engine.key(key, version), key, delta))
+
+    async def aincr(self, key, delta, version=None):
+        return await self._adrive(self._incr_op(self.engine.key(key, version), key, delta))
+
+    def _incr_op(self, k: str, key, delta) -> Op:
+        """One atomic script when the value is a Redis integer. For values Redis cannot
+        INCRBY (floats, Decimals, ints beyond 64 bits): read, add and write back keeping
+        the TTL, as Django's BaseCache.incr does (not atomic). Redis unreachable (with
+        ``IGNORE_EXCEPTIONS``): None, as django-redis answers, never "not found"."""
         try:
-            return self._incr(k, key, delta)
+            if isinstance(delta, int) and not isinstance(delta, bool) and -(2**63) <= delta < 2**63:
+                try:
+                    replies = yield Step([_evalsha(_INCR_SCRIPT, [k], [delta])])
+                except _rx.ResponseError as exc:
+                    if not any(text in str(exc) for text in _NOT_AN_INTEGER):
+                        raise
+                else:
+                    if replies is None:
+                        return None
+                    if replies[0] is None:
+                        raise ValueError(f"Key '{key}' not found")
+                    return replies[0]
+            replies = yield Step([("GET", k)], False, True)
+            if replies is None:
+                return None
+            value = _MISSING if replies[0] is None else self._decode(replies[0], k)
+            if value is _MISSING:
+                raise ValueError(f"Key '{key}' not found")
+            new = value + delta
+            replies = yield Step([("SET", k, self.engine.dumps(new), "KEEPTTL", "XX")])
+            if replies is None:
+                return None  # the write was dropped
+            if not replies[0]:
+                raise ValueError(f"Key '{key}' not found")  # deleted meanwhile
+            return new
         finally:
             self._changed(k)
 
-    def _incr(self, k: str, key, delta):
-        client = self._client()
-        script = self._script(client, _INCR)
-        try:
-            if isinstance(delta, int) and not isinstance(delta, bool) and -(2**63) <= delta < 2**63:
-                result = self.policy.run(script, keys=[k], args=[delta], write=True, default=_MISSING)
-                if result is _MISSING:
-                    raise ValueError(f"Key '{key}' not found")  # Redis unreachable: as Django's
-                if result is None:
-                    raise ValueError(f"Key '{key}' not found")
-                return result
-        except _ResponseError as exc:
-            if not any(text in str(exc) for text in _NOT_AN_INTEGER):
-                raise
-        return self._incr_slow(k, key, delta)
+    # ------------------------------------------------------------------ namespace
 
-    def _incr_slow(self, k: str, key, delta):
-        """For values Redis cannot INCRBY (floats, Decimals, ints beyond 64 bits): read,
-        add and write back keeping the TTL, as Django's BaseCache.incr does (not atomic)."""
-        client = self._client()
-        raw = self.policy.run(client.get, k)
-        value = _MISSING if raw is None else self._decode(raw, k)
-        if value is _MISSING:
-            raise ValueError(f"Key '{key}' not found")
-        new = value + delta
-        self.policy.run(client.set, k, self.engine.dumps(new), keepttl=True, xx=True, write=True)
-        return new
+    def namespace(self) -> str:
+        """The glob matching every key this cache makes and no other: ``<prefix>:*`` (all
+        versions) with Django's key function, whatever the prefix (an empty one included:
+        its keys start with ``:``). With a custom ``KEY_FUNCTION``, the keys it makes for
+        the current version: its output for a marker key, the marker replaced by ``*``;
+        a function whose output does not end with the key, or that adds nothing before
+        it, names no namespace of its own, and ``clear()`` refuses rather than guess."""
+        if not self._custom_keys:
+            return glob_escape(self._key_prefix) + ":*"
+        final = self.engine.key(_NAMESPACE_MARK, None)
+        head = final[:-len(_NAMESPACE_MARK)]
+        if not final.endswith(_NAMESPACE_MARK) or not head:
+            raise ImproperlyConfigured(
+                f"KEY_FUNCTION made {final!r} for the key {_NAMESPACE_MARK!r}: clear() and "
+                "pattern operations need a key function that puts the key last, after a "
+                "non-empty prefix of its own (e.g. Django's '<prefix>:<version>:<key>')")
+        return glob_escape(head) + "*"
 
     def delete_matching(self, pattern: str) -> int:
+        """Deletes the keys matching ``pattern`` (SCAN on every primary, UNLINK in
+        batches); how many were deleted."""
         def run() -> int:
-            client = self._client()
             batch, deleted = [], 0
-            for k in scan_keys(client, match=pattern, count=_BATCH):
+            for k in scan_keys(self.clients.client(True), match=pattern, count=_BATCH):
                 batch.append(k)
                 if len(batch) >= _BATCH:
-                    deleted += self._unlink_raw(client, batch)
+                    deleted += self._unlink_now(batch)
                     batch = []
             if batch:
-                deleted += self._unlink_raw(client, batch)
+                deleted += self._unlink_now(batch)
             return deleted
 
         try:
@@ -611,26 +711,37 @@ class RedisTier:
         finally:
             self._changed_all()
 
-    def _unlink_raw(self, client, keys: list[bytes]) -> int:
-        if not self.clients.is_cluster:
-            return client.unlink(*keys)
-        pipe = client.pipeline()
-        for group in group_by_slot(keys).values():
-            pipe.execute_command("UNLINK", *group)
-        return sum(pipe.execute())
+    def _unlink_now(self, keys: list[bytes]) -> int:
+        groups = group_by_slot(keys).values() if self.clients.is_cluster else [keys]
+        return sum(self.wire.execute_many([("UNLINK", *group) for group in groups]))
 
     def clear(self) -> None:
-        if self.clear_pattern is not None:
-            self.delete_matching(self.clear_pattern)
-            return
-        client = self._client()
+        """Deletes this cache's keys (``namespace()``), never FLUSHDB: other apps, other
+        FastCache prefixes and the rate limiter may share the database."""
+        self.delete_matching(self.namespace())
+
+    async def aclear(self) -> None:
+        client = self.clients.async_client(True)
+        pattern = self.namespace()
+
+        async def run():
+            batch = []
+            async for k in ascan_keys(client, match=pattern, count=_BATCH):
+                batch.append(k)
+                if len(batch) >= _BATCH:
+                    await self._aunlink(client, batch)
+                    batch = []
+            if batch:
+                await self._aunlink(client, batch)
+
         try:
-            if self.clients.is_cluster:
-                self.policy.run(client.flushdb, target_nodes=client.PRIMARIES, write=True)
-            else:
-                self.policy.run(client.flushdb, write=True)
+            await self.policy.arun(run, write=True)
         finally:
             self._changed_all()
+
+    async def _aunlink(self, client, keys) -> None:
+        groups = group_by_slot(keys).values() if self.clients.is_cluster else [keys]
+        await self.wire.aexecute_many(client, [("UNLINK", *group) for group in groups])
 
     # ------------------------------------------------------------------ stampede protection
 
@@ -646,9 +757,8 @@ class RedisTier:
             return cache.get(key, default, version=version)
         lease = self.engine.key(key, version) + ":__fastcache_lease__"
         token = uuid.uuid4().hex
-        client = self._client()
-        won = self.policy.run(client.set, lease, token, nx=True, px=_px(self.lock_timeout),
-                              write=True, default=True)
+        won = bool(self.run("SET", lease, token, "NX", "PX", _px(self.lock_timeout),
+                            default=True))
         if not won:
             deadline = time.monotonic() + (self.lock_timeout if self.lock_wait is None
                                            else min(self.lock_wait, self.lock_timeout))
@@ -665,227 +775,8 @@ class RedisTier:
             return cache.get(key, value, version=version)
         finally:
             if won:
-                self.policy.run(self._script(client, _RELEASE), keys=[lease], args=[token],
-                                write=True)
-
-    # ------------------------------------------------------------------ asyncio twins
-
-    def _aclient(self, write: bool = True):
-        return self.clients.async_client(write=write)
-
-    async def aget(self, key, default=None, version=None):
-        k = self.engine.key(key, version)
-        token = None
-        if self.l1:
-            # A hit is served without awaiting anything.
-            if self.store.usable:
-                value = self.engine.l1_get(k, _MISSING)
-                if value is not _MISSING:
-                    return value
-            self.listener.ensure_running()
-            if self.store.usable:
-                token = self.engine.l1_token(k)
-        if token is None:
-            raw = await self.policy.arun(self._aclient(False).get, k)
-            ttl = None
-        else:
-            raw, ttl = await self.policy.arun(self._aget_with_ttl, k, default=(None, None))
-        return self._read_done(k, raw, ttl, token, default)
-
-    async def _aget_with_ttl(self, k: str):
-        pipe = self._aclient(True).pipeline(transaction=False)
-        pipe.get(k)
-        pipe.pttl(k)
-        raw, ttl = await pipe.execute()
-        return raw, (None if ttl == -1 else ttl)
-
-    async def aget_many(self, keys: Iterable, version=None) -> dict:
-        keys = list(keys)
-        if not keys:
-            return {}
-        finals = self.engine.keys_of(keys, version)
-        client = self._aclient(False)
-        if self.clients.is_cluster:
-            groups = _index_groups(finals)
-            raws: list = [None] * len(finals)
-
-            async def fetch(indexes):
-                values = await client.execute_command("MGET", *(finals[i] for i in indexes))
-                for i, raw in zip(indexes, values):
-                    raws[i] = raw
-
-            async def all_groups():
-                await asyncio.gather(*(fetch(ix) for ix in groups.values()))
-
-            await self.policy.arun(all_groups)
-        else:
-            raws = await self.policy.arun(client.mget, finals, default=None) or [None] * len(finals)
-        out = {}
-        for key, k, raw in zip(keys, finals, raws):
-            if raw is not None:
-                value = self._decode(raw, k)
-                if value is not _MISSING:
-                    out[key] = value
-        return out
-
-    async def aset(self, key, value, timeout, version=None) -> None:
-        data = self.engine.dumps(value)
-        k = self.engine.key(key, version)
-        seconds = self._seconds(timeout)
-        client = self._aclient()
-        token = self._token(k)
-        ok = False
-        px = None if seconds is None else _px(seconds)
-        try:
-            if seconds is not None and seconds <= 0:
-                await self.policy.arun(client.delete, k, write=True)
-            else:
-                ok = bool(await self.policy.arun(client.set, k, data, px=px, write=True,
-                                                 default=False))
-        finally:
-            if ok:
-                self._wrote(k, token, value, len(data), px)
-            else:
-                self._changed(k)
-
-    async def aadd(self, key, value, timeout, version=None) -> bool:
-        data = self.engine.dumps(value)
-        k = self.engine.key(key, version)
-        seconds = self._seconds(timeout)
-        client = self._aclient()
-        if seconds is not None and seconds <= 0:
-            added = bool(await self.policy.arun(client.set, k, data, nx=True, write=True, default=False))
-            if added:
-                await self.policy.arun(client.delete, k, write=True)
-            return added
-        px = None if seconds is None else _px(seconds)
-        token = self._token(k)
-        added = False
-        try:
-            added = bool(await self.policy.arun(client.set, k, data, nx=True, px=px, write=True,
-                                                default=False))
-        finally:
-            if added:
-                self._wrote(k, token, value, len(data), px)
-        return added
-
-    async def aset_many(self, data: dict, timeout, version=None) -> list:
-        if not data:
-            return []
-        keys, finals, blobs, seconds = self._batch(data, timeout, version)
-        client = self._aclient()
-        if seconds is not None and seconds <= 0:
-            await self.adelete_many(keys, version)
-            return []
-        px = None if seconds is None else _px(seconds)
-
-        async def write() -> bool:
-            pipe = client.pipeline(transaction=False)
-            for k, blob in zip(finals, blobs):
-                pipe.set(k, blob, px=px)
-            await pipe.execute()
-            return True
-
-        try:
-            ok = await self.policy.arun(write, write=True, default=False)
-        finally:
-            for k in finals:
-                self._changed(k)
-        return [] if ok else keys
-
-    async def adelete(self, key, version=None) -> bool:
-        k = self.engine.key(key, version)
-        try:
-            return bool(await self.policy.arun(self._aclient().delete, k, write=True, default=0))
-        finally:
-            self._changed(k)
-
-    async def adelete_many(self, keys: Iterable, version=None) -> None:
-        finals = self.engine.keys_of(list(keys), version)
-        if not finals:
-            return
-        client = self._aclient()
-
-        async def unlink():
-            for group in (group_by_slot(finals).values() if self.clients.is_cluster else [finals]):
-                await client.unlink(*group)
-
-        try:
-            await self.policy.arun(unlink, write=True)
-        finally:
-            for k in finals:
-                self._changed(k)
-
-    async def ahas_key(self, key, version=None) -> bool:
-        k = self.engine.key(key, version)
-        return bool(await self.policy.arun(self._aclient(False).exists, k, default=0))
-
-    async def atouch(self, key, timeout, version=None) -> bool:
-        k = self.engine.key(key, version)
-        seconds = self._seconds(timeout)
-        args = ("persist", 0) if seconds is None else ("px", _px(seconds) if seconds > 0 else 0)
-        client = self._aclient()
-        script = self._script(client, _EXPIRE)
-        try:
-            return bool(await self.policy.arun(script, keys=[k], args=list(args), write=True,
-                                               default=0))
-        finally:
-            self._changed(k)
-
-    async def aincr(self, key, delta, version=None):
-        k = self.engine.key(key, version)
-        try:
-            return await self._aincr(k, key, delta)
-        finally:
-            self._changed(k)
-
-    async def _aincr(self, k: str, key, delta):
-        client = self._aclient()
-        if isinstance(delta, int) and not isinstance(delta, bool) and -(2**63) <= delta < 2**63:
-            script = self._script(client, _INCR)
-            try:
-                result = await self.policy.arun(script, keys=[k], args=[delta], write=True,
-                                                default=None)
-                if result is None:
-                    raise ValueError(f"Key '{key}' not found")
-                return result
-            except _ResponseError as exc:
-                if not any(text in str(exc) for text in _NOT_AN_INTEGER):
-                    raise
-        raw = await self.policy.arun(client.get, k)
-        value = _MISSING if raw is None else self._decode(raw, k)
-        if value is _MISSING:
-            raise ValueError(f"Key '{key}' not found")
-        new = value + delta
-        await self.policy.arun(client.set, k, self.engine.dumps(new), keepttl=True, xx=True,
-                               write=True)
-        return new
-
-    async def aclear(self) -> None:
-        client = self._aclient()
-
-        async def run():
-            if self.clear_pattern is None and not self.clients.is_cluster:
-                await client.flushdb()
-                return
-            pattern = self.clear_pattern or "*"
-            batch = []
-            async for k in ascan_keys(client, match=pattern, count=_BATCH):
-                batch.append(k)
-                if len(batch) >= _BATCH:
-                    await self._aunlink(client, batch)
-                    batch = []
-            if batch:
-                await self._aunlink(client, batch)
-
-        try:
-            await self.policy.arun(run, write=True)
-        finally:
-            self._changed_all()
-
-    async def _aunlink(self, client, keys) -> None:
-        for group in (group_by_slot(keys).values() if self.clients.is_cluster else [keys]):
-            await client.unlink(*group)
+                self._drive(self._command_op([_evalsha(_RELEASE_SCRIPT, [lease], [token])],
+                                             True, (), None))
 
     # ------------------------------------------------------------------ operations
 
@@ -896,6 +787,7 @@ class RedisTier:
             "redis_misses": self.misses,
             "redis_hit_ratio": self.hits / lookups if lookups else 0.0,
             "decode_errors": self.decode_errors,
+            "undecodable_keys": self.undecodable_keys,
             "redis_mode": self.clients.mode,
             **self.policy.stats(),
             **(self.listener.stats() if self.listener is not None else {}),
@@ -904,4 +796,3 @@ class RedisTier:
 
     def close(self) -> None:
         """Connections stay pooled across requests, as Django's RedisCache keeps them."""
-

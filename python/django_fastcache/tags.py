@@ -229,11 +229,11 @@ def invalidate_tags(cache, *tags: str) -> None:
     for key in (tag_key(t) for t in normalize(tags)):
         for _ in range(3):
             try:
-                cache._cache.incr(key, 1, None)
-                break
+                moved = cache._cache.incr(key, 1, None) is not None  # None: Redis unreachable
             except ValueError:  # missing counter: no entry can be fresh under it
-                if cache._cache.add(key, _seed(), None, None):
-                    break
+                moved = cache._cache.add(key, _seed(), None, None)
+            if moved:
+                break
         else:
             # Neither incr nor add worked: the shared tier is unreachable (its failure
             # policy logged it); entries under this tag may stay fresh until they expire.
@@ -244,10 +244,10 @@ async def ainvalidate_tags(cache, *tags: str) -> None:
     for key in (tag_key(t) for t in normalize(tags)):
         for _ in range(3):
             try:
-                await cache.aincr(key, 1)
-                break
+                moved = await cache.aincr(key, 1) is not None
             except ValueError:
-                if await cache.aadd(key, _seed(), None):
-                    break
+                moved = await cache.aadd(key, _seed(), None)
+            if moved:
+                break
         else:
             logger.warning("could not invalidate cache tag %r", key[len(TAG_KEY_PREFIX):])

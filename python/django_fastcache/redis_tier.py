@@ -341,6 +341,11 @@ class RedisTier:
         """The value read for one key (or `default`), counted, and kept in the L1 when the
         read began under `token` and no invalidation of the key has arrived since."""
         value = _MISSING if raw is None else self._decode(raw, k)
+        if value is _MISSING or (token is not None and len(raw) > self.l1_max_item_bytes):
+            # Not kept, but the read still bumps the key's token, so that an older fill
+            # in flight cannot make a later read go backwards (core/coherence.hpp).
+            if token is not None:
+                self.engine.l1_invalidate(k)
         if value is _MISSING:
             self.misses += 1
             return default

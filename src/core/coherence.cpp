@@ -13,8 +13,8 @@ bool Coherence::fill(std::string_view key, const Value& value, double expires_at
                      Token token, std::size_t max_charge, Released& released) {
     const std::size_t b = bucket(key);
     std::lock_guard<std::mutex> lock(stripe(b));
-    const bool wins = usable() && seq_[b].load(std::memory_order_relaxed) == token &&
-                      value.charge <= max_charge;
+    const bool wins =
+        usable() && seq_[b].load(std::memory_order_relaxed) == token && value.charge <= max_charge;
     // Bumped first: if the store throws, later fills of this bucket are refused anyway.
     seq_[b].fetch_add(1, std::memory_order_acq_rel);
     if (wins && store_.set(key, value, expires_at, now, &released)) {
@@ -30,7 +30,8 @@ bool Coherence::write(std::string_view key, const Value* value, double expires_a
                       Token token, Released& released) {
     const std::size_t b = bucket(key);
     std::lock_guard<std::mutex> lock(stripe(b));
-    const bool fresh = value != nullptr && usable() && seq_[b].load(std::memory_order_relaxed) == token;
+    const bool fresh =
+        value != nullptr && usable() && seq_[b].load(std::memory_order_relaxed) == token;
     seq_[b].fetch_add(1, std::memory_order_acq_rel);
     if (fresh && store_.set(key, *value, expires_at, now, &released)) {
         fills_.fetch_add(1, std::memory_order_relaxed);

@@ -75,13 +75,13 @@ public:
 
     // A value read from the server under `token`; see the rules above. Returns whether it
     // was stored. `value.charge` above `max_charge` is refused (and its key erased).
-    bool fill(std::string_view key, const Value& value, double expires_at, double now,
-              Token token, std::size_t max_charge, Released& released);
+    bool fill(std::string_view key, const Value& value, double expires_at, double now, Token token,
+              std::size_t max_charge, Released& released);
 
     // After this process's own write returned: `value` (null: the written value is not to
     // be kept) replaces the entry if `token` still holds, else the entry is erased.
-    bool write(std::string_view key, const Value* value, double expires_at, double now,
-               Token token, Released& released);
+    bool write(std::string_view key, const Value* value, double expires_at, double now, Token token,
+               Released& released);
 
     void invalidate(std::string_view key, double now, Released& released);
     void reset(bool usable, Released& released);

@@ -397,8 +397,8 @@ void Listener::connect_one(Link& link, const ListenerEndpoint& ep, const Listene
     if (!cfg.password.empty()) reply();
     const resp::Reply id = reply();
     if (id.kind != ':') throw Failure(link.name + ": CLIENT ID did not answer an integer");
-    std::vector<std::string> tracking = {"CLIENT", "TRACKING", "on", "REDIRECT",
-                                         std::to_string(id.integer), "BCAST"};
+    std::vector<std::string> tracking = {
+        "CLIENT", "TRACKING", "on", "REDIRECT", std::to_string(id.integer), "BCAST"};
     const bool everything =
         std::any_of(cfg.prefixes.begin(), cfg.prefixes.end(), [](auto& p) { return p.empty(); });
     if (!everything) {
@@ -416,8 +416,7 @@ void Listener::connect_one(Link& link, const ListenerEndpoint& ep, const Listene
     }
 }
 
-void Listener::connect_all(std::vector<Link>& links, const ListenerConfig& cfg,
-                           std::uint64_t gen) {
+void Listener::connect_all(std::vector<Link>& links, const ListenerConfig& cfg, std::uint64_t gen) {
     links.resize(cfg.endpoints.size());
     for (std::size_t i = 0; i < cfg.endpoints.size(); ++i) {
         connect_one(links[i], cfg.endpoints[i], cfg, gen);

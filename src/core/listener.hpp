@@ -127,8 +127,8 @@ private:
 
     Coherence& coherence_;
     // Lock order: work_mu_ before cfg_mu_ when both are taken.
-    std::mutex work_mu_;          // state transitions, and this thread touching the store
-    mutable std::mutex cfg_mu_;   // config_, last_error_, open_fds_, thread lifecycle
+    std::mutex work_mu_;         // state transitions, and this thread touching the store
+    mutable std::mutex cfg_mu_;  // config_, last_error_, open_fds_, thread lifecycle
     ListenerConfig config_;
     std::atomic<std::uint64_t> generation_{0};  // bumped by configure() and restart()
     std::string last_error_;

@@ -67,7 +67,8 @@ std::size_t Reader::parse(std::size_t at, Reply& out, int depth) const {
             if (n > kMaxLength) throw ProtocolError{"bulk string too long"};
             const std::size_t len = static_cast<std::size_t>(n);
             if (buf_.size() < after + len + 2) return 0;
-            if (buf_.compare(after + len, 2, "\r\n") != 0) throw ProtocolError{"bulk string not terminated"};
+            if (buf_.compare(after + len, 2, "\r\n") != 0)
+                throw ProtocolError{"bulk string not terminated"};
             out.text.assign(buf_, after, len);
             return after + len + 2;
         }

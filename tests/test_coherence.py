@@ -21,6 +21,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django_fastcache.cache import FastCache
 from redis_servers import RedisSentinelSet, RedisServer, require_binary, wait_until
+from test_redis_client import tls_server  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.redis
 
@@ -486,6 +487,68 @@ def test_forked_children_of_a_busy_parent_start_clean_and_never_fail(clean_redis
     assert report["failed"] == 0, report["failures"]
     assert report["busy_errors"] == []
     assert report["parent"] == ["up", 0, 1, "parent"]
+
+
+def _follows_raw_writes(cache, raw, kind: str) -> None:
+    """The cache's listener is ``kind`` and up, and a raw client's write reaches its L1."""
+    cache.clear()
+    cache.get("__warm__")
+    wait_until(lambda: cache.stats()["l1_listener"] == "up", 10, "the listener")
+    assert cache.stats()["l1_listener_kind"] == kind
+    raw_set(cache, raw, "k", "one")
+    assert cache.get("k") == "one" and cache.get("k") == "one"
+    assert cache._engine.l1_get(cache.make_key("k"), "absent") == "one"  # held in the L1
+    raw_set(cache, raw, "k", "two")
+    assert cache.get("k") == "two"
+
+
+@pytest.fixture(scope="module")
+def acl_server():
+    # The default user needs a password. alice may use the invalidation channel (an ACL
+    # user needs it: `&__redis__:invalidate`); bob may not.
+    with RedisServer("--user", "alice", "on", ">wonder land", "~*", "&__redis__:invalidate",
+                     "+@all", "--user", "bob", "on", ">builder", "~*", "+@all",
+                     password="defaultpw") as server:
+        yield server
+
+
+@pytest.mark.parametrize("userinfo", [":defaultpw", "alice:wonder%20land"])
+def test_the_native_listener_authenticates_as_the_location_says(acl_server, userinfo):
+    url = f"redis://{userinfo}@127.0.0.1:{acl_server.port}/3"
+    cache = FastCache(url, {"KEY_PREFIX": "acl" + userinfo[:3]})
+    raw = acl_server.client(db=3)
+    _follows_raw_writes(cache, raw, "native")
+    raw.close()
+
+
+def test_the_native_listener_over_a_unix_socket(clean_redis_server):
+    cache = FastCache(f"unix://{clean_redis_server.unix_path}?db=0", {"KEY_PREFIX": "unix"})
+    raw = clean_redis_server.client()
+    _follows_raw_writes(cache, raw, "native")
+    raw.close()
+
+
+def test_over_tls_the_python_listener_keeps_the_l1_coherent(tls_server):  # noqa: F811
+    """The native listener has no TLS: a rediss:// LOCATION gets the Python listener."""
+    url = f"rediss://127.0.0.1:{tls_server.tls_port}/5"
+    cache = FastCache(url, {"KEY_PREFIX": "tls", "OPTIONS": {"CONNECTION_KWARGS": {
+        "ssl_ca_certs": tls_server.ca, "ssl_cert_reqs": "required"}}})
+    raw = tls_server.client(db=5)
+    _follows_raw_writes(cache, raw, "python")
+    raw.close()
+
+
+def test_a_user_without_the_invalidation_channel_keeps_the_l1_bypassed_and_says_why(
+        acl_server):
+    cache = FastCache(f"redis://bob:builder@127.0.0.1:{acl_server.port}/3",
+                      {"KEY_PREFIX": "bob"})
+    cache.set("k", 1)
+    assert cache.get("k") == 1  # served by Redis
+    wait_until(lambda: "NOPERM" in cache.stats()["l1_listener_error"], 10,
+               "the listener's error")
+    assert cache.stats()["l1_listener"] != "up" and not cache._store.usable
+    assert cache.get("k") == 1
+    assert cache._engine.l1_get(cache.make_key("k"), "absent") == "absent"
 
 
 def test_aget_serves_hits_without_awaiting_and_fills_race_free(clean_redis_server):

@@ -185,10 +185,14 @@ def main() -> None:
               f"{'met' if ok else 'MISSED'}; backwards reads 0: "
               f"{'met' if all(r['backwards'] == 0 for r in rows) else 'MISSED'}")
         coherent, embedded = hit_cost(url, 0.05 if args.quick else 0.2)
+        # Absolute times move with the machine's load; the embedded L1 measured in the same
+        # run (the same lookup without coherence) is the steadier yardstick.
         print(f"\nHot-key L1 hit (get of a 5-field dict, best of 3 x 5 repeats): "
               f"L1+Redis {coherent:.0f} ns, embedded L1 {embedded:.0f} ns "
               f"({coherent / embedded:.2f}x); target <= ~{TARGET_HIT_NS:.0f} ns: "
-              f"{'met' if coherent <= TARGET_HIT_NS * 1.05 else 'MISSED'}")
+              f"{'met' if coherent <= TARGET_HIT_NS * 1.05 else 'MISSED'}; "
+              f"no slower than the embedded L1 (within 10%): "
+              f"{'met' if coherent <= embedded * 1.1 else 'MISSED'}")
     finally:
         if server is not None:
             server.close()

@@ -48,7 +48,8 @@ void release_all(Released& handles) {
 // listener that feeds them (src/core/coherence.hpp, src/core/listener.hpp). Destroyed with
 // the GIL held: the listener is stopped first, then what it buried is released.
 struct L1 {
-    explicit L1(std::shared_ptr<Store> s) : store(std::move(s)), coherence(*store), listener(coherence) {}
+    explicit L1(std::shared_ptr<Store> s)
+        : store(std::move(s)), coherence(*store), listener(coherence) {}
     ~L1() {
         Released released;
         listener.stop(released);
@@ -72,8 +73,8 @@ class PyStore {
 public:
     PyStore(std::size_t max_bytes, std::size_t max_entries, unsigned cull_frequency,
             unsigned shards)
-        : store(std::make_shared<Store>(
-              StoreConfig{max_bytes, max_entries, cull_frequency, shards}, kPyHandles)),
+        : store(std::make_shared<Store>(StoreConfig{max_bytes, max_entries, cull_frequency, shards},
+                                        kPyHandles)),
           l1(std::make_shared<L1>(store)) {}
     std::shared_ptr<Store> store;
     std::shared_ptr<L1> l1;
@@ -129,8 +130,8 @@ public:
     // --- keys
     py::str make_key(py::handle key, py::handle version) {
         const std::string& k = key_of(key, version, false);
-        return py::reinterpret_steal<py::str>(
-            check(PyUnicode_DecodeUTF8(k.data(), static_cast<Py_ssize_t>(k.size()), "surrogatepass")));
+        return py::reinterpret_steal<py::str>(check(
+            PyUnicode_DecodeUTF8(k.data(), static_cast<Py_ssize_t>(k.size()), "surrogatepass")));
     }
     void validate_key(py::handle key) {
         std::string k = utf8_of(key);
@@ -140,8 +141,8 @@ public:
     // --- for the shared tier: keys and values as Redis sees them
     py::str key(py::handle key, py::handle version) {
         const std::string& k = key_of(key, version);
-        return py::reinterpret_steal<py::str>(
-            check(PyUnicode_DecodeUTF8(k.data(), static_cast<Py_ssize_t>(k.size()), "surrogatepass")));
+        return py::reinterpret_steal<py::str>(check(
+            PyUnicode_DecodeUTF8(k.data(), static_cast<Py_ssize_t>(k.size()), "surrogatepass")));
     }
     py::list keys_of(py::iterable keys, py::handle version) {
         py::list out;
@@ -180,7 +181,9 @@ public:
     bool l1_delete(const std::string& final_key) { return store_->erase(final_key, now()); }
 
     // --- the coherent L1 (core/coherence.hpp): tokens, guarded fills, local invalidation
-    std::uint64_t l1_token(const std::string& final_key) const { return l1_->coherence.token(final_key); }
+    std::uint64_t l1_token(const std::string& final_key) const {
+        return l1_->coherence.token(final_key);
+    }
     // A value read from Redis under `token`: stored only if the L1 is usable and no other
     // fill, write or invalidation of the key's bucket came since. Returns whether it was.
     bool l1_fill(const std::string& final_key, py::handle value, double seconds,
@@ -215,7 +218,8 @@ public:
         const bool keep = seconds > 0 && s.charge <= l1_max_item_;
         double t = now();
         Released released;
-        bool stored = l1_->coherence.write(key, keep ? &v : nullptr, t + seconds, t, token, released);
+        bool stored =
+            l1_->coherence.write(key, keep ? &v : nullptr, t + seconds, t, token, released);
         release_all(released);
         return stored;
     }
@@ -240,7 +244,9 @@ public:
         const std::string& k = key_of(key, version);
         Held held(store_->get(k, now()));
         if (!held.value) return nullptr;
-        return materialize(static_cast<PyObject*>(held.value->handle), held.value->tag).release().ptr();
+        return materialize(static_cast<PyObject*>(held.value->handle), held.value->tag)
+            .release()
+            .ptr();
     }
 
     py::object get(py::handle key, py::handle default_, py::handle version) {
@@ -330,18 +336,19 @@ public:
         bool found;
         try {
             found = store_->update(k, t, [&](const Value& old) -> Value {
-            if (old.tag != kShared || !builtin_delta) throw NotInPlace{};
-            PyObject* sum = PyNumber_Add(static_cast<PyObject*>(old.handle), delta.ptr());
-            if (!sum) throw py::error_already_set();
-            result = py::reinterpret_steal<py::object>(sum);
-            Snapshot s = snapshot(result, codec_);
-            // The store takes over one reference of the new handle.
-            return Value{s.object.release().ptr(), s.tag, s.charge};
+                if (old.tag != kShared || !builtin_delta) throw NotInPlace{};
+                PyObject* sum = PyNumber_Add(static_cast<PyObject*>(old.handle), delta.ptr());
+                if (!sum) throw py::error_already_set();
+                result = py::reinterpret_steal<py::object>(sum);
+                Snapshot s = snapshot(result, codec_);
+                // The store takes over one reference of the new handle.
+                return Value{s.object.release().ptr(), s.tag, s.charge};
             });
         } catch (const NotInPlace&) {
             return incr_slow(k, key, delta, t);
         }
-        if (!found) throw py::value_error("Key '" + py::str(key).cast<std::string>() + "' not found");
+        if (!found)
+            throw py::value_error("Key '" + py::str(key).cast<std::string>() + "' not found");
         return result;
     }
 
@@ -382,9 +389,7 @@ public:
 
     void clear() { store_->clear(); }
 
-    double now() const {
-        return clock_ ? py::cast<double>(clock_()) : wall_clock();
-    }
+    double now() const { return clock_ ? py::cast<double>(clock_()) : wall_clock(); }
 
 private:
     struct NotInPlace {};
@@ -407,9 +412,11 @@ private:
 
     py::object incr_slow(const std::string& k, py::handle key, py::handle delta, double t) {
         Held held(store_->get(k, t));
-        if (!held.value) throw py::value_error("Key '" + py::str(key).cast<std::string>() + "' not found");
+        if (!held.value)
+            throw py::value_error("Key '" + py::str(key).cast<std::string>() + "' not found");
         py::object old = materialize(static_cast<PyObject*>(held.value->handle), held.value->tag);
-        py::object sum = py::reinterpret_steal<py::object>(check(PyNumber_Add(old.ptr(), delta.ptr())));
+        py::object sum =
+            py::reinterpret_steal<py::object>(check(PyNumber_Add(old.ptr(), delta.ptr())));
         Snapshot s = snapshot(sum, codec_);
         std::optional<double> e = store_->expiry(k, t);
         store_->set(k, Value{s.object.ptr(), s.tag, s.charge}, e ? *e : kNever, t);
@@ -437,7 +444,8 @@ private:
         std::string_view text;
         py::object owner;
         Py_ssize_t n;
-        const char* s = PyUnicode_CheckExact(key.ptr()) ? PyUnicode_AsUTF8AndSize(key.ptr(), &n) : nullptr;
+        const char* s =
+            PyUnicode_CheckExact(key.ptr()) ? PyUnicode_AsUTF8AndSize(key.ptr(), &n) : nullptr;
         if (s) {
             text = std::string_view(s, n);
         } else {
@@ -464,8 +472,8 @@ private:
     // Django's CacheKeyWarning texts (django.core.cache.backends.base.memcache_key_warnings).
     void warn(const std::string& key, unsigned problems) {
         if (!problems) return;
-        py::object repr = py::repr(py::reinterpret_steal<py::object>(
-            check(PyUnicode_DecodeUTF8(key.data(), static_cast<Py_ssize_t>(key.size()), "surrogatepass"))));
+        py::object repr = py::repr(py::reinterpret_steal<py::object>(check(PyUnicode_DecodeUTF8(
+            key.data(), static_cast<Py_ssize_t>(key.size()), "surrogatepass"))));
         std::string r = repr.cast<std::string>();
         if (problems & keys::kTooLong) {
             std::string msg = "Cache key will cause errors if used with memcached: " + r +
@@ -541,9 +549,10 @@ PyObject* fast_get(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs, P
     return nullptr;
 }
 
-PyMethodDef fast_get_def = {"get", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fast_get)),
-                            METH_FASTCALL | METH_KEYWORDS,
-                            "get(key, default=None, version=None): the value, or default on a miss"};
+PyMethodDef fast_get_def = {
+    "get", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fast_get)),
+    METH_FASTCALL | METH_KEYWORDS,
+    "get(key, default=None, version=None): the value, or default on a miss"};
 
 py::object bind_fast_get(py::object engine) {
     auto state = std::make_unique<FastGet>();
@@ -566,7 +575,8 @@ struct CoherentGet {
     }
 };
 
-PyObject* coherent_get(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+PyObject* coherent_get(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs,
+                       PyObject* kwnames) {
     auto* bound = bound_state<CoherentGet>(capsule);
     if (!bound) return nullptr;
     PyObject* key = nargs >= 1 ? args[0] : nullptr;
@@ -574,8 +584,10 @@ PyObject* coherent_get(PyObject* capsule, PyObject* const* args, Py_ssize_t narg
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     for (Py_ssize_t i = 0; i < nkw; ++i) {
         PyObject* name = PyTuple_GET_ITEM(kwnames, i);
-        if (PyUnicode_CompareWithASCIIString(name, "key") == 0) key = args[nargs + i];
-        else if (PyUnicode_CompareWithASCIIString(name, "version") == 0) version = args[nargs + i];
+        if (PyUnicode_CompareWithASCIIString(name, "key") == 0)
+            key = args[nargs + i];
+        else if (PyUnicode_CompareWithASCIIString(name, "version") == 0)
+            version = args[nargs + i];
     }
     if (key && nargs <= 3) {  // anything odd is left to the fallback to report
         try {
@@ -605,7 +617,8 @@ py::object bind_coherent_get(py::object engine, py::object fallback) {
     return bind_builtins(std::move(state), {&coherent_get_def})[0];
 }
 
-void listener_configure(PyStore& s, const std::vector<std::tuple<std::string, int, std::string>>& endpoints,
+void listener_configure(PyStore& s,
+                        const std::vector<std::tuple<std::string, int, std::string>>& endpoints,
                         std::string username, std::string password,
                         const std::vector<std::string>& prefixes, double connect_timeout,
                         double ping_interval, double pong_deadline) {
@@ -670,29 +683,33 @@ void register_cache(py::module_& m) {
         .def("stats", &stats_of)
         .def("clear", [](PyStore& s) { s.store->clear(); })
         // The coherent L1 in front of Redis (core/coherence.hpp, core/listener.hpp).
-        .def("invalidate",
-             [](PyStore& s, py::iterable keys) {
-                 s.l1->bury_check();
-                 std::size_t n = 0;
-                 Released released;
-                 for (py::handle key : keys) {
-                     py::object owner;
-                     std::string k(bytes_or_str(key, owner));
-                     s.l1->coherence.invalidate(k, wall_clock(), released);
-                     ++n;
-                 }
-                 release_all(released);
-                 return n;
-             },
-             py::arg("final_keys"), "bump and drop each key (str or UTF-8 bytes)")
-        .def("reset",
-             [](PyStore& s, bool usable) {
-                 s.l1->bury_check();
-                 Released released;
-                 s.l1->coherence.reset(usable, released);
-                 release_all(released);
-             },
-             py::arg("usable"), "bump every bucket, clear, and set whether the L1 may be used")
+        .def(
+            "invalidate",
+            [](PyStore& s, py::iterable keys) {
+                s.l1->bury_check();
+                std::size_t n = 0;
+                Released released;
+                for (py::handle key : keys) {
+                    py::object owner;
+                    std::string k(bytes_or_str(key, owner));
+                    s.l1->coherence.invalidate(k, wall_clock(), released);
+                    ++n;
+                }
+                release_all(released);
+                return n;
+            },
+            py::arg("final_keys"), "bump and drop each key (str or UTF-8 bytes)")
+        .def(
+            "reset",
+            [](PyStore& s, bool usable) {
+                s.l1->bury_check();
+                Released released;
+                s.l1->listener.reset_coherence(usable, released);
+                release_all(released);
+            },
+            py::arg("usable"),
+            "bump every bucket, clear, and set whether the L1 may be used (while the native "
+            "listener runs, usable only if it is up)")
         .def_property_readonly("usable", [](const PyStore& s) { return s.l1->coherence.usable(); })
         .def("coherence_stats",
              [](const PyStore& s) {
@@ -709,8 +726,9 @@ void register_cache(py::module_& m) {
              py::arg("username"), py::arg("password"), py::arg("prefixes"),
              py::arg("connect_timeout"), py::arg("ping_interval"), py::arg("pong_deadline"),
              "(re)configure the native listener; a running one resets the L1 and reconnects")
-        .def("listener_start", [](PyStore& s) { return s.l1->listener.start(); },
-             "start the native listener thread unless it runs; whether it started one")
+        .def(
+            "listener_start", [](PyStore& s) { return s.l1->listener.start(); },
+            "start the native listener thread unless it runs; whether it started one")
         .def("listener_stop",
              [](PyStore& s) {
                  Released released;
@@ -718,13 +736,14 @@ void register_cache(py::module_& m) {
                  release_all(released);
                  s.l1->bury_check();
              })
-        .def("listener_restart",
-             [](PyStore& s) {
-                 Released released;
-                 s.l1->listener.restart(released);
-                 release_all(released);
-             },
-             "reset the L1 to bypassed now and make the listener reconnect")
+        .def(
+            "listener_restart",
+            [](PyStore& s) {
+                Released released;
+                s.l1->listener.restart(released);
+                release_all(released);
+            },
+            "reset the L1 to bypassed now and make the listener reconnect")
         .def("listener_stats", &listener_stats)
         // For tests: "" or the first broken internal invariant (exact only when idle).
         .def("_check_invariants", [](const PyStore& s) { return s.store->check_invariants(); });
@@ -747,8 +766,9 @@ void register_cache(py::module_& m) {
         .def("set_key_func", &Engine::set_key_func)
         .def("set_default_timeout", &Engine::set_default_timeout)
         .def("set_clock", &Engine::set_clock)
-        .def("fast_get", [](py::object self) { return bind_fast_get(std::move(self)); },
-             "get() as a builtin bound to this engine (no general dispatch)")
+        .def(
+            "fast_get", [](py::object self) { return bind_fast_get(std::move(self)); },
+            "get() as a builtin bound to this engine (no general dispatch)")
         .def("now", &Engine::now)
         .def("make_key", &Engine::make_key, py::arg("key"), py::arg("version") = none)
         .def("validate_key", &Engine::validate_key, py::arg("key"))
@@ -768,9 +788,12 @@ void register_cache(py::module_& m) {
         .def("l1_invalidate", &Engine::l1_invalidate, py::arg("final_key"))
         .def("l1_usable", &Engine::l1_usable)
         .def("set_l1_max_item_bytes", &Engine::set_l1_max_item_bytes, py::arg("max_bytes"))
-        .def("coherent_get",
-             [](py::object self, py::object fallback) { return bind_coherent_get(std::move(self), std::move(fallback)); },
-             py::arg("fallback"), "get() answering L1 hits here and passing the rest to fallback")
+        .def(
+            "coherent_get",
+            [](py::object self, py::object fallback) {
+                return bind_coherent_get(std::move(self), std::move(fallback));
+            },
+            py::arg("fallback"), "get() answering L1 hits here and passing the rest to fallback")
         .def("get", &Engine::get, py::arg("key"), py::arg("default") = none,
              py::arg("version") = none)
         .def("set", &Engine::set, py::arg("key"), py::arg("value"), py::arg("timeout"),

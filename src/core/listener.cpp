@@ -151,6 +151,15 @@ void Listener::restart(Released& released) {
     wake();
 }
 
+void Listener::reset_coherence(bool usable, Released& released) {
+    std::lock_guard<std::mutex> lock(work_mu_);
+    if (running_.load(std::memory_order_acquire) &&
+        state_.load(std::memory_order_acquire) != static_cast<int>(ListenerState::up)) {
+        usable = false;
+    }
+    coherence_.reset(usable, released);
+}
+
 ListenerStats Listener::stats() const {
     ListenerStats s;
     s.state = static_cast<ListenerState>(state_.load(std::memory_order_acquire));

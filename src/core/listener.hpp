@@ -89,6 +89,11 @@ public:
     void stop(Released& released);
     // Something went wrong elsewhere: reset the L1 to unusable now and reconnect.
     void restart(Released& released);
+    // Resets the coherence (a flush: every token void, the store emptied) from another
+    // thread. While this listener runs, the L1 stays usable only if the listener is up: a
+    // caller that read "usable" before the listener went down cannot turn it back on.
+    // While it does not run, `usable` is the caller's to decide (the Python listener's).
+    void reset_coherence(bool usable, Released& released);
     ListenerStats stats() const;
     bool running() const noexcept { return running_.load(std::memory_order_acquire); }
 

@@ -173,8 +173,9 @@ struct Store::Impl {
     // High bits of a multiplicative remix, so shard choice and the index's bucket choice
     // (hash modulo a prime) do not correlate.
     std::size_t shard_index(std::size_t hash) const noexcept {
-        return static_cast<std::size_t>((static_cast<std::uint64_t>(hash) *
-                                         0x9E3779B97F4A7C15ull) >> 40) & mask;
+        return static_cast<std::size_t>(
+                   (static_cast<std::uint64_t>(hash) * 0x9E3779B97F4A7C15ull) >> 40) &
+               mask;
     }
 
     // --- queue and accounting; all under the shard's lock --------------------------------
@@ -189,8 +190,14 @@ struct Store::Impl {
 
     static void unlink(Shard& s, Node* n) noexcept {
         if (s.hand == n) s.hand = n->newer;
-        if (n->older != nullptr) n->older->newer = n->newer; else s.tail = n->newer;
-        if (n->newer != nullptr) n->newer->older = n->older; else s.head = n->older;
+        if (n->older != nullptr)
+            n->older->newer = n->newer;
+        else
+            s.tail = n->newer;
+        if (n->newer != nullptr)
+            n->newer->older = n->older;
+        else
+            s.head = n->older;
         n->older = n->newer = nullptr;
     }
 
@@ -227,8 +234,7 @@ struct Store::Impl {
         if (n->state.fetch_or(kDetached, std::memory_order_acq_rel) == 0) r.node(n);
     }
 
-    Node* insert(Shard& s, const KeyRef& k, const Value& v, double expires_at,
-                 std::size_t charge) {
+    Node* insert(Shard& s, const KeyRef& k, const Value& v, double expires_at, std::size_t charge) {
         auto node = std::make_unique<Node>(k.text, k.hash, v, expires_at, charge);
         s.index.emplace(node->ref(), node.get());  // strong guarantee on bad_alloc
         Node* n = node.release();
@@ -261,8 +267,14 @@ struct Store::Impl {
             Node* f = fresh.release();
             f->older = n->older;
             f->newer = n->newer;
-            if (f->older != nullptr) f->older->newer = f; else s.tail = f;
-            if (f->newer != nullptr) f->newer->older = f; else s.head = f;
+            if (f->older != nullptr)
+                f->older->newer = f;
+            else
+                s.tail = f;
+            if (f->newer != nullptr)
+                f->newer->older = f;
+            else
+                s.head = f;
             if (s.hand == n) s.hand = f;
             it->first.text = f->key;
             it->second = f;
@@ -299,7 +311,10 @@ struct Store::Impl {
         std::lock_guard<std::mutex> lock(s.mu);
         Node* victim = pick_victim(s, now, keep);
         if (victim == nullptr) return false;
-        if (victim->expired(now)) s.expirations.bump(); else s.evictions.bump();
+        if (victim->expired(now))
+            s.expirations.bump();
+        else
+            s.evictions.bump();
         remove(s, victim, r);
         return true;
     }
@@ -367,7 +382,10 @@ struct Store::Impl {
             while (s.tail != nullptr) {
                 Node* n = s.tail;
                 if (count_removals) {
-                    if (n->expired(now)) s.expirations.bump(); else s.evictions.bump();
+                    if (n->expired(now))
+                        s.expirations.bump();
+                    else
+                        s.evictions.bump();
                 }
                 remove(s, n, r);
             }
@@ -534,7 +552,8 @@ bool Store::update(std::string_view key, double now,
         }
         placed = m.replace(s, it, v, charge, r, std::move(fresh));
     }
-    if (m.bytes.load(std::memory_order_relaxed) > m.config.max_bytes) m.shrink(si, placed, now, nullptr);
+    if (m.bytes.load(std::memory_order_relaxed) > m.config.max_bytes)
+        m.shrink(si, placed, now, nullptr);
     return true;
 }
 
@@ -548,7 +567,10 @@ bool Store::erase(std::string_view key, double now, Released* released) {
     if (it == s.index.end()) return false;
     Node* n = it->second;
     const bool live = !n->expired(now);
-    if (live) s.deletes.bump(); else s.expirations.bump();
+    if (live)
+        s.deletes.bump();
+    else
+        s.expirations.bump();
     m.remove(s, n, r);
     return live;
 }

@@ -50,10 +50,10 @@ inline std::size_t entry_charge(std::string_view key, const Value& value) noexce
 }
 
 struct StoreConfig {
-    std::size_t max_bytes = 64u << 20;      // sum of charges (values + keys + overhead)
-    std::size_t max_entries = 1'000'000;    // entry bound, with Django's cull semantics
-    unsigned cull_frequency = 3;            // 0: clear all when full; n: cull entries/n
-    unsigned shards = 16;                   // rounded up to a power of two
+    std::size_t max_bytes = 64u << 20;    // sum of charges (values + keys + overhead)
+    std::size_t max_entries = 1'000'000;  // entry bound, with Django's cull semantics
+    unsigned cull_frequency = 3;          // 0: clear all when full; n: cull entries/n
+    unsigned shards = 16;                 // rounded up to a power of two
 };
 
 // Counters since construction (clear() does not reset them), read without locking, so a

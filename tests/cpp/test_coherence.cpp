@@ -559,7 +559,15 @@ static void test_listener_against_a_fake_server() {
     CHECK(listener.start());
     CHECK(eventually([&] { return !listener.stats().last_error.empty(); }));
     CHECK(listener.stats().state != ListenerState::up && !c.usable());
+    // A flush from another thread cannot turn the L1 back on while the listener is not up.
+    listener.reset_coherence(true, r);
+    CHECK(!c.usable());
     listener.stop(r);
+    // With no listener running, usability is the caller's (the Python listener's) to say.
+    listener.reset_coherence(true, r);
+    CHECK(c.usable());
+    listener.reset_coherence(false, r);
+    CHECK(!c.usable());
     Released more = c.exhume();
     give_back(more);
     give_back(r);

@@ -7,6 +7,7 @@ the race between a fill and an invalidation, fork safety, options and stats."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import statistics
@@ -20,11 +21,13 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django_fastcache.cache import FastCache
 from redis_servers import RedisSentinelSet, RedisServer, require_binary, wait_until
+from test_redis_client import tls_server  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.redis
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "coherence_worker.py")
+_BENCH = os.path.join(os.path.dirname(HERE), "benchmarks", "bench_coherence.py")
 # Staleness a process may show after a change completed elsewhere. Invalidations take
 # well under a millisecond on loopback (see the printed delays); the bound is generous
 # for a 2-core machine shared with compilers, and for a hung-server health check.
@@ -44,7 +47,12 @@ def run_workers(location, n: int, mode: str, *, options=None, during=None, **cfg
                                           text=True))
         try:
             if during is not None:
-                time.sleep(1.0)  # workers start (Django, the listener) and warm up
+                # Workers start (Django, the listener) and warm up; on a loaded machine
+                # that can take seconds, and the faults must hit workers that are up.
+                ready = [os.path.join(tmp, f"ready{i}") for i in range(n)]
+                wait_until(lambda: all(map(os.path.exists, ready)) or
+                           any(p.poll() is not None for p in procs), 60, "the workers")
+                time.sleep(0.3)
                 during(tmp)
                 open(os.path.join(tmp, "stop"), "w").close()
             for p in procs:
@@ -138,6 +146,37 @@ def test_a_write_in_one_process_is_visible_in_every_other_within_the_bound(serve
     assert l1_stats(records)["l1_hits"] > 0  # the readers were served from their L1
 
 
+# ---------------------------------------------------------------------- busy reader threads
+
+def _bench_coherence():
+    """benchmarks/bench_coherence.py: its run_case() drives the writer and reader workers
+    and measures what the benchmark reports, so the test checks the same figures."""
+    spec = importlib.util.spec_from_file_location("bench_coherence", _BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("threads", [1, 4, 8])
+def test_reads_never_go_backwards_with_cpu_bound_reader_threads(server, threads):
+    """A writer process sets a key to 1, 2, 3, ...; a reader process runs ``threads``
+    threads reading it in CPU-bound loops. No read returns an older version than a read
+    that completed before it began, and no version stays visible longer than BOUND after
+    the next one was written, although the readers never give the GIL up willingly."""
+    row = _bench_coherence().run_case(server.url, threads, 2.0)
+    print(f"\n{threads} reader threads: {row['reads']} reads, {row['versions']} versions, "
+          f"write->visible p50 {row['p50'] * 1e3:.3f} ms, p99 {row['p99'] * 1e3:.3f} ms, "
+          f"max {row['max'] * 1e3:.3f} ms, stale for at most {row['stale'] * 1e3:.3f} ms, "
+          f"backwards {row['backwards']}, listener {row['listener']}")
+    assert row["reads"] > 10_000 and row["versions"] > 50, row
+    assert row["seen"] > row["versions"] // 2, row  # the readers followed the writer
+    assert row["backwards"] == 0, row
+    assert row["stale"] < BOUND, row
+    assert row["max"] < BOUND, row
+    assert row["l1_hits"] > row["l1_misses"], row  # served from the L1, not from Redis
+    assert row["listener"] == "native"
+
+
 # ---------------------------------------------------------------------- histories under faults
 
 def test_no_stale_reads_through_raw_writes_expiry_flush_listener_kill_and_restart(server):
@@ -148,7 +187,7 @@ def test_no_stale_reads_through_raw_writes_expiry_flush_listener_kill_and_restar
     def faults(tmp):
         cli = [redis_cli, "-p", str(server.port)]
         # A raw redis-cli SET, of a key the workers read (plain ints read back as ints).
-        for v in (1, 2, 3):
+        for _ in range(3):
             subprocess.run(cli + ["SET", "coh:1:raw", str(time.monotonic_ns())], check=True,
                            capture_output=True)
             time.sleep(0.2)
@@ -339,6 +378,177 @@ def test_a_forked_child_starts_empty_and_runs_its_own_listener(clean_redis_serve
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok", done.stdout
+
+
+_FORK_BUSY = textwrap.dedent("""
+    import json, os, sys, threading, time
+    import django
+    from django.conf import settings
+    settings.configure(SECRET_KEY="x")
+    django.setup()
+    from django_fastcache.cache import FastCache
+
+    CHILDREN, BATCH = int(sys.argv[2]), 10
+    cache = FastCache(sys.argv[1], {"KEY_PREFIX": "forkbusy",
+                                    "OPTIONS": {"IGNORE_EXCEPTIONS": False}})
+    cache.set("k", "parent")
+    while cache.stats()["l1_listener"] != "up":
+        cache.get("k")
+        time.sleep(0.005)
+    cache.get("k")
+    before = cache.stats()
+    stop = threading.Event()
+    busy_errors = []
+
+    def busy():  # a parent thread in the middle of cache calls whenever a fork happens
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                assert cache.get("k") == "parent"
+                cache.set("busy", i)
+                cache.get("busy")
+            except Exception as exc:
+                busy_errors.append(repr(exc))
+
+    def child(w):
+        try:
+            s = cache.stats()
+            problems = []
+            if s["l1_entries"] != 0 or s["l1_listener"] != "down" or s["l1_listener_starts"] != 0:
+                problems.append(("not clean", s["l1_entries"], s["l1_listener"]))
+            if cache.get("k") != "parent":
+                problems.append("wrong value")
+            deadline = time.monotonic() + 20
+            while cache.stats()["l1_listener"] != "up" and time.monotonic() < deadline:
+                cache.get("k")
+                time.sleep(0.002)
+            cache.get("k")
+            if cache.get("k") != "parent":
+                problems.append("wrong value after up")
+            cache.set("child:%d" % os.getpid(), os.getpid())
+            if cache.get("child:%d" % os.getpid()) != os.getpid():
+                problems.append("own write not read back")
+            s = cache.stats()
+            if s["l1_listener"] != "up" or s["l1_listener_starts"] != 1 or s["l1_hits"] < 1:
+                problems.append(("listener", s["l1_listener"], s["l1_listener_starts"],
+                                 s["l1_listener_error"]))
+            os.write(w, (json.dumps(problems) + "\\n").encode())
+        except BaseException as exc:
+            os.write(w, (json.dumps([repr(exc)]) + "\\n").encode())
+        finally:
+            os._exit(0)
+
+    t = threading.Thread(target=busy, daemon=True)
+    t.start()
+    time.sleep(0.05)
+    failures = []
+    done = 0
+    while done < CHILDREN:
+        pipes = []
+        for _ in range(min(BATCH, CHILDREN - done)):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(r)
+                child(w)
+            os.close(w)
+            pipes.append((pid, r))
+        for pid, r in pipes:
+            with os.fdopen(r) as f:
+                line = f.readline()
+            _, status = os.waitpid(pid, 0)
+            problems = json.loads(line) if line else ["no report"]
+            if problems or status != 0:
+                failures.append((pid, status, problems))
+        done += len(pipes)
+    stop.set()
+    t.join()
+    after = cache.stats()
+    print(json.dumps({"children": done, "failures": failures[:5], "failed": len(failures),
+                      "busy_errors": busy_errors[:5],
+                      "parent": [after["l1_listener"],
+                                 after["l1_listener_downs"] - before["l1_listener_downs"],
+                                 after["l1_listener_starts"], cache.get("k")]}))
+""")
+
+
+def test_forked_children_of_a_busy_parent_start_clean_and_never_fail(clean_redis_server):
+    """200 children forked while another parent thread is in the middle of cache calls:
+    each starts with an empty, bypassed L1 and no listener, reads correct values, starts
+    exactly one listener of its own and is served by it; the parent's listener is never
+    disturbed (no child closed or shut down its connection)."""
+    done = subprocess.run([sys.executable, "-c", _FORK_BUSY, clean_redis_server.url, "200"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-5000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"\nfork with a busy parent: {report}")
+    assert report["children"] == 200
+    assert report["failed"] == 0, report["failures"]
+    assert report["busy_errors"] == []
+    assert report["parent"] == ["up", 0, 1, "parent"]
+
+
+def _follows_raw_writes(cache, raw, kind: str) -> None:
+    """The cache's listener is ``kind`` and up, and a raw client's write reaches its L1."""
+    cache.clear()
+    cache.get("__warm__")
+    wait_until(lambda: cache.stats()["l1_listener"] == "up", 10, "the listener")
+    assert cache.stats()["l1_listener_kind"] == kind
+    raw_set(cache, raw, "k", "one")
+    assert cache.get("k") == "one" and cache.get("k") == "one"
+    assert cache._engine.l1_get(cache.make_key("k"), "absent") == "one"  # held in the L1
+    raw_set(cache, raw, "k", "two")
+    assert cache.get("k") == "two"
+
+
+@pytest.fixture(scope="module")
+def acl_server():
+    # The default user needs a password. alice may use the invalidation channel (an ACL
+    # user needs it: `&__redis__:invalidate`); bob may not.
+    with RedisServer("--user", "alice", "on", ">wonder land", "~*", "&__redis__:invalidate",
+                     "+@all", "--user", "bob", "on", ">builder", "~*", "+@all",
+                     password="defaultpw") as server:
+        yield server
+
+
+@pytest.mark.parametrize("userinfo", [":defaultpw", "alice:wonder%20land"])
+def test_the_native_listener_authenticates_as_the_location_says(acl_server, userinfo):
+    url = f"redis://{userinfo}@127.0.0.1:{acl_server.port}/3"
+    cache = FastCache(url, {"KEY_PREFIX": "acl" + userinfo[:3]})
+    raw = acl_server.client(db=3)
+    _follows_raw_writes(cache, raw, "native")
+    raw.close()
+
+
+def test_the_native_listener_over_a_unix_socket(clean_redis_server):
+    cache = FastCache(f"unix://{clean_redis_server.unix_path}?db=0", {"KEY_PREFIX": "unix"})
+    raw = clean_redis_server.client()
+    _follows_raw_writes(cache, raw, "native")
+    raw.close()
+
+
+def test_over_tls_the_python_listener_keeps_the_l1_coherent(tls_server):  # noqa: F811
+    """The native listener has no TLS: a rediss:// LOCATION gets the Python listener."""
+    url = f"rediss://127.0.0.1:{tls_server.tls_port}/5"
+    cache = FastCache(url, {"KEY_PREFIX": "tls", "OPTIONS": {"CONNECTION_KWARGS": {
+        "ssl_ca_certs": tls_server.ca, "ssl_cert_reqs": "required"}}})
+    raw = tls_server.client(db=5)
+    _follows_raw_writes(cache, raw, "python")
+    raw.close()
+
+
+def test_a_user_without_the_invalidation_channel_keeps_the_l1_bypassed_and_says_why(
+        acl_server):
+    cache = FastCache(f"redis://bob:builder@127.0.0.1:{acl_server.port}/3",
+                      {"KEY_PREFIX": "bob"})
+    cache.set("k", 1)
+    assert cache.get("k") == 1  # served by Redis
+    wait_until(lambda: "NOPERM" in cache.stats()["l1_listener_error"], 10,
+               "the listener's error")
+    assert cache.stats()["l1_listener"] != "up" and not cache._store.usable
+    assert cache.get("k") == 1
+    assert cache._engine.l1_get(cache.make_key("k"), "absent") == "absent"
 
 
 def test_aget_serves_hits_without_awaiting_and_fills_race_free(clean_redis_server):

@@ -1,9 +1,17 @@
 """Keeps the L1 in front of Redis coherent across processes with Redis server-assisted
-client-side caching: one listener per L1 store per process, subscribed to
-``__redis__:invalidate`` on a connection that tracks the cache's key prefixes in broadcast
-mode (one connection per primary on a cluster).
+client-side caching: one listener per L1 store per process, on connections that track the
+cache's key prefixes in broadcast mode (one connection per primary on a cluster).
 
-How it is wired (RESP2): the listener connection asks for its ``CLIENT ID``, enables
+The listener is a native thread of the C++ core (``src/core/listener.hpp``): it reads
+the tracking connections and drops keys from the L1 store itself, so a busy interpreter
+never delays an invalidation. This module only configures it (addresses, credentials,
+prefixes), starts it on first use and after a fork, follows a Sentinel failover or a
+cluster's slot map from a small Python thread (the one part that needs redis-py), and
+reports its state. Over TLS (``rediss://`` or ``ssl`` options) the native listener has no
+TLS of its own: the Python listener below (:class:`PythonInvalidationListener`, the same
+rules on a Python thread, so invalidations may wait for the GIL) takes its place.
+
+How a connection is wired (RESP2): it asks for its ``CLIENT ID``, enables
 ``CLIENT TRACKING on REDIRECT <own id> BCAST PREFIX <p>...`` on itself (a connection may
 redirect to itself; once subscribed it could not send the command any more), then
 ``SUBSCRIBE __redis__:invalidate``. Redis then sends it the name of every key under a
@@ -16,9 +24,10 @@ drops that copy, which costs one extra read later, never a stale value.
 The L1 is only used while every listener connection is subscribed ("up"). When one drops,
 misses its health check (a PING answered within ``PONG_DEADLINE``), or the topology
 changes (the Sentinel primary or the cluster's slot map differs from the one it is
-connected to), the store is cleared and marked unusable ("down"): reads go to Redis until
-the listener has reconnected and resubscribed, which clears the store once more, since
-messages may have been missed meanwhile.
+connected to), the store is cleared and marked unusable ("resetting"): reads go to Redis
+until the listener has reconnected and resubscribed, which clears the store once more,
+since messages may have been missed meanwhile. "down" means no listener runs in this
+process (not used yet, or a forked child before its first use): the L1 is bypassed.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import hiredis
 
 from . import _core
 
-__all__ = ["InvalidationListener", "listener_for"]
+__all__ = ["InvalidationListener", "PythonInvalidationListener", "listener_for"]
 
 logger = logging.getLogger("django_fastcache.redis")
 
@@ -45,20 +54,30 @@ PONG_DEADLINE = 1.0  # a PING unanswered this long means the connection is dead
 TOPOLOGY_INTERVAL = 1.0  # seconds between checks of the Sentinel primary / cluster slots
 IDLE_EXIT = 30.0  # a listener that cannot connect and was not asked for stops retrying
 
-_listeners: weakref.WeakValueDictionary[int, InvalidationListener] = weakref.WeakValueDictionary()
+_listeners: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
 _registry_lock = threading.Lock()
 
 
-def listener_for(store: _core.Store, clients: Any) -> InvalidationListener:
-    """The listener of ``store`` in this process (created on first call)."""
+def listener_for(store: _core.Store,
+                 clients: Any) -> InvalidationListener | PythonInvalidationListener:
+    """The listener of ``store`` in this process (created on first call): the native one,
+    or the Python one when the connection needs TLS."""
     with _registry_lock:
         listener = _listeners.get(id(store))
         if listener is None or listener.store is not store:
-            listener = _listeners[id(store)] = InvalidationListener(store, clients)
+            kind = PythonInvalidationListener if _needs_tls(clients) else InvalidationListener
+            listener = _listeners[id(store)] = kind(store, clients)
         return listener
 
 
+def _needs_tls(clients: Any) -> bool:
+    config = clients.config
+    return bool(config.tls or config.connection_kwargs.get("ssl"))
+
+
 def _after_fork_in_child() -> None:
+    global _registry_lock
+    _registry_lock = threading.Lock()
     for listener in list(_listeners.values()):
         listener._forget_after_fork()
 
@@ -88,7 +107,174 @@ class _Link:
 
 
 class InvalidationListener:
-    """Invalidates one L1 store from Redis's tracking messages; see the module docstring.
+    """Configures and watches the native listener of one L1 store; see the module docstring.
+
+    Thread-safe. ``track(prefix)``, ``suspect()`` and ``ensure_running()`` may be called from
+    any thread. In a forked child the native thread does not exist (the core's fork handler
+    marks the store bypassed; this module's empties it); the child's first
+    ``ensure_running()`` starts exactly one new thread on new connections.
+    """
+
+    kind = "native"
+
+    def __init__(self, store: _core.Store, clients: Any) -> None:
+        self.store = store
+        self.clients = clients
+        self._lock = threading.Lock()
+        self._prefixes: list[bytes] = []  # minimal cover: none is a prefix of another
+        self._pid: int | None = None  # the process whose listener was started
+        self._endpoints: list[tuple[str, int, str]] = []
+        self._topology: Any = None
+        self._watcher: threading.Thread | None = None
+        self._watch_stop = threading.Event()
+        self._retry_at = 0.0  # after a failed start: when to try again (monotonic)
+        self.last_error = ""
+        store.reset(False)
+
+    # -- called by the cache
+
+    def track(self, prefix: str) -> None:
+        """Makes sure keys starting with ``prefix`` are tracked. A new prefix takes the
+        L1 down at once (keys under it were not tracked until now) and restarts tracking."""
+        wanted = prefix.encode("utf-8", "surrogatepass")
+        with self._lock:
+            if any(wanted.startswith(p) for p in self._prefixes):
+                return
+            self._prefixes = sorted([p for p in self._prefixes if not p.startswith(wanted)]
+                                    + [wanted])
+            if self._pid == os.getpid():
+                self._configure()
+
+    def suspect(self) -> None:
+        """Something went wrong talking to Redis elsewhere: the L1 goes down at once and
+        the listener reconnects (and empties it again) before it is used again."""
+        if self._pid == os.getpid() and self.store.usable:
+            self.store.listener_restart()
+
+    @property
+    def prefixes(self) -> list[bytes]:
+        return list(self._prefixes)
+
+    @property
+    def state(self) -> str:
+        return self.store.listener_stats()["state"]
+
+    def ensure_running(self) -> None:
+        """Starts the native listener if this process has none (first use, or the first
+        use after a fork)."""
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid() or time.monotonic() < self._retry_at:
+                return
+            self._retry_at = time.monotonic() + TOPOLOGY_INTERVAL
+            try:
+                self._endpoints, self._topology = self._resolve()
+            except Exception as exc:  # Redis unreachable: the L1 stays bypassed, retried later
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                return
+            self._configure()
+            self.store.listener_start()
+            self._pid = os.getpid()
+            if self.clients.mode in ("sentinel", "cluster"):
+                self._watch_stop = threading.Event()
+                self._watcher = threading.Thread(
+                    target=self._watch, name=f"fastcache-topology-{id(self.store):x}",
+                    daemon=True)
+                self._watcher.start()
+
+    def stats(self) -> dict[str, Any]:
+        st = self.store.listener_stats()
+        return {
+            "l1_listener": st["state"],
+            "l1_listener_kind": self.kind,
+            "l1_listener_connections": st["connections"],
+            "l1_invalidation_messages": st["messages"],
+            "l1_invalidated_keys": st["keys"],
+            "l1_flushes": st["flushes"],
+            "l1_listener_downs": st["downs"],
+            "l1_listener_ups": st["ups"],
+            "l1_listener_starts": st["starts"],
+            "l1_listener_error": st["last_error"] or self.last_error,
+            "l1_tracked_prefixes": [p.decode("utf-8", "replace") for p in self._prefixes],
+        }
+
+    def close(self) -> None:
+        """Stops the native thread and the topology watcher (tests; never needed at exit)."""
+        self._watch_stop.set()
+        self.store.listener_stop()
+        self._pid = None
+
+    def _forget_after_fork(self) -> None:
+        # The core's fork handler already dropped the thread and closed (never shut down)
+        # the copies of its sockets; here the copied store is emptied, with the GIL.
+        self._lock = threading.Lock()
+        self._pid = None
+        self._retry_at = 0.0
+        self._watcher = None
+        self._watch_stop = threading.Event()
+        self.store.reset(False)
+
+    # -- configuration
+
+    def _configure(self) -> None:
+        config = self.clients.config
+        kwargs = config.connection_kwargs
+        timeout = kwargs.get("socket_connect_timeout") or kwargs.get("socket_timeout") or 1.0
+        self.store.listener_configure(
+            endpoints=self._endpoints,
+            username=config.username or "",
+            password=config.password or "",
+            prefixes=[p.decode("utf-8", "surrogatepass") for p in (self._prefixes or [b""])],
+            connect_timeout=float(timeout),
+            ping_interval=PING_INTERVAL,
+            pong_deadline=PONG_DEADLINE,
+        )
+
+    def _resolve(self) -> tuple[list[tuple[str, int, str]], Any]:
+        """The primaries to listen to, and the topology they were found in."""
+        config = self.clients.config
+        if self.clients.mode == "single":
+            node = config.nodes[0]
+            return [(node.host or "", int(node.port or 0), node.path or "")], None
+        topology = _topology_now(self.clients)
+        if self.clients.mode == "sentinel":
+            host, port = topology
+            return [(str(host), int(port), "")], topology
+        return [(str(h), int(p), "") for h, p in sorted({tuple(v) for _, v in topology})], topology
+
+    def _watch(self) -> None:
+        """Follows a Sentinel failover or a cluster slot move: new primaries, new links."""
+        stop = self._watch_stop
+        while not stop.wait(TOPOLOGY_INTERVAL):
+            if self._pid != os.getpid():
+                return
+            try:
+                endpoints, topology = self._resolve()
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.suspect()
+                continue
+            if topology != self._topology:
+                logger.warning("the Redis topology changed (failover or slot move): the L1 "
+                               "is bypassed until the listener has reconnected")
+                with self._lock:
+                    self._endpoints, self._topology = endpoints, topology
+                    self._configure()
+
+
+def _topology_now(clients: Any) -> Any:
+    """The Sentinel primary's address or the cluster's slot map (start, end, primary)."""
+    client = clients.client(write=True)
+    if clients.mode == "sentinel":
+        return tuple(client.connection_pool.get_master_address())
+    slots = client.execute_command("CLUSTER SLOTS")
+    return sorted((tuple(k), tuple(v["primary"])) for k, v in slots.items())
+
+
+class PythonInvalidationListener:
+    """Invalidates one L1 store from Redis's tracking messages on a Python thread: the
+    fallback for TLS connections, which the native listener does not speak.
 
     Thread-safe. ``track(prefix)`` and ``ensure_running()`` may be called from any thread;
     the work happens on one daemon thread per listener. After ``os.fork()`` the child has
@@ -106,9 +292,11 @@ class InvalidationListener:
         self._last_wanted = time.monotonic()
         self.state = "down"
         self.connections = 0
-        self.messages = self.keys = self.flushes = self.downs = self.ups = 0
+        self.messages = self.keys = self.flushes = self.downs = self.ups = self.starts = 0
         self.last_error = ""
         store.reset(False)
+
+    kind = "python"
 
     # -- called by the cache
 
@@ -154,10 +342,14 @@ class InvalidationListener:
                     target=self._run, name=f"fastcache-invalidation-{id(self.store):x}",
                     daemon=True)
                 self._thread.start()
+                self.starts += 1
 
     def stats(self) -> dict[str, Any]:
         return {
             "l1_listener": self.state,
+            "l1_listener_kind": self.kind,
+            "l1_listener_starts": self.starts,
+            "l1_listener_error": self.last_error,
             "l1_listener_connections": self.connections,
             "l1_invalidation_messages": self.messages,
             "l1_invalidated_keys": self.keys,
@@ -176,6 +368,7 @@ class InvalidationListener:
         self._restart = threading.Event()
         self.state = "down"
         self.connections = 0
+        self.starts = 0
         self.store.reset(False)
 
     # -- the thread
@@ -284,13 +477,7 @@ class InvalidationListener:
     def _topology_now(self) -> Any:
         """What the listener connections were made for: the Sentinel primary's address or
         the cluster's slot map (start, end, primary); None for a single node."""
-        client = self.clients.client(write=True)
-        if self.clients.mode == "sentinel":
-            return tuple(client.connection_pool.get_master_address())
-        if self.clients.is_cluster:
-            slots = client.execute_command("CLUSTER SLOTS")
-            return sorted((tuple(k), tuple(v["primary"])) for k, v in slots.items())
-        return None
+        return None if self.clients.mode == "single" else _topology_now(self.clients)
 
     def _next(self, link: _Link, deadline: float) -> Any:
         """The next reply on one link, waiting until ``deadline`` (monotonic)."""
@@ -327,7 +514,8 @@ class InvalidationListener:
             now = time.monotonic()
             # SSL sockets may hold decrypted bytes that select() cannot see.
             pending = [s for s in socks if hasattr(s, "pending") and s.pending()]
-            ready = pending or select.select(list(socks), [], [], max(0.0, min(next_ping - now, 0.1)))[0]
+            wait = max(0.0, min(next_ping - now, 0.1))
+            ready = pending or select.select(list(socks), [], [], wait)[0]
             for sock in ready:
                 self._feed(socks[sock])
             now = time.monotonic()

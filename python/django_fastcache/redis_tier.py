@@ -418,6 +418,9 @@ class RedisTier:
         finals = read.finals
         values: list = [_MISSING] * len(finals)
         if replies is None:  # Redis unreachable: misses
+            if read.tokens is not None:
+                for k in finals:
+                    self.engine.l1_invalidate(k)
             self.misses += len(finals)
             return values
         tokens = read.tokens
@@ -431,17 +434,21 @@ class RedisTier:
                 at += len(indexes)
             for n, i in enumerate(indexes):
                 raw = raws[n]
-                if raw is None:
-                    continue
                 k = finals[i]
-                value = self._decode(raw, k)
-                if value is _MISSING:
+                value = _MISSING if raw is None else self._decode(raw, k)
+                if value is not _MISSING:
+                    values[i] = value
+                if tokens is None:
                     continue
-                values[i] = value
-                if tokens is not None and len(raw) <= self.l1_max_item_bytes:
+                # Every read taken under a token ends in a fill or an invalidation: one that
+                # keeps nothing still bumps the key's token, so that an older fill in flight
+                # cannot make a later read go backwards (core/coherence.hpp).
+                if value is not _MISSING and len(raw) <= self.l1_max_item_bytes:
                     ttl = ttls[n]
                     engine.l1_fill(k, value, self._l1_seconds(None if ttl == -1 else ttl),
                                    tokens[i])
+                else:
+                    engine.l1_invalidate(k)
         found = sum(1 for v in values if v is not _MISSING)
         self.hits += found
         self.misses += len(finals) - found

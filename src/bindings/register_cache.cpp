@@ -4,19 +4,22 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <array>
 #include <cstdint>
 #include <ctime>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "bindings/bound.hpp"
 #include "bindings/options.hpp"
 #include "bindings/registry.hpp"
 #include "bindings/values.hpp"
+#include "core/coherence.hpp"
 #include "core/keys.hpp"
+#include "core/listener.hpp"
 #include "core/store.hpp"
 
 namespace py = pybind11;
@@ -29,38 +32,40 @@ void retain(void* h) noexcept { Py_INCREF(static_cast<PyObject*>(h)); }
 void release(void* h) noexcept { Py_DECREF(static_cast<PyObject*>(h)); }
 constexpr HandleOps kPyHandles{&retain, &release};
 
-// What keeps an L1 in front of Redis coherent (see redis_tier.py): whether the L1 may be
-// used at all (false while the invalidation listener is down), and a sequence number per
-// bucket of final keys, bumped before every invalidation of a key in that bucket. A fill
-// from Redis takes the bucket's number before its read and inserts only if the number is
-// unchanged (checked and inserted in one call, with no Python code run in between), so an
-// invalidation that arrives while the read is in flight never leaves the old value behind.
-// Every access holds the GIL, which orders them; no member needs to be atomic.
-struct Coherence {
-    static constexpr std::size_t kBuckets = 4096;
-    bool usable = true;
-    std::array<std::uint64_t, kBuckets> seq{};
-    std::uint64_t invalidated = 0;  // keys invalidated (by the listener or by a local write)
-    std::uint64_t resets = 0;       // whole-L1 resets (flushes, listener down or back up)
-    std::uint64_t fills = 0;        // values put into the L1 by a read or a write
-    std::uint64_t refused = 0;      // fills refused: an invalidation raced them
+double wall_clock() {
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
 
-    static std::size_t bucket(std::string_view key) {
-        return std::hash<std::string_view>{}(key) & (kBuckets - 1);
+// Handles the store gave up without releasing them (see core/coherence.hpp); GIL held.
+void release_all(Released& handles) {
+    for (void* h : handles) Py_DECREF(static_cast<PyObject*>(h));
+    handles.clear();
+}
+
+// The coherent L1 of one store: its tokens and rules, and the native invalidation
+// listener that feeds them (src/core/coherence.hpp, src/core/listener.hpp). Destroyed with
+// the GIL held: the listener is stopped first, then what it buried is released.
+struct L1 {
+    explicit L1(std::shared_ptr<Store> s)
+        : store(std::move(s)), coherence(*store), listener(coherence) {}
+    ~L1() {
+        Released released;
+        listener.stop(released);
+        release_all(released);
+        bury_check();
     }
-    // The key's bucket is bumped first, then the entry erased: a fill that checked the
-    // number before the bump inserted before the erase, so the erase removes it.
-    void invalidate(Store& store, std::string_view key, double now) {
-        ++seq[bucket(key)];
-        ++invalidated;
-        store.erase(key, now);
+    // Releases what the listener gave up; cheap when there is nothing (GIL held).
+    void bury_check() {
+        if (coherence.buried()) {
+            Released dead = coherence.exhume();
+            release_all(dead);
+        }
     }
-    void reset(Store& store, bool now_usable) {
-        for (auto& n : seq) ++n;
-        usable = now_usable;
-        ++resets;
-        store.clear();
-    }
+    std::shared_ptr<Store> store;
+    Coherence coherence;
+    Listener listener;
 };
 
 // Every method is called with the GIL held, which makes retain/release safe.
@@ -68,11 +73,11 @@ class PyStore {
 public:
     PyStore(std::size_t max_bytes, std::size_t max_entries, unsigned cull_frequency,
             unsigned shards)
-        : store(std::make_shared<Store>(
-              StoreConfig{max_bytes, max_entries, cull_frequency, shards}, kPyHandles)),
-          coherence(std::make_shared<Coherence>()) {}
+        : store(std::make_shared<Store>(StoreConfig{max_bytes, max_entries, cull_frequency, shards},
+                                        kPyHandles)),
+          l1(std::make_shared<L1>(store)) {}
     std::shared_ptr<Store> store;
-    std::shared_ptr<Coherence> coherence;
+    std::shared_ptr<L1> l1;
 };
 
 std::string_view bytes_or_str(py::handle key, py::object& owner) {
@@ -84,12 +89,6 @@ std::string_view bytes_or_str(py::handle key, py::object& owner) {
     if (!s) throw py::error_already_set();
     owner = py::reinterpret_borrow<py::object>(key);
     return std::string_view(s, n);
-}
-
-double wall_clock() {
-    timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
 }
 
 // A retained store value, released when it goes out of scope (GIL held).
@@ -109,7 +108,7 @@ public:
            py::object default_timeout, py::object default_sentinel, py::object key_warning,
            CodecOptions codec)
         : store_(store.store),
-          coherence_(store.coherence),
+          l1_(store.l1),
           prefix_(std::move(key_prefix)),
           sentinel_(std::move(default_sentinel)),
           key_warning_(std::move(key_warning)),
@@ -131,8 +130,8 @@ public:
     // --- keys
     py::str make_key(py::handle key, py::handle version) {
         const std::string& k = key_of(key, version, false);
-        return py::reinterpret_steal<py::str>(
-            check(PyUnicode_DecodeUTF8(k.data(), static_cast<Py_ssize_t>(k.size()), "surrogatepass")));
+        return py::reinterpret_steal<py::str>(check(
+            PyUnicode_DecodeUTF8(k.data(), static_cast<Py_ssize_t>(k.size()), "surrogatepass")));
     }
     void validate_key(py::handle key) {
         std::string k = utf8_of(key);
@@ -142,8 +141,8 @@ public:
     // --- for the shared tier: keys and values as Redis sees them
     py::str key(py::handle key, py::handle version) {
         const std::string& k = key_of(key, version);
-        return py::reinterpret_steal<py::str>(
-            check(PyUnicode_DecodeUTF8(k.data(), static_cast<Py_ssize_t>(k.size()), "surrogatepass")));
+        return py::reinterpret_steal<py::str>(check(
+            PyUnicode_DecodeUTF8(k.data(), static_cast<Py_ssize_t>(k.size()), "surrogatepass")));
     }
     py::list keys_of(py::iterable keys, py::handle version) {
         py::list out;
@@ -181,50 +180,58 @@ public:
     }
     bool l1_delete(const std::string& final_key) { return store_->erase(final_key, now()); }
 
-    // --- the coherent L1 (see Coherence): tokens, guarded fills, local invalidation
+    // --- the coherent L1 (core/coherence.hpp): tokens, guarded fills, local invalidation
     std::uint64_t l1_token(const std::string& final_key) const {
-        return coherence_->seq[Coherence::bucket(final_key)];
+        return l1_->coherence.token(final_key);
     }
-    // A value read from Redis: stored only if the L1 is usable and no invalidation of the
-    // key's bucket happened since `token` was taken. Returns whether it was stored.
+    // A value read from Redis under `token`: stored only if the L1 is usable and no other
+    // fill, write or invalidation of the key's bucket came since. Returns whether it was.
     bool l1_fill(const std::string& final_key, py::handle value, double seconds,
                  std::uint64_t token) {
-        if (seconds <= 0 || !coherence_->usable) return false;
-        Snapshot s = snapshot(value, codec_);  // may run Python: checked after, not before
-        Coherence& c = *coherence_;
-        if (s.charge > l1_max_item_) return false;
-        if (!c.usable || c.seq[Coherence::bucket(final_key)] != token) {
-            ++c.refused;
-            return false;
+        l1_->bury_check();
+        if (!l1_->coherence.usable()) return false;
+        std::string key = final_key;  // snapshot() may run Python
+        double t;
+        Released released;
+        bool stored;
+        if (seconds <= 0) {  // expiring now: kept by no one, but the read still counts
+            t = now();
+            stored = l1_->coherence.write(key, nullptr, t, t, token, released);
+        } else {
+            Snapshot s = snapshot(value, codec_);
+            t = now();
+            stored = l1_->coherence.fill(key, Value{s.object.ptr(), s.tag, s.charge}, t + seconds,
+                                         t, token, l1_max_item_, released);
         }
-        double t = now();
-        if (!store_->set(final_key, Value{s.object.ptr(), s.tag, s.charge}, t + seconds, t)) return false;
-        ++c.fills;
-        return true;
+        release_all(released);
+        return stored;
     }
-    // After this process's own write to Redis returned: the key's bucket is bumped (so a
-    // read of the old value still in flight in another thread cannot fill it) and the
-    // entry replaced by the written value, if no invalidation came since `token` (taken
-    // before the write was sent) and the L1 is usable; otherwise the entry is dropped.
+    // After this process's own write to Redis returned: the written value replaces the
+    // entry if no invalidation came since `token` (taken before the write was sent) and the
+    // L1 is usable; otherwise the entry is dropped. The key's bucket is bumped either way.
     bool l1_write(const std::string& final_key, py::handle value, double seconds,
                   std::uint64_t token) {
+        l1_->bury_check();
+        std::string key = final_key;
         Snapshot s = snapshot(value, codec_);
-        Coherence& c = *coherence_;
-        std::size_t b = Coherence::bucket(final_key);
-        bool fresh = c.usable && c.seq[b] == token && seconds > 0 && s.charge <= l1_max_item_;
+        Value v{s.object.ptr(), s.tag, s.charge};
+        const bool keep = seconds > 0 && s.charge <= l1_max_item_;
         double t = now();
-        ++c.seq[b];
-        if (fresh && store_->set(final_key, Value{s.object.ptr(), s.tag, s.charge}, t + seconds, t)) {
-            ++c.fills;
-            return true;
-        }
-        store_->erase(final_key, t);
-        return false;
+        Released released;
+        bool stored =
+            l1_->coherence.write(key, keep ? &v : nullptr, t + seconds, t, token, released);
+        release_all(released);
+        return stored;
     }
     // After a write whose new value this process does not hold (delete, incr, touch, a
     // failed write): bump and drop, as an invalidation message would.
-    void l1_invalidate(const std::string& final_key) { coherence_->invalidate(*store_, final_key, now()); }
-    bool l1_usable() const { return coherence_->usable; }
+    void l1_invalidate(const std::string& final_key) {
+        l1_->bury_check();
+        Released released;
+        l1_->coherence.invalidate(final_key, now(), released);
+        release_all(released);
+    }
+    bool l1_usable() const { return l1_->coherence.usable(); }
     // Values whose decoded form is charged more than this are not kept in the coherent L1.
     void set_l1_max_item_bytes(std::size_t n) { l1_max_item_ = n; }
 
@@ -232,11 +239,14 @@ public:
     // A hit of the coherent L1, or nullptr (no exception set) when the caller must ask
     // Redis: the L1 is not usable (listener down) or holds no live entry for the key.
     PyObject* l1_hit(py::handle key, py::handle version) {
-        if (!coherence_->usable) return nullptr;
+        l1_->bury_check();
+        if (!l1_->coherence.usable()) return nullptr;
         const std::string& k = key_of(key, version);
         Held held(store_->get(k, now()));
         if (!held.value) return nullptr;
-        return materialize(static_cast<PyObject*>(held.value->handle), held.value->tag).release().ptr();
+        return materialize(static_cast<PyObject*>(held.value->handle), held.value->tag)
+            .release()
+            .ptr();
     }
 
     py::object get(py::handle key, py::handle default_, py::handle version) {
@@ -326,18 +336,19 @@ public:
         bool found;
         try {
             found = store_->update(k, t, [&](const Value& old) -> Value {
-            if (old.tag != kShared || !builtin_delta) throw NotInPlace{};
-            PyObject* sum = PyNumber_Add(static_cast<PyObject*>(old.handle), delta.ptr());
-            if (!sum) throw py::error_already_set();
-            result = py::reinterpret_steal<py::object>(sum);
-            Snapshot s = snapshot(result, codec_);
-            // The store takes over one reference of the new handle.
-            return Value{s.object.release().ptr(), s.tag, s.charge};
+                if (old.tag != kShared || !builtin_delta) throw NotInPlace{};
+                PyObject* sum = PyNumber_Add(static_cast<PyObject*>(old.handle), delta.ptr());
+                if (!sum) throw py::error_already_set();
+                result = py::reinterpret_steal<py::object>(sum);
+                Snapshot s = snapshot(result, codec_);
+                // The store takes over one reference of the new handle.
+                return Value{s.object.release().ptr(), s.tag, s.charge};
             });
         } catch (const NotInPlace&) {
             return incr_slow(k, key, delta, t);
         }
-        if (!found) throw py::value_error("Key '" + py::str(key).cast<std::string>() + "' not found");
+        if (!found)
+            throw py::value_error("Key '" + py::str(key).cast<std::string>() + "' not found");
         return result;
     }
 
@@ -378,9 +389,7 @@ public:
 
     void clear() { store_->clear(); }
 
-    double now() const {
-        return clock_ ? py::cast<double>(clock_()) : wall_clock();
-    }
+    double now() const { return clock_ ? py::cast<double>(clock_()) : wall_clock(); }
 
 private:
     struct NotInPlace {};
@@ -403,9 +412,11 @@ private:
 
     py::object incr_slow(const std::string& k, py::handle key, py::handle delta, double t) {
         Held held(store_->get(k, t));
-        if (!held.value) throw py::value_error("Key '" + py::str(key).cast<std::string>() + "' not found");
+        if (!held.value)
+            throw py::value_error("Key '" + py::str(key).cast<std::string>() + "' not found");
         py::object old = materialize(static_cast<PyObject*>(held.value->handle), held.value->tag);
-        py::object sum = py::reinterpret_steal<py::object>(check(PyNumber_Add(old.ptr(), delta.ptr())));
+        py::object sum =
+            py::reinterpret_steal<py::object>(check(PyNumber_Add(old.ptr(), delta.ptr())));
         Snapshot s = snapshot(sum, codec_);
         std::optional<double> e = store_->expiry(k, t);
         store_->set(k, Value{s.object.ptr(), s.tag, s.charge}, e ? *e : kNever, t);
@@ -433,7 +444,8 @@ private:
         std::string_view text;
         py::object owner;
         Py_ssize_t n;
-        const char* s = PyUnicode_CheckExact(key.ptr()) ? PyUnicode_AsUTF8AndSize(key.ptr(), &n) : nullptr;
+        const char* s =
+            PyUnicode_CheckExact(key.ptr()) ? PyUnicode_AsUTF8AndSize(key.ptr(), &n) : nullptr;
         if (s) {
             text = std::string_view(s, n);
         } else {
@@ -460,8 +472,8 @@ private:
     // Django's CacheKeyWarning texts (django.core.cache.backends.base.memcache_key_warnings).
     void warn(const std::string& key, unsigned problems) {
         if (!problems) return;
-        py::object repr = py::repr(py::reinterpret_steal<py::object>(
-            check(PyUnicode_DecodeUTF8(key.data(), static_cast<Py_ssize_t>(key.size()), "surrogatepass"))));
+        py::object repr = py::repr(py::reinterpret_steal<py::object>(check(PyUnicode_DecodeUTF8(
+            key.data(), static_cast<Py_ssize_t>(key.size()), "surrogatepass"))));
         std::string r = repr.cast<std::string>();
         if (problems & keys::kTooLong) {
             std::string msg = "Cache key will cause errors if used with memcached: " + r +
@@ -476,7 +488,7 @@ private:
     }
 
     std::shared_ptr<Store> store_;
-    std::shared_ptr<Coherence> coherence_;
+    std::shared_ptr<L1> l1_;
     std::size_t l1_max_item_ = static_cast<std::size_t>(-1);
     std::string prefix_;
     py::object version_;
@@ -537,9 +549,10 @@ PyObject* fast_get(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs, P
     return nullptr;
 }
 
-PyMethodDef fast_get_def = {"get", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fast_get)),
-                            METH_FASTCALL | METH_KEYWORDS,
-                            "get(key, default=None, version=None): the value, or default on a miss"};
+PyMethodDef fast_get_def = {
+    "get", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fast_get)),
+    METH_FASTCALL | METH_KEYWORDS,
+    "get(key, default=None, version=None): the value, or default on a miss"};
 
 py::object bind_fast_get(py::object engine) {
     auto state = std::make_unique<FastGet>();
@@ -562,7 +575,8 @@ struct CoherentGet {
     }
 };
 
-PyObject* coherent_get(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+PyObject* coherent_get(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs,
+                       PyObject* kwnames) {
     auto* bound = bound_state<CoherentGet>(capsule);
     if (!bound) return nullptr;
     PyObject* key = nargs >= 1 ? args[0] : nullptr;
@@ -570,8 +584,10 @@ PyObject* coherent_get(PyObject* capsule, PyObject* const* args, Py_ssize_t narg
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     for (Py_ssize_t i = 0; i < nkw; ++i) {
         PyObject* name = PyTuple_GET_ITEM(kwnames, i);
-        if (PyUnicode_CompareWithASCIIString(name, "key") == 0) key = args[nargs + i];
-        else if (PyUnicode_CompareWithASCIIString(name, "version") == 0) version = args[nargs + i];
+        if (PyUnicode_CompareWithASCIIString(name, "key") == 0)
+            key = args[nargs + i];
+        else if (PyUnicode_CompareWithASCIIString(name, "version") == 0)
+            version = args[nargs + i];
     }
     if (key && nargs <= 3) {  // anything odd is left to the fallback to report
         try {
@@ -601,7 +617,44 @@ py::object bind_coherent_get(py::object engine, py::object fallback) {
     return bind_builtins(std::move(state), {&coherent_get_def})[0];
 }
 
+void listener_configure(PyStore& s,
+                        const std::vector<std::tuple<std::string, int, std::string>>& endpoints,
+                        std::string username, std::string password,
+                        const std::vector<std::string>& prefixes, double connect_timeout,
+                        double ping_interval, double pong_deadline) {
+    ListenerConfig c;
+    for (const auto& [host, port, path] : endpoints) c.endpoints.push_back({host, port, path});
+    c.username = std::move(username);
+    c.password = std::move(password);
+    c.prefixes = prefixes;
+    c.connect_timeout = connect_timeout;
+    c.ping_interval = ping_interval;
+    c.pong_deadline = pong_deadline;
+    c.clock = &wall_clock;
+    Released released;
+    s.l1->listener.configure(std::move(c), released);
+    release_all(released);
+}
+
+py::dict listener_stats(const PyStore& s) {
+    ListenerStats st = s.l1->listener.stats();
+    static const char* const kStates[] = {"down", "resetting", "up"};
+    py::dict d;
+    d["state"] = kStates[static_cast<int>(st.state)];
+    d["connections"] = st.connections;
+    d["messages"] = st.messages;
+    d["keys"] = st.keys;
+    d["flushes"] = st.flushes;
+    d["downs"] = st.downs;
+    d["ups"] = st.ups;
+    d["starts"] = st.starts;
+    d["pings"] = st.pings;
+    d["last_error"] = st.last_error;
+    return d;
+}
+
 py::dict stats_of(const PyStore& s) {
+    s.l1->bury_check();
     StoreStats st = s.store->stats();
     const StoreConfig& c = s.store->config();
     py::dict d;
@@ -629,25 +682,39 @@ void register_cache(py::module_& m) {
              py::arg("shards") = 16)
         .def("stats", &stats_of)
         .def("clear", [](PyStore& s) { s.store->clear(); })
-        // The coherent L1 in front of Redis (see Coherence).
-        .def("invalidate",
-             [](PyStore& s, py::iterable keys) {
-                 std::size_t n = 0;
-                 for (py::handle key : keys) {
-                     py::object owner;
-                     std::string k(bytes_or_str(key, owner));
-                     s.coherence->invalidate(*s.store, k, wall_clock());
-                     ++n;
-                 }
-                 return n;
-             },
-             py::arg("final_keys"), "bump and drop each key (str or UTF-8 bytes)")
-        .def("reset", [](PyStore& s, bool usable) { s.coherence->reset(*s.store, usable); },
-             py::arg("usable"), "bump every bucket, clear, and set whether the L1 may be used")
-        .def_property_readonly("usable", [](const PyStore& s) { return s.coherence->usable; })
+        // The coherent L1 in front of Redis (core/coherence.hpp, core/listener.hpp).
+        .def(
+            "invalidate",
+            [](PyStore& s, py::iterable keys) {
+                s.l1->bury_check();
+                std::size_t n = 0;
+                Released released;
+                for (py::handle key : keys) {
+                    py::object owner;
+                    std::string k(bytes_or_str(key, owner));
+                    s.l1->coherence.invalidate(k, wall_clock(), released);
+                    ++n;
+                }
+                release_all(released);
+                return n;
+            },
+            py::arg("final_keys"), "bump and drop each key (str or UTF-8 bytes)")
+        .def(
+            "reset",
+            [](PyStore& s, bool usable) {
+                s.l1->bury_check();
+                Released released;
+                s.l1->listener.reset_coherence(usable, released);
+                release_all(released);
+            },
+            py::arg("usable"),
+            "bump every bucket, clear, and set whether the L1 may be used (while the native "
+            "listener runs, usable only if it is up)")
+        .def_property_readonly("usable", [](const PyStore& s) { return s.l1->coherence.usable(); })
         .def("coherence_stats",
              [](const PyStore& s) {
-                 const Coherence& c = *s.coherence;
+                 s.l1->bury_check();
+                 CoherenceStats c = s.l1->coherence.stats();
                  py::dict d;
                  d["invalidated"] = c.invalidated;
                  d["resets"] = c.resets;
@@ -655,6 +722,29 @@ void register_cache(py::module_& m) {
                  d["fills_refused"] = c.refused;
                  return d;
              })
+        .def("listener_configure", &listener_configure, py::kw_only(), py::arg("endpoints"),
+             py::arg("username"), py::arg("password"), py::arg("prefixes"),
+             py::arg("connect_timeout"), py::arg("ping_interval"), py::arg("pong_deadline"),
+             "(re)configure the native listener; a running one resets the L1 and reconnects")
+        .def(
+            "listener_start", [](PyStore& s) { return s.l1->listener.start(); },
+            "start the native listener thread unless it runs; whether it started one")
+        .def("listener_stop",
+             [](PyStore& s) {
+                 Released released;
+                 s.l1->listener.stop(released);
+                 release_all(released);
+                 s.l1->bury_check();
+             })
+        .def(
+            "listener_restart",
+            [](PyStore& s) {
+                Released released;
+                s.l1->listener.restart(released);
+                release_all(released);
+            },
+            "reset the L1 to bypassed now and make the listener reconnect")
+        .def("listener_stats", &listener_stats)
         // For tests: "" or the first broken internal invariant (exact only when idle).
         .def("_check_invariants", [](const PyStore& s) { return s.store->check_invariants(); });
 
@@ -676,8 +766,9 @@ void register_cache(py::module_& m) {
         .def("set_key_func", &Engine::set_key_func)
         .def("set_default_timeout", &Engine::set_default_timeout)
         .def("set_clock", &Engine::set_clock)
-        .def("fast_get", [](py::object self) { return bind_fast_get(std::move(self)); },
-             "get() as a builtin bound to this engine (no general dispatch)")
+        .def(
+            "fast_get", [](py::object self) { return bind_fast_get(std::move(self)); },
+            "get() as a builtin bound to this engine (no general dispatch)")
         .def("now", &Engine::now)
         .def("make_key", &Engine::make_key, py::arg("key"), py::arg("version") = none)
         .def("validate_key", &Engine::validate_key, py::arg("key"))
@@ -697,9 +788,12 @@ void register_cache(py::module_& m) {
         .def("l1_invalidate", &Engine::l1_invalidate, py::arg("final_key"))
         .def("l1_usable", &Engine::l1_usable)
         .def("set_l1_max_item_bytes", &Engine::set_l1_max_item_bytes, py::arg("max_bytes"))
-        .def("coherent_get",
-             [](py::object self, py::object fallback) { return bind_coherent_get(std::move(self), std::move(fallback)); },
-             py::arg("fallback"), "get() answering L1 hits here and passing the rest to fallback")
+        .def(
+            "coherent_get",
+            [](py::object self, py::object fallback) {
+                return bind_coherent_get(std::move(self), std::move(fallback));
+            },
+            py::arg("fallback"), "get() answering L1 hits here and passing the rest to fallback")
         .def("get", &Engine::get, py::arg("key"), py::arg("default") = none,
              py::arg("version") = none)
         .def("set", &Engine::set, py::arg("key"), py::arg("value"), py::arg("timeout"),

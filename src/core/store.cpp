@@ -81,20 +81,35 @@ struct alignas(64) Shard {
     Counter hits, misses, sets, deletes, evictions, expirations;
 };
 
+// A handle given up: released now, or handed to the caller's sink to release later. A
+// push that cannot allocate releases at once (the sink's owner chose deferral for safety,
+// but running out of memory leaves no better choice than terminate or this).
+void release_or_defer(const HandleOps& ops, Released* sink, void* h) noexcept {
+    if (sink != nullptr) {
+        try {
+            sink->push_back(h);
+            return;
+        } catch (...) {
+        }
+    }
+    ops.release(h);
+}
+
 // Nodes and handles to give up once the shard lock is dropped. Declared before the lock
 // in each scope, so its destructor runs after the lock's. Linking through the nodes
 // themselves means collecting never allocates, so it cannot fail half way.
 class Retired {
 public:
-    explicit Retired(const HandleOps& ops) noexcept : ops_(ops) {}
+    explicit Retired(const HandleOps& ops, Released* sink = nullptr) noexcept
+        : ops_(ops), sink_(sink) {}
     Retired(const Retired&) = delete;
     Retired& operator=(const Retired&) = delete;
     ~Retired() {
-        for (int i = 0; i < handles_; ++i) ops_.release(handle_[i]);
+        for (int i = 0; i < handles_; ++i) give_up(handle_[i]);
         while (nodes_ != nullptr) {
             Node* n = nodes_;
             nodes_ = n->newer;
-            if (n->value.handle != nullptr) ops_.release(n->value.handle);
+            if (n->value.handle != nullptr) give_up(n->value.handle);
             delete n;
         }
     }
@@ -107,7 +122,10 @@ public:
     }
 
 private:
+    void give_up(void* h) noexcept { release_or_defer(ops_, sink_, h); }
+
     const HandleOps& ops_;
+    Released* sink_;
     Node* nodes_ = nullptr;
     void* handle_[2] = {nullptr, nullptr};
     int handles_ = 0;
@@ -116,18 +134,20 @@ private:
 // The reference set()/add() take on the caller's value, given back unless it was stored.
 class OwnedRef {
 public:
-    OwnedRef(const HandleOps& ops, void* h) noexcept : ops_(ops), h_(h) {
+    OwnedRef(const HandleOps& ops, void* h, Released* sink) noexcept
+        : ops_(ops), sink_(sink), h_(h) {
         if (h_ != nullptr) ops_.retain(h_);
     }
     OwnedRef(const OwnedRef&) = delete;
     OwnedRef& operator=(const OwnedRef&) = delete;
     ~OwnedRef() {
-        if (h_ != nullptr) ops_.release(h_);
+        if (h_ != nullptr) release_or_defer(ops_, sink_, h_);
     }
     void stored() noexcept { h_ = nullptr; }
 
 private:
     const HandleOps& ops_;
+    Released* sink_;
     void* h_;
 };
 
@@ -144,7 +164,7 @@ struct Store::Impl {
         shards.reset(new Shard[n]);
     }
 
-    ~Impl() { clear_all(0.0, false); }
+    ~Impl() { clear_all(0.0, false, nullptr); }
 
     KeyRef ref(std::string_view key) const noexcept {
         return {key, std::hash<std::string_view>{}(key)};
@@ -153,8 +173,9 @@ struct Store::Impl {
     // High bits of a multiplicative remix, so shard choice and the index's bucket choice
     // (hash modulo a prime) do not correlate.
     std::size_t shard_index(std::size_t hash) const noexcept {
-        return static_cast<std::size_t>((static_cast<std::uint64_t>(hash) *
-                                         0x9E3779B97F4A7C15ull) >> 40) & mask;
+        return static_cast<std::size_t>(
+                   (static_cast<std::uint64_t>(hash) * 0x9E3779B97F4A7C15ull) >> 40) &
+               mask;
     }
 
     // --- queue and accounting; all under the shard's lock --------------------------------
@@ -169,8 +190,14 @@ struct Store::Impl {
 
     static void unlink(Shard& s, Node* n) noexcept {
         if (s.hand == n) s.hand = n->newer;
-        if (n->older != nullptr) n->older->newer = n->newer; else s.tail = n->newer;
-        if (n->newer != nullptr) n->newer->older = n->older; else s.head = n->older;
+        if (n->older != nullptr)
+            n->older->newer = n->newer;
+        else
+            s.tail = n->newer;
+        if (n->newer != nullptr)
+            n->newer->older = n->older;
+        else
+            s.head = n->older;
         n->older = n->newer = nullptr;
     }
 
@@ -207,8 +234,7 @@ struct Store::Impl {
         if (n->state.fetch_or(kDetached, std::memory_order_acq_rel) == 0) r.node(n);
     }
 
-    Node* insert(Shard& s, const KeyRef& k, const Value& v, double expires_at,
-                 std::size_t charge) {
+    Node* insert(Shard& s, const KeyRef& k, const Value& v, double expires_at, std::size_t charge) {
         auto node = std::make_unique<Node>(k.text, k.hash, v, expires_at, charge);
         s.index.emplace(node->ref(), node.get());  // strong guarantee on bad_alloc
         Node* n = node.release();
@@ -241,8 +267,14 @@ struct Store::Impl {
             Node* f = fresh.release();
             f->older = n->older;
             f->newer = n->newer;
-            if (f->older != nullptr) f->older->newer = f; else s.tail = f;
-            if (f->newer != nullptr) f->newer->older = f; else s.head = f;
+            if (f->older != nullptr)
+                f->older->newer = f;
+            else
+                s.tail = f;
+            if (f->newer != nullptr)
+                f->newer->older = f;
+            else
+                s.head = f;
             if (s.hand == n) s.hand = f;
             it->first.text = f->key;
             it->second = f;
@@ -274,12 +306,15 @@ struct Store::Impl {
         return nullptr;
     }
 
-    bool evict_from(Shard& s, double now, const Node* keep) {
-        Retired r(ops);
+    bool evict_from(Shard& s, double now, const Node* keep, Released* sink) {
+        Retired r(ops, sink);
         std::lock_guard<std::mutex> lock(s.mu);
         Node* victim = pick_victim(s, now, keep);
         if (victim == nullptr) return false;
-        if (victim->expired(now)) s.expirations.bump(); else s.evictions.bump();
+        if (victim->expired(now))
+            s.expirations.bump();
+        else
+            s.evictions.bump();
         remove(s, victim, r);
         return true;
     }
@@ -306,48 +341,51 @@ struct Store::Impl {
     }
 
     // Evicts one entry, locking one shard at a time; false if there was nothing to evict.
-    bool evict_one(std::size_t start, double now, const Node* keep, Metric m) {
+    bool evict_one(std::size_t start, double now, const Node* keep, Metric m, Released* sink) {
         const std::size_t first = choose_shard(start, m);
-        if (evict_from(shards[first], now, keep)) return true;
+        if (evict_from(shards[first], now, keep, sink)) return true;
         for (std::size_t i = 0; i <= mask; ++i) {
             const std::size_t idx = (start + i) & mask;
-            if (idx != first && evict_from(shards[idx], now, keep)) return true;
+            if (idx != first && evict_from(shards[idx], now, keep, sink)) return true;
         }
         return false;
     }
 
     // Django's _cull: count/cull_frequency victims, or everything when it is 0.
-    void cull(double now) {
+    void cull(double now, Released* sink) {
         if (config.cull_frequency == 0) {
-            clear_all(now, true);
+            clear_all(now, true, sink);
             return;
         }
         const std::size_t victims = entries.load(std::memory_order_relaxed) / config.cull_frequency;
         for (std::size_t i = 0; i < victims; ++i) {
             const std::size_t start = cursor.fetch_add(1, std::memory_order_relaxed);
-            if (!evict_one(start, now, nullptr, Metric::entries)) break;
+            if (!evict_one(start, now, nullptr, Metric::entries, sink)) break;
         }
     }
 
     // Evicts until the byte total fits, the writer's own shard first. Stops when a full
     // pass finds nothing to evict but `keep` (possible only while others are writing).
-    void shrink(std::size_t own, const Node* keep, double now) {
+    void shrink(std::size_t own, const Node* keep, double now, Released* sink) {
         std::size_t start = own;
         while (bytes.load(std::memory_order_relaxed) > config.max_bytes) {
-            if (!evict_one(start, now, keep, Metric::bytes)) break;
+            if (!evict_one(start, now, keep, Metric::bytes, sink)) break;
             start = cursor.fetch_add(1, std::memory_order_relaxed);
         }
     }
 
-    void clear_all(double now, bool count_removals) {
+    void clear_all(double now, bool count_removals, Released* sink) {
         for (std::size_t i = 0; i <= mask; ++i) {
             Shard& s = shards[i];
-            Retired r(ops);
+            Retired r(ops, sink);
             std::lock_guard<std::mutex> lock(s.mu);
             while (s.tail != nullptr) {
                 Node* n = s.tail;
                 if (count_removals) {
-                    if (n->expired(now)) s.expirations.bump(); else s.evictions.bump();
+                    if (n->expired(now))
+                        s.expirations.bump();
+                    else
+                        s.evictions.bump();
                 }
                 remove(s, n, r);
             }
@@ -356,14 +394,14 @@ struct Store::Impl {
 
     // set() and add(): see the header for the contract.
     bool store(std::string_view key, const Value& value, double expires_at, double now,
-               bool add_only) {
+               bool add_only, Released* sink) {
         const KeyRef k = ref(key);
         const std::size_t si = shard_index(k.hash);
         Shard& s = shards[si];
         const std::size_t charge = entry_charge(key, value);
 
         if (charge > config.max_bytes) {
-            Retired r(ops);
+            Retired r(ops, sink);
             std::lock_guard<std::mutex> lock(s.mu);
             auto it = s.index.find(k);
             if (it != s.index.end()) {
@@ -379,11 +417,11 @@ struct Store::Impl {
             return false;
         }
 
-        OwnedRef own(ops, value.handle);
+        OwnedRef own(ops, value.handle, sink);
         Node* placed = nullptr;
         bool culled = false;
         for (;;) {
-            Retired r(ops);
+            Retired r(ops, sink);
             std::unique_lock<std::mutex> lock(s.mu);
             auto it = s.index.find(k);
             if (it != s.index.end()) {
@@ -406,7 +444,7 @@ struct Store::Impl {
             }
             if (!culled && entries.load(std::memory_order_relaxed) >= config.max_entries) {
                 lock.unlock();
-                cull(now);
+                cull(now, sink);
                 culled = true;
                 continue;
             }
@@ -416,7 +454,7 @@ struct Store::Impl {
             break;
         }
         // `placed` is only compared, never read: it may be gone already.
-        if (bytes.load(std::memory_order_relaxed) > config.max_bytes) shrink(si, placed, now);
+        if (bytes.load(std::memory_order_relaxed) > config.max_bytes) shrink(si, placed, now, sink);
         return true;
     }
 
@@ -471,12 +509,13 @@ bool Store::contains(std::string_view key, double now) {
     return m.find_live(s, k, now, r) != nullptr;
 }
 
-bool Store::set(std::string_view key, Value value, double expires_at, double now) {
-    return impl_->store(key, value, expires_at, now, false);
+bool Store::set(std::string_view key, Value value, double expires_at, double now,
+                Released* released) {
+    return impl_->store(key, value, expires_at, now, false, released);
 }
 
 bool Store::add(std::string_view key, Value value, double expires_at, double now) {
-    return impl_->store(key, value, expires_at, now, true);
+    return impl_->store(key, value, expires_at, now, true, nullptr);
 }
 
 bool Store::update(std::string_view key, double now,
@@ -513,21 +552,25 @@ bool Store::update(std::string_view key, double now,
         }
         placed = m.replace(s, it, v, charge, r, std::move(fresh));
     }
-    if (m.bytes.load(std::memory_order_relaxed) > m.config.max_bytes) m.shrink(si, placed, now);
+    if (m.bytes.load(std::memory_order_relaxed) > m.config.max_bytes)
+        m.shrink(si, placed, now, nullptr);
     return true;
 }
 
-bool Store::erase(std::string_view key, double now) {
+bool Store::erase(std::string_view key, double now, Released* released) {
     Impl& m = *impl_;
     const KeyRef k = m.ref(key);
     Shard& s = m.shards[m.shard_index(k.hash)];
-    Retired r(m.ops);
+    Retired r(m.ops, released);
     std::lock_guard<std::mutex> lock(s.mu);
     auto it = s.index.find(k);
     if (it == s.index.end()) return false;
     Node* n = it->second;
     const bool live = !n->expired(now);
-    if (live) s.deletes.bump(); else s.expirations.bump();
+    if (live)
+        s.deletes.bump();
+    else
+        s.expirations.bump();
     m.remove(s, n, r);
     return live;
 }
@@ -600,7 +643,7 @@ std::size_t Store::erase_if(double now, const std::function<bool(std::string_vie
     return erased;
 }
 
-void Store::clear() { impl_->clear_all(0.0, false); }
+void Store::clear(Released* released) { impl_->clear_all(0.0, false, released); }
 
 StoreStats Store::stats() const {
     const Impl& m = *impl_;

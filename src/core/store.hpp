@@ -24,6 +24,10 @@ struct HandleOps {
     void (*release)(void* handle) noexcept;
 };
 
+// Handles a call gave up but did not release: the caller releases them later, where it may
+// (for Python: once it holds the GIL). See the `released` parameters below.
+using Released = std::vector<void*>;
+
 // A value as the store sees it: an opaque handle, a small tag the bindings interpret
 // (for example "immutable, return as is" or "copy on read"), and the bytes it is charged.
 struct Value {
@@ -46,10 +50,10 @@ inline std::size_t entry_charge(std::string_view key, const Value& value) noexce
 }
 
 struct StoreConfig {
-    std::size_t max_bytes = 64u << 20;      // sum of charges (values + keys + overhead)
-    std::size_t max_entries = 1'000'000;    // entry bound, with Django's cull semantics
-    unsigned cull_frequency = 3;            // 0: clear all when full; n: cull entries/n
-    unsigned shards = 16;                   // rounded up to a power of two
+    std::size_t max_bytes = 64u << 20;    // sum of charges (values + keys + overhead)
+    std::size_t max_entries = 1'000'000;  // entry bound, with Django's cull semantics
+    unsigned cull_frequency = 3;          // 0: clear all when full; n: cull entries/n
+    unsigned shards = 16;                 // rounded up to a power of two
 };
 
 // Counters since construction (clear() does not reset them), read without locking, so a
@@ -107,7 +111,13 @@ public:
     // reference). Returns false if the value could not be stored (too large); an older
     // entry under the key is then removed (counted as an eviction). Replacing an entry
     // keeps its place in the eviction queue and counts as a visit.
-    bool set(std::string_view key, Value value, double expires_at, double now);
+    //
+    // `released`, here and in erase() and clear(): when not null, every handle the call gives
+    // up (a replaced or evicted value, the caller's value when not stored) is appended to it
+    // instead of being released, so a thread that may not release (one without the GIL) can
+    // still remove entries, and a caller holding a lock of its own can release after it.
+    bool set(std::string_view key, Value value, double expires_at, double now,
+             Released* released = nullptr);
 
     // Inserts only if no live entry exists (an expired one is replaced). Returns whether it
     // inserted; like set(), the store retains `value.handle` only when it inserts.
@@ -124,7 +134,8 @@ public:
     // released; update still returns true, as the old value is gone.
     bool update(std::string_view key, double now, const std::function<Value(const Value&)>& update);
 
-    bool erase(std::string_view key, double now);  // true if a live entry was removed
+    // true if a live entry was removed
+    bool erase(std::string_view key, double now, Released* released = nullptr);
 
     // Sets a live entry's expiry. Returns false when no live entry exists.
     bool touch(std::string_view key, double expires_at, double now);
@@ -140,7 +151,7 @@ public:
     std::size_t erase_if(double now, const std::function<bool(std::string_view)>& pred);
 
     // Removes every entry (not counted as deletes or evictions).
-    void clear();
+    void clear(Released* released = nullptr);
     StoreStats stats() const;
     // The effective configuration (shards rounded up to a power of two, at least 1).
     const StoreConfig& config() const;

@@ -32,6 +32,7 @@ from redis.exceptions import ResponseError as _ResponseError
 
 from . import _core
 from .coherence import listener_for
+from ._ratelog import RateLimitedLog
 from .errors import DecodeError, LockError, LockNotOwnedError
 from .policy import FailurePolicy
 from .redis_client import RedisClients, ascan_keys, group_by_slot, key_slot, scan_keys
@@ -164,6 +165,8 @@ class RedisTier:
         self.lock_timeout = lock_timeout
         self.lock_wait = lock_wait
         self.hits = self.misses = self.decode_errors = 0
+        # A hostile or foreign value can be read on every request: one line per interval.
+        self._decode_log = RateLimitedLog(logger, policy.log_interval)
         self._scripts: dict[tuple[int, str], Any] = {}
         # One server for reads and writes (a single node without replicas, or the Sentinel
         # primary): each thread keeps one connection of the pool for itself and talks to it
@@ -274,8 +277,9 @@ class RedisTier:
             return self.engine.loads(raw)
         except DecodeError as exc:
             self.decode_errors += 1
-            logger.warning("cache key %r holds a value that cannot be read (%s): served as a miss",
-                           key, exc)
+            self._decode_log.warning(
+                "cache key %r holds a value that cannot be read (%s: %s): served as a miss",
+                key, type(exc).__name__, exc)
             return _MISSING
 
     def now(self) -> float:

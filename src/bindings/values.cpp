@@ -563,14 +563,28 @@ private:
     PyObject* result_ = nullptr;
 };
 
+// Pauses CPython's cyclic collector while a body is built. The builder makes a tree of
+// new objects that cannot hold a cycle, so a collection in between frees nothing, yet a
+// body of many small containers would trigger one every 700 of them: a 1 MiB body of
+// empty lists took 4x longer with the collector on.
+class GcPause {
+public:
+    GcPause() : was_enabled_(PyGC_Disable()) {}
+    ~GcPause() {
+        if (was_enabled_) PyGC_Enable();
+    }
+    GcPause(const GcPause&) = delete;
+    GcPause& operator=(const GcPause&) = delete;
+
+private:
+    int was_enabled_;
+};
+
 py::object decode_body(std::string_view body) {
     Builder b;
-    try {
-        codec::read_body(body, b);
-    } catch (const DecodeError&) {
-        // A C++-side error; a pending Python error from a sink (there is none, sinks
-        // throw error_already_set) cannot be lost here.
-        throw;
+    {
+        GcPause pause;
+        codec::read_body(body, b);  // DecodeError (C++) or error_already_set (a sink)
     }
     return py::reinterpret_steal<py::object>(b.take());
 }

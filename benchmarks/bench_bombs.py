@@ -16,7 +16,6 @@ import zlib
 
 import lz4.frame
 import zstandard
-
 from django_fastcache._core import Codec
 from django_fastcache.errors import DecodeError
 
@@ -42,7 +41,8 @@ def filled(item: bytes, budget: int = MAX) -> bytes:
 
 def cases() -> list[tuple[str, bytes]]:
     out = [
-        ("issue: zlib of 16M msgpack nils", zlib_value(array_header(16 << 20) + b"\xc0" * (16 << 20))),
+        ("issue: zlib of 16M msgpack nils",
+         zlib_value(array_header(16 << 20) + b"\xc0" * (16 << 20))),
         ("1 MiB of nils (fits the bound)", zlib_value(filled(b"\xc0"))),
         ("1 MiB of empty lists", zlib_value(filled(b"\x90"))),
         ("1 MiB of empty dicts", zlib_value(filled(b"\x80"))),

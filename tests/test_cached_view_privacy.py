@@ -15,7 +15,6 @@ from django.middleware.csrf import get_token
 from django.test import Client, override_settings
 from django.urls import path
 from django.views.decorators.cache import cache_page
-
 from django_fastcache.decorators import cached_view
 
 
@@ -108,7 +107,8 @@ def test_alices_page_is_served_to_neither_bob_nor_an_anonymous_client(caplog):
         assert client_for("alice").get("/whoami/").content == b"hello alice"
     declined = [r for r in caplog.records if "did not store" in r.getMessage()]
     assert len(declined) == 1  # once per view, not per request
-    assert "request.user" in declined[0].getMessage() and "per_user=True" in declined[0].getMessage()
+    message = declined[0].getMessage()
+    assert "request.user" in message and "per_user=True" in message
 
 
 def test_a_page_built_from_the_session_is_not_shared():

@@ -696,7 +696,7 @@ public:
                 if (seen != n) changed();
                 // A dict's table grows in steps: small ones have a known size, larger ones
                 // are measured (a 1,000-key dict is ~36 KiB, not 1,000 x its entry size).
-                charge += n <= 5 ? 184 + 16 : real_size(out.ptr());
+                charge += n == 0 ? 64 : n <= 5 ? 224 : real_size(out.ptr());
                 mutable_out = true;
                 return out.release().ptr();
             }

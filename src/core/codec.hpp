@@ -252,15 +252,17 @@ private:
         ++f.seen;
     }
     // Every value in a msgpack body begins at a byte of its own, so all the items that
-    // all the containers claim, together, can be no more than the body's length. Checking
+    // all the containers claim, together, are fewer than the body's bytes (the root value
+    // has a byte no container claims). Checking
     // the running total (not each header alone) keeps nested headers from claiming the
     // same bytes again: a chain of arrays each claiming "the rest of the input" would
     // otherwise make the sink presize depth x input slots.
     void open(std::uint64_t items) {
         if (++depth_ > kMaxDepth) throw DecodeError("nesting deeper than 512 levels");
         claimed_ += items;
-        if (claimed_ > input_size_)
+        if (claimed_ >= input_size_) {
             throw DecodeError("containers claim more items than the input holds");
+        }
     }
 
     Sink& sink_;

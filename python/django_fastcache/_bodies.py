@@ -131,6 +131,27 @@ def json_dumps(value: Any) -> bytes | None:
 
 def json_loads(data: bytes) -> Any:
     try:
-        return json.loads(data.decode("utf-8"))
+        value = json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
         raise DecodeError(f"invalid JSON body ({exc})") from exc
+    if b"\\u" in data:
+        _check_strings(value)
+    return value
+
+
+def _check_strings(value: Any) -> None:
+    """Refuses a "\\ud800" escape (a lone surrogate): no valid UTF-8 text holds one, and
+    the msgpack body refuses it too, so every format decodes to the same set of strings."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise DecodeError("JSON body holds a lone surrogate") from exc
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)

@@ -216,7 +216,8 @@ def test_json_type_fidelity_is_what_json_holds():
 
 
 def test_json_on_the_l1_gives_what_redis_gives(clean_redis_server):
-    cache = FastCache(clean_redis_server.url, {"KEY_PREFIX": "j", "OPTIONS": {"SERIALIZER": "json"}})
+    cache = FastCache(clean_redis_server.url,
+                      {"KEY_PREFIX": "j", "OPTIONS": {"SERIALIZER": "json"}})
     embedded = FastCache("json-l1", {"OPTIONS": {"SERIALIZER": "json"}})
     for c in (cache, embedded):
         c.set("t", (1, datetime.date(2024, 1, 2)))

@@ -7,9 +7,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from typing import Any
 
-__all__ = ["RateLimitedLog"]
+__all__ = ["RateLimitedLog", "shared_log"]
+
+_shared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_shared_lock = threading.Lock()
+
+
+def shared_log(owner: Any, logger: logging.Logger, interval: float) -> RateLimitedLog:
+    """The one RateLimitedLog of ``owner`` (an object shared by the backend instances of a
+    cache, such as its failure policy): Django builds a backend per thread, and the rate
+    is per cache, not per thread."""
+    with _shared_lock:
+        log = _shared.get(owner)
+        if log is None:
+            log = _shared[owner] = RateLimitedLog(logger, interval)
+        return log
 
 
 class RateLimitedLog:

@@ -32,7 +32,7 @@ from redis.exceptions import ResponseError as _ResponseError
 
 from . import _core
 from .coherence import listener_for
-from ._ratelog import RateLimitedLog
+from ._ratelog import shared_log
 from .errors import DecodeError, LockError, LockNotOwnedError
 from .policy import FailurePolicy
 from .redis_client import RedisClients, ascan_keys, group_by_slot, key_slot, scan_keys
@@ -166,7 +166,7 @@ class RedisTier:
         self.lock_wait = lock_wait
         self.hits = self.misses = self.decode_errors = 0
         # A hostile or foreign value can be read on every request: one line per interval.
-        self._decode_log = RateLimitedLog(logger, policy.log_interval)
+        self._decode_log = shared_log(policy, logger, policy.log_interval)
         self._scripts: dict[tuple[int, str], Any] = {}
         # One server for reads and writes (a single node without replicas, or the Sentinel
         # primary): each thread keeps one connection of the pool for itself and talks to it

@@ -47,6 +47,19 @@ def private(request):
     return response
 
 
+class ReadsUserFirst:
+    """A middleware that reads the user before the view (as a log-context middleware
+    does): that read says nothing about the page."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        request.reads_user_first = request.user.is_authenticated
+        request.session.get("anything")
+        return self.get_response(request)
+
+
 urlpatterns = [
     path("django/whoami/", cache_page(60)(whoami)),
     path("whoami/", cached_view(60)(whoami)),
@@ -166,3 +179,20 @@ def test_vary_on_cookie_keys_entries_by_the_cookie():
     assert client_for(None).get("/cookie-keyed/whoami/").content == b"hello anonymous"
     hit = alice.get("/cookie-keyed/whoami/")
     assert hit.content == b"hello alice" and "Cookie" in hit["Vary"]
+
+
+@override_settings(MIDDLEWARE=[
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    f"{__name__}.ReadsUserFirst",
+])
+def test_reads_by_middleware_before_the_view_do_not_count():
+    # The view's own reads are still seen: alice's page is not shared...
+    assert client_for("alice").get("/whoami/").content == b"hello alice"
+    assert client_for("bob").get("/whoami/").content == b"hello bob"
+    # ...and a page that reads nothing of the visitor is still cached.
+    client_for("alice").get("/public/")
+    assert client_for("bob").get("/public/")["Cache-Control"] == "max-age=60"
+    # SessionMiddleware still sees the middleware's session read (Vary: Cookie).
+    assert "Cookie" in client_for("bob").get("/whoami/").get("Vary", "")

@@ -26,7 +26,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.middleware.cache import CacheMiddleware
 from django.utils.cache import has_vary_header, patch_vary_headers
-from django.utils.functional import LazyObject, empty
+from django.utils.functional import SimpleLazyObject
 
 from . import tags as _tags
 
@@ -344,26 +344,53 @@ _REASONS = {
 }
 
 
-def _private_reasons(request, response) -> set[str]:
-    """Why ``response`` may belong to one visitor only (keys of _REASONS; empty: none)."""
-    reasons = set()
-    session = getattr(request, "session", None)
-    if session is not None and (getattr(session, "accessed", False)
-                                or getattr(session, "modified", False)):
-        reasons.add("session")
-    user = request.__dict__.get("user")
-    if ("_cached_user" in request.__dict__ or "_acached_user" in request.__dict__
-            or (isinstance(user, LazyObject) and user._wrapped is not empty)):
-        reasons.add("user")
-    if request.META.get("CSRF_COOKIE_NEEDS_UPDATE") or request.META.get("CSRF_COOKIE_USED"):
-        reasons.add("csrf")
-    if response.cookies:
-        reasons.add("cookie")
-    cache_control = {d.strip().split("=")[0].lower()
-                     for d in response.get("Cache-Control", "").split(",")}
-    if cache_control & {"private", "no-store"}:
-        reasons.add("private")
-    return reasons
+class _Watch:
+    """What the view (and its template) reads of the visitor, from its call to the end of
+    rendering. Reads made before it by middleware (a log middleware putting the user id
+    in the log context, say) do not count: they say nothing about the page.
+
+    The session's ``accessed`` flag is cleared for the view and restored (or-ed with the
+    view's reads) when the response is stored or declined, so SessionMiddleware still
+    adds ``Vary: Cookie`` as it would have; ``request.user`` is replaced by a lazy proxy
+    of itself that notes its first use."""
+
+    def __init__(self, request) -> None:
+        self.request = request
+        self.user_read = False
+        self.session = getattr(request, "session", None)
+        self.accessed_before = bool(getattr(self.session, "accessed", False))
+        self.modified_before = bool(getattr(self.session, "modified", False))
+        if self.session is not None and hasattr(self.session, "accessed"):
+            self.session.accessed = False
+        self.acached_before = "_acached_user" in request.__dict__
+        user = request.__dict__.get("user")
+        if user is not None:
+            def load():
+                self.user_read = True
+                return user
+
+            request.user = SimpleLazyObject(load)
+
+    def reasons(self, response) -> set[str]:
+        """Why ``response`` may belong to one visitor only (keys of _REASONS; empty: none).
+        Call once: it restores the session's flag."""
+        request, reasons = self.request, set()
+        if self.session is not None and hasattr(self.session, "accessed"):
+            accessed = bool(self.session.accessed)
+            self.session.accessed = accessed or self.accessed_before
+            if accessed or (self.session.modified and not self.modified_before):
+                reasons.add("session")
+        if self.user_read or ("_acached_user" in request.__dict__ and not self.acached_before):
+            reasons.add("user")
+        if request.META.get("CSRF_COOKIE_NEEDS_UPDATE") or request.META.get("CSRF_COOKIE_USED"):
+            reasons.add("csrf")
+        if response.cookies:
+            reasons.add("cookie")
+        cache_control = {d.strip().split("=")[0].lower()
+                         for d in response.get("Cache-Control", "").split(",")}
+        if cache_control & {"private", "no-store"}:
+            reasons.add("private")
+        return reasons
 
 
 def _allowed_reasons(request, response, per_user: bool) -> set[str]:
@@ -427,10 +454,10 @@ def cached_view(timeout: float | None = None, *, cache: str | None = None,
                                          key_prefix=prefix,
                                          tags=tags_for(request, args, kwargs) if tags else ())
 
-        def store(mw, request, response):
+        def store(mw, request, response, watch):
             if vary_on_cookie:
                 patch_vary_headers(response, ("Cookie",))
-            reasons = _private_reasons(request, response)
+            reasons = watch.reasons(response)
             if reasons:
                 reasons -= _allowed_reasons(request, response, per_user)
             if not reasons:
@@ -444,11 +471,11 @@ def cached_view(timeout: float | None = None, *, cache: str | None = None,
                     name, "; ".join(_REASONS[r] for r in sorted(reasons)))
             return response
 
-        def finish(mw, request, response):
+        def finish(mw, request, response, watch):
             if hasattr(response, "render") and callable(response.render):
-                response.add_post_render_callback(lambda r: store(mw, request, r))
+                response.add_post_render_callback(lambda r: store(mw, request, r, watch))
                 return response
-            return store(mw, request, response)
+            return store(mw, request, response, watch)
 
         if inspect.iscoroutinefunction(view):
             @functools.wraps(view)
@@ -457,8 +484,9 @@ def cached_view(timeout: float | None = None, *, cache: str | None = None,
                 hit = await sync_to_async(mw.process_request)(request)
                 if hit is not None:
                     return hit
+                watch = _Watch(request)
                 response = await view(request, *args, **kwargs)
-                return await sync_to_async(finish)(mw, request, response)
+                return await sync_to_async(finish)(mw, request, response, watch)
 
             return async_wrapper
 
@@ -468,7 +496,8 @@ def cached_view(timeout: float | None = None, *, cache: str | None = None,
             hit = mw.process_request(request)
             if hit is not None:
                 return hit
-            return finish(mw, request, view(request, *args, **kwargs))
+            watch = _Watch(request)
+            return finish(mw, request, view(request, *args, **kwargs), watch)
 
         return wrapper
 

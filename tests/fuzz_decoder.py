@@ -60,6 +60,15 @@ CODECS = [
     Codec(pickle="forbid", compress_min_bytes=0, max_value_bytes=LIMIT),
 ]
 SIGNED, UNSIGNED, FORBID, KEYS = range(4)
+# Writers of the other body formats and compressors, for seeds: every reader above reads
+# them all (the header says which), so mutations reach the JSON, zstd and lz4 readers.
+WRITERS = [
+    Codec(serializer="json", signing_key=KEY, compress_min_bytes=64, max_value_bytes=LIMIT),
+    Codec(compressor="zstd", compress_level=3, signing_key=KEY, compress_min_bytes=64,
+          max_value_bytes=LIMIT),
+    Codec(compressor="lz4", compress_level=0, signing_key=KEY, compress_min_bytes=64,
+          max_value_bytes=LIMIT),
+]
 PICKLED_FLAG = 0x02
 PREFIX = "fz"
 CACHE = FastCache("fuzz-keys", {"KEY_PREFIX": PREFIX, "OPTIONS": {"PICKLE": "forbid"}})
@@ -237,6 +246,9 @@ def seed_inputs() -> list[bytes]:
             out.append(bytes([mode]) + CODECS[mode].dumps(value))
     for obj in [Sample(1), {"s": Sample("x" * 500)}, [Sample(i) for i in range(30)]]:
         out.append(bytes([SIGNED]) + CODECS[SIGNED].dumps(obj))  # signed pickles
+    for value in seed_values():
+        for writer in WRITERS:
+            out.append(bytes([SIGNED]) + writer.dumps(value))
     signed_pickle_only = Codec(serializer="pickle", signing_key=KEY, compress_min_bytes=64)
     out.append(bytes([SIGNED]) + signed_pickle_only.dumps({"a": [1, 2, 3] * 50}))
     for key in ["k", "user:42", "with space", "tab\there", "\x7f", "é" * 260, "x" * 251, ""]:

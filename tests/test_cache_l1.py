@@ -202,7 +202,13 @@ def test_stats_count_hits_misses_and_sets():
         ({"MAX_BYTES": 0}, "MAX_BYTES"),
         ({"MAX_ENTRIES": "many"}, "MAX_ENTRIES"),
         ({"CULL_FREQUENCY": -1}, "CULL_FREQUENCY"),
-        ({"SERIALIZER": "json"}, "SERIALIZER"),
+        ({"SERIALIZER": "yaml"}, "SERIALIZER"),
+        ({"COMPRESSOR": "brotli"}, "COMPRESSOR"),
+        ({"COMPRESSOR": "lz4", "COMPRESS_LEVEL": 17}, "COMPRESS_LEVEL"),
+        ({"MAX_VALUE_BYTES": 0}, "MAX_VALUE_BYTES"),
+        ({"MAX_VALUE_BYTES": "1MB"}, "MAX_VALUE_BYTES"),
+        ({"SIGNING_KEY_FALLBACKS": ["old"]}, "SIGNING_KEY_FALLBACKS"),
+        ({"SIGNING_KEY": "new", "SIGNING_KEY_FALLBACKS": "old"}, "SIGNING_KEY_FALLBACKS"),
         ({"PICKLE": "maybe"}, "PICKLE"),
         ({"SERIALIZER": "pickle", "PICKLE": "forbid"}, "SERIALIZER"),
         ({"COMPRESS_LEVEL": 12}, "COMPRESS_LEVEL"),
@@ -216,11 +222,13 @@ def test_bad_options_are_refused_naming_the_option(options, named):
         make_cache(OPTIONS=options)
 
 
-def test_signed_pickle_needs_a_secret_key():
+def test_the_embedded_default_needs_no_secret_key():
+    # Its values never leave the process: it signs with a key of its own, as LocMemCache
+    # needs no SECRET_KEY either.
     with override_settings(SECRET_KEY=""):
-        with pytest.raises(ImproperlyConfigured, match="SECRET_KEY"):
-            make_cache()
-        make_cache(OPTIONS={"PICKLE": "forbid"})  # nothing to sign: no key needed
+        cache = make_cache()
+        cache.set("point", Point(1, 2))
+        assert cache.get("point") == Point(1, 2)
 
 
 def test_keys_with_custom_key_function_need_a_reverse_function():

@@ -116,8 +116,10 @@ def test_a_value_written_by_another_process_reads_back_exactly(clean_redis_serve
 
 @pytest.fixture
 def raw_and_cache(clean_redis_server):
-    """A cache on the single node and a raw redis-py client to the same node."""
-    cache = FastCache(clean_redis_server.url, {})
+    """A cache on the single node and a raw redis-py client to the same node. Its decode
+    errors are each logged (ERROR_LOG_INTERVAL=0): the default, one line per 30 s per
+    cache, is checked in tests/test_codec_security.py."""
+    cache = FastCache(clean_redis_server.url, {"OPTIONS": {"ERROR_LOG_INTERVAL": 0}})
     raw = clean_redis_server.client()
     yield cache, raw, cache.make_and_validate_key
     raw.close()

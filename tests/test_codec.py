@@ -167,8 +167,12 @@ def test_a_decompression_bomb_is_refused():
 def test_unknown_format_versions_and_flags_are_refused():
     with pytest.raises(UnknownFormatError, match="version 2"):
         codec.loads(bytes([0x80 | 0x20]) + b"\xc0")
-    with pytest.raises(UnknownFormatError, match="flags"):
+    with pytest.raises(UnknownFormatError, match="body format 12"):
         codec.loads(bytes([0x80 | 0x10 | 0x8]) + b"\xc0")
+    with pytest.raises(UnknownFormatError, match="compressor 7"):
+        codec.loads(bytes([0x80 | 0x10 | 0x8 | 0x1]) + b"\x07\xc0")
+    with pytest.raises(DecodeError, match="second byte"):
+        codec.loads(bytes([0x80 | 0x10 | 0x8]))
 
 
 @pytest.mark.parametrize(

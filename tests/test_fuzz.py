@@ -223,6 +223,7 @@ def test_mutated_and_random_inputs_give_a_value_or_decode_error():
     bases = [MSGPACK_ONLY.dumps(v) for v in values]
     bases += [fuzz_decoder.CODECS[m].dumps(v) for v in values for m in (0, 1, 2)]
     bases += [fuzz_decoder.CODECS[0].dumps(fuzz_decoder.Sample(i)) for i in range(3)]
+    bases += [w.dumps(v) for v in values for w in fuzz_decoder.WRITERS]
     bases = [b for b in bases if len(b) < 4096]  # keep each input quick to mutate
     deadline = time.monotonic() + MUTATION_SECONDS
     counts = {"value": 0, "error": 0, "skipped": 0}

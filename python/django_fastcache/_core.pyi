@@ -6,7 +6,8 @@ from typing import Any
 # --- codec
 
 class Codec:
-    """The wire format: Python value <-> bytes (msgpack with exact types, signed pickle)."""
+    """The wire format: Python value <-> bytes (msgpack with exact types, JSON, signed
+    pickle; zlib, zstd or lz4 compression; every body bounded by max_value_bytes)."""
 
     def __init__(
         self,
@@ -14,10 +15,12 @@ class Codec:
         serializer: str = "msgpack",
         pickle: str = "signed",
         signing_key: bytes = b"",
+        fallback_keys: list[bytes] = ...,
         compress_min_bytes: int = -1,
+        compressor: str = "zlib",
         compress_level: int = 6,
         pickle_protocol: int = 5,
-        max_value_bytes: int = ...,
+        max_value_bytes: int = 1048576,
     ) -> None: ...
     def dumps(self, value: Any) -> bytes: ...
     def loads(self, data: bytes | bytearray | memoryview) -> Any: ...

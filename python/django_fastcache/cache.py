@@ -10,6 +10,7 @@ Django's API to it and holds policy (options, stampede protection, django-redis 
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import threading
 import time
@@ -28,7 +29,7 @@ from django.core.cache.backends.base import (
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from . import _core
+from . import _bodies, _core
 from ._config import option_bool, option_choice, option_int, option_number
 from . import tags as _tags
 from .errors import LockError, LockNotOwnedError
@@ -48,9 +49,12 @@ _DEFAULTS: dict[str, Any] = {
     "SERIALIZER": "msgpack",
     "PICKLE": "signed",
     "SIGNING_KEY": None,
+    "SIGNING_KEY_FALLBACKS": None,
     "PICKLE_PROTOCOL": pickle.HIGHEST_PROTOCOL,
+    "COMPRESSOR": "zlib",
     "COMPRESS_MIN_BYTES": 4096,
-    "COMPRESS_LEVEL": 6,
+    "COMPRESS_LEVEL": None,  # None: the compressor's own default (_COMPRESS_LEVELS)
+    "MAX_VALUE_BYTES": 1024 * 1024,
     "REVERSE_KEY_FUNCTION": None,
     "GET_OR_SET_WAIT": 30.0,
 }
@@ -103,28 +107,65 @@ class _Flights:
                     del self._held[key]
 
 
-def _signing_key(options: dict) -> bytes:
-    from django.conf import settings
+# Per compressor: (lowest, highest, default) COMPRESS_LEVEL.
+_COMPRESS_LEVELS = {"zlib": (-1, 9, 6), "zstd": (-7, 22, 3), "lz4": (0, 16, 0), "none": (0, 0, 0)}
+_COMPRESSOR_IDS = {"zstd": 1, "lz4": 2}
+# The embedded default's signing key: its values never leave this process, so a key of its
+# own (made on first use) protects them as well as one derived from SECRET_KEY would, and
+# a script with no SECRET_KEY works, as it does with LocMemCache.
+_process_key: list[bytes] = []
 
-    key = options.get("SIGNING_KEY")
-    if key is None:
-        secret = getattr(settings, "SECRET_KEY", "")
-        if not secret:
-            raise ImproperlyConfigured(
-                "FastCache signs pickled values with a key derived from SECRET_KEY: set "
-                "SECRET_KEY, OPTIONS['SIGNING_KEY'], or OPTIONS['PICKLE'] = 'unsigned'/'forbid'"
-            )
-        key = secret
+
+def _derive(key: str | bytes) -> bytes:
     if isinstance(key, str):
         key = key.encode()
-    if not isinstance(key, bytes) or not key:
-        raise ImproperlyConfigured("FastCache OPTIONS['SIGNING_KEY'] must be a non-empty str or bytes")
     # A key of its own, so a leak of cached data says nothing about SECRET_KEY's other uses.
     return hashlib.sha256(b"django_fastcache.pickle-signing:" + key).digest()
 
 
-def _codec_options(options: dict) -> _core.Codec:
-    serializer = option_choice(options, "SERIALIZER", _DEFAULTS["SERIALIZER"], ("msgpack", "pickle"))
+def _signing_keys(options: dict, redis: bool) -> tuple[bytes, list[bytes]]:
+    """The key that signs pickled values and the older keys still accepted when reading:
+    ``SIGNING_KEY`` and ``SIGNING_KEY_FALLBACKS``, else ``SECRET_KEY`` and
+    ``SECRET_KEY_FALLBACKS`` (Redis), else a key of this process (embedded default)."""
+    key = options.get("SIGNING_KEY")
+    fallbacks = options.get("SIGNING_KEY_FALLBACKS")
+    if key is None:
+        if fallbacks is not None:
+            raise ImproperlyConfigured(
+                "FastCache OPTIONS['SIGNING_KEY_FALLBACKS'] needs OPTIONS['SIGNING_KEY'] "
+                "(without it, SECRET_KEY_FALLBACKS is used)")
+        if not redis:
+            if not _process_key:
+                _process_key.append(os.urandom(32))
+            return _process_key[0], []
+        from django.conf import settings
+
+        try:
+            secret = settings.SECRET_KEY
+        except ImproperlyConfigured:  # Django refuses to read an empty SECRET_KEY
+            secret = ""
+        if not secret:
+            raise ImproperlyConfigured(
+                "FastCache signs pickled values in Redis with a key derived from SECRET_KEY: set "
+                "SECRET_KEY, OPTIONS['SIGNING_KEY'], or OPTIONS['PICKLE'] = 'forbid'"
+            )
+        key = secret
+        fallbacks = list(getattr(settings, "SECRET_KEY_FALLBACKS", None) or [])
+    if not isinstance(key, (str, bytes)) or not key:
+        raise ImproperlyConfigured(
+            "FastCache OPTIONS['SIGNING_KEY'] must be a non-empty str or bytes")
+    fallbacks = [] if fallbacks is None else fallbacks
+    if (isinstance(fallbacks, (str, bytes)) or not isinstance(fallbacks, (list, tuple))
+            or not all(isinstance(k, (str, bytes)) and k for k in fallbacks)):
+        raise ImproperlyConfigured(
+            "FastCache OPTIONS['SIGNING_KEY_FALLBACKS'] (or SECRET_KEY_FALLBACKS) must be a list "
+            f"of non-empty str or bytes, not {fallbacks!r}")
+    return _derive(key), [_derive(k) for k in fallbacks]
+
+
+def _codec_options(options: dict, redis: bool = False) -> _core.Codec:
+    serializer = option_choice(options, "SERIALIZER", _DEFAULTS["SERIALIZER"],
+                               ("msgpack", "pickle", "json"))
     pickle_mode = option_choice(options, "PICKLE", _DEFAULTS["PICKLE"], ("signed", "unsigned", "forbid"))
     if serializer == "pickle" and pickle_mode == "forbid":
         raise ImproperlyConfigured(
@@ -135,18 +176,35 @@ def _codec_options(options: dict) -> _core.Codec:
         raise ImproperlyConfigured(
             f"FastCache OPTIONS['PICKLE_PROTOCOL'] must be <= {pickle.HIGHEST_PROTOCOL}, not {protocol}"
         )
+    compressor = option_choice(options, "COMPRESSOR", _DEFAULTS["COMPRESSOR"],
+                               tuple(_COMPRESS_LEVELS))
+    if compressor in _COMPRESSOR_IDS:
+        try:
+            _bodies.require(_COMPRESSOR_IDS[compressor])
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                f"FastCache OPTIONS['COMPRESSOR'] = {compressor!r}: {exc}") from exc
     compress_min = option_int(options, "COMPRESS_MIN_BYTES", _DEFAULTS["COMPRESS_MIN_BYTES"], minimum=0,
                               allow_none=True)
-    level = option_int(options, "COMPRESS_LEVEL", _DEFAULTS["COMPRESS_LEVEL"], minimum=-1)
-    if level > 9:
-        raise ImproperlyConfigured(f"FastCache OPTIONS['COMPRESS_LEVEL'] must be <= 9, not {level}")
+    lowest, highest, default_level = _COMPRESS_LEVELS[compressor]
+    level = option_int(options, "COMPRESS_LEVEL", default_level, minimum=lowest, allow_none=True)
+    level = default_level if level is None else level
+    if level > highest:
+        raise ImproperlyConfigured(
+            f"FastCache OPTIONS['COMPRESS_LEVEL'] must be <= {highest} for {compressor}, "
+            f"not {level}")
+    max_value = option_int(options, "MAX_VALUE_BYTES", _DEFAULTS["MAX_VALUE_BYTES"], minimum=1024)
+    key, fallbacks = _signing_keys(options, redis) if pickle_mode == "signed" else (b"", [])
     return _core.Codec(
         serializer=serializer,
         pickle=pickle_mode,
-        signing_key=_signing_key(options) if pickle_mode == "signed" else b"",
-        compress_min_bytes=-1 if compress_min is None else compress_min,
+        signing_key=key,
+        fallback_keys=fallbacks,
+        compress_min_bytes=-1 if compress_min is None or compressor == "none" else compress_min,
+        compressor=compressor,
         compress_level=level,
         pickle_protocol=protocol,
+        max_value_bytes=max_value,
     )
 
 
@@ -192,7 +250,7 @@ class FastCache(BaseCache):
             default_timeout=300,
             default_sentinel=DEFAULT_TIMEOUT,
             key_warning=CacheKeyWarning,
-            codec=_codec_options(options),
+            codec=_codec_options(options, redis),
         )
         self._tier = None
         self._cache = self._engine  # what each operation calls: the engine or the Redis tier

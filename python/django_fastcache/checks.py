@@ -11,7 +11,9 @@ from django.conf import settings
 from django.core import checks
 from django.utils.module_loading import import_string
 
-__all__ = ["check_caches", "check_sessions", "check_throttle_caches", "is_shared"]
+__all__ = [
+    "check_caches", "check_sessions", "check_throttle_caches", "check_unsigned_pickle", "is_shared",
+]
 
 _SESSION_ENGINES = ("django.contrib.sessions.backends.cache",
                     "django.contrib.sessions.backends.cached_db")
@@ -132,4 +134,26 @@ def check_throttle_caches(app_configs: Any = None, **kwargs: Any) -> list[checks
                 hint="Use a shared cache, or django_fastcache.throttling's classes on a "
                      "FastCache with a Redis LOCATION (one atomic check, exact limits).",
                 id="fastcache.W205"))
+    return out
+
+
+@checks.register(checks.Tags.caches, checks.Tags.security)
+def check_unsigned_pickle(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """fastcache.W210: ``PICKLE="unsigned"`` on a FastCache in Redis. Whoever can write to
+    that Redis can then make every worker unpickle bytes of their choosing: run code."""
+    out: list[checks.CheckMessage] = []
+    for alias, conf in getattr(settings, "CACHES", {}).items():
+        if conf.get("BACKEND") != "django_fastcache.cache.FastCache":
+            continue
+        if (conf.get("OPTIONS") or {}).get("PICKLE") != "unsigned":
+            continue
+        cache = _backend(alias)
+        if cache is not None and cache.redis_client() is not None:
+            out.append(checks.Warning(
+                f"CACHES[{alias!r}] reads unsigned pickles from Redis (OPTIONS['PICKLE'] = "
+                "'unsigned'): anyone who can write to that Redis (another app, a leaked "
+                "password, an open port) can run code in every worker that reads the key.",
+                hint="Remove OPTIONS['PICKLE'] (signed pickles, the default) or set it to "
+                     "'forbid'. See docs/security.md.",
+                id="fastcache.W210"))
     return out

@@ -12,23 +12,28 @@ import enum
 import functools
 import hashlib
 import inspect
+import logging
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.middleware.cache import CacheMiddleware
+from django.utils.cache import has_vary_header, patch_vary_headers
+from django.utils.functional import SimpleLazyObject
 
 from . import tags as _tags
 
 __all__ = ["TaggedCacheMiddleware", "cached", "cached_view", "stable_key"]
 
 _FN_TAG = "fastcache.fn:"
+logger = logging.getLogger("django_fastcache.decorators")
 
 
 # ---------------------------------------------------------------------- stable keys
@@ -330,14 +335,94 @@ class TaggedCacheMiddleware(CacheMiddleware):
         return self._tagging
 
 
+_REASONS = {
+    "session": "the view read the session",
+    "user": "the view read request.user",
+    "csrf": "the page holds a CSRF token",
+    "cookie": "the response sets a cookie",
+    "private": "the response is marked Cache-Control: private or no-store",
+}
+
+
+class _Watch:
+    """What the view (and its template) reads of the visitor, from its call to the end of
+    rendering. Reads made before it by middleware (a log middleware putting the user id
+    in the log context, say) do not count: they say nothing about the page.
+
+    The session's ``accessed`` flag is cleared for the view and restored (or-ed with the
+    view's reads) when the response is stored or declined, so SessionMiddleware still
+    adds ``Vary: Cookie`` as it would have; ``request.user`` is replaced by a lazy proxy
+    of itself that notes its first use."""
+
+    def __init__(self, request) -> None:
+        self.request = request
+        self.user_read = False
+        self.session = getattr(request, "session", None)
+        self.accessed_before = bool(getattr(self.session, "accessed", False))
+        self.modified_before = bool(getattr(self.session, "modified", False))
+        if self.session is not None and hasattr(self.session, "accessed"):
+            self.session.accessed = False
+        self.acached_before = "_acached_user" in request.__dict__
+        user = request.__dict__.get("user")
+        if user is not None:
+            def load():
+                self.user_read = True
+                return user
+
+            request.user = SimpleLazyObject(load)
+
+    def reasons(self, response) -> set[str]:
+        """Why ``response`` may belong to one visitor only (keys of _REASONS; empty: none).
+        Call once: it restores the session's flag."""
+        request, reasons = self.request, set()
+        if self.session is not None and hasattr(self.session, "accessed"):
+            accessed = bool(self.session.accessed)
+            self.session.accessed = accessed or self.accessed_before
+            if accessed or (self.session.modified and not self.modified_before):
+                reasons.add("session")
+        if self.user_read or ("_acached_user" in request.__dict__ and not self.acached_before):
+            reasons.add("user")
+        if request.META.get("CSRF_COOKIE_NEEDS_UPDATE") or request.META.get("CSRF_COOKIE_USED"):
+            reasons.add("csrf")
+        if response.cookies:
+            reasons.add("cookie")
+        cache_control = {d.strip().split("=")[0].lower()
+                         for d in response.get("Cache-Control", "").split(",")}
+        if cache_control & {"private", "no-store"}:
+            reasons.add("private")
+        return reasons
+
+
+def _allowed_reasons(request, response, per_user: bool) -> set[str]:
+    """What an entry keyed per visitor may depend on: with ``Vary: Cookie`` the session,
+    user and CSRF token all come from the cookie in the key; keyed by user id, a signed-in
+    user's session and user (a CSRF secret differs per browser, an anonymous visitor's
+    session per visitor: not those)."""
+    if has_vary_header(response, "Cookie"):
+        return {"session", "user", "csrf"}
+    if per_user:
+        user = getattr(request, "user", None)
+        return {"session", "user"} if user is not None and user.is_authenticated else {"user"}
+    return set()
+
+
 def cached_view(timeout: float | None = None, *, cache: str | None = None,
                 key_prefix: str | None = None,
-                tags: Iterable[str] | str | Callable | None = None):
+                tags: Iterable[str] | str | Callable | None = None,
+                per_user: bool = False, vary_on_cookie: bool = False):
     """``cache_page(timeout, cache=..., key_prefix=...)`` with tags: the page is a miss
     once any tag is invalidated (``cache.invalidate_tags``, ``invalidate_on_change``).
 
     ``tags``: strings; templates formatted with the view's keyword arguments
     (``"post:{post_id}"``); or a callable ``(request, *args, **kwargs)`` returning tags.
+
+    Unlike ``cache_page``, a page that may belong to one visitor is not stored: one whose
+    view read the session or ``request.user``, used the CSRF token, set a cookie, or
+    marked the response ``Cache-Control: private`` or ``no-store`` (logged once per
+    view). ``per_user=True`` keys entries by the user's id (anonymous visitors share one
+    entry) and ``vary_on_cookie=True`` (or a view answering ``Vary: Cookie``) keys them by
+    the ``Cookie`` header, as Django's ``vary_on_cookie``: then pages that read the
+    session or the user are stored, per user. Cookies and private responses never are.
     """
     if isinstance(tags, str):
         tags = (tags,)
@@ -353,17 +438,44 @@ def cached_view(timeout: float | None = None, *, cache: str | None = None,
         return _tags.normalize([t.format(**kwargs) if "{" in t else t for t in tags])
 
     def decorator(view: Callable) -> Callable:
+        name = f"{getattr(view, '__module__', '?')}.{getattr(view, '__qualname__', view)!s}"
+        declined = []  # logged once per view
+
         def middleware(request, args, kwargs) -> TaggedCacheMiddleware:
+            prefix = key_prefix
+            if per_user:
+                if prefix is None:
+                    prefix = settings.CACHE_MIDDLEWARE_KEY_PREFIX
+                user = getattr(request, "user", None)
+                ident = user.pk if user is not None and user.is_authenticated else "anon"
+                prefix = f"{prefix}.user.{ident}"
             # Per request: the tagging view of the cache remembers the counters it read.
             return TaggedCacheMiddleware(view, page_timeout=timeout, cache_alias=cache,
-                                         key_prefix=key_prefix,
+                                         key_prefix=prefix,
                                          tags=tags_for(request, args, kwargs) if tags else ())
 
-        def finish(mw, request, response):
+        def store(mw, request, response, watch):
+            if vary_on_cookie:
+                patch_vary_headers(response, ("Cookie",))
+            reasons = watch.reasons(response)
+            if reasons:
+                reasons -= _allowed_reasons(request, response, per_user)
+            if not reasons:
+                return mw.process_response(request, response)
+            if not declined:
+                declined.append(True)
+                logger.warning(
+                    "cached_view(%s) did not store a response: %s. A page that may belong to "
+                    "one visitor is not shared; pass per_user=True or vary_on_cookie=True to "
+                    "cache it per user (logged once per view)",
+                    name, "; ".join(_REASONS[r] for r in sorted(reasons)))
+            return response
+
+        def finish(mw, request, response, watch):
             if hasattr(response, "render") and callable(response.render):
-                response.add_post_render_callback(lambda r: mw.process_response(request, r))
+                response.add_post_render_callback(lambda r: store(mw, request, r, watch))
                 return response
-            return mw.process_response(request, response)
+            return store(mw, request, response, watch)
 
         if inspect.iscoroutinefunction(view):
             @functools.wraps(view)
@@ -372,8 +484,9 @@ def cached_view(timeout: float | None = None, *, cache: str | None = None,
                 hit = await sync_to_async(mw.process_request)(request)
                 if hit is not None:
                     return hit
+                watch = _Watch(request)
                 response = await view(request, *args, **kwargs)
-                return await sync_to_async(finish)(mw, request, response)
+                return await sync_to_async(finish)(mw, request, response, watch)
 
             return async_wrapper
 
@@ -383,7 +496,8 @@ def cached_view(timeout: float | None = None, *, cache: str | None = None,
             hit = mw.process_request(request)
             if hit is not None:
                 return hit
-            return finish(mw, request, view(request, *args, **kwargs))
+            watch = _Watch(request)
+            return finish(mw, request, view(request, *args, **kwargs), watch)
 
         return wrapper
 

@@ -11,6 +11,7 @@ __all__ = [
     "SignatureError",
     "UnknownFormatError",
     "SerializationError",
+    "ValueTooLargeError",
     "LockError",
     "LockNotOwnedError",
     "ConnectionInterrupted",
@@ -36,6 +37,11 @@ class UnknownFormatError(DecodeError):
 
 class SerializationError(FastCacheError, TypeError):
     """A value that cannot be stored under the configured serializer or pickle policy."""
+
+
+class ValueTooLargeError(FastCacheError, ValueError):
+    """A value whose encoded body is over the cache's ``MAX_VALUE_BYTES``: not stored (a
+    reader would refuse it as a possible decompression bomb)."""
 
 
 class LockError(FastCacheError):

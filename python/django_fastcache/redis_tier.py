@@ -28,6 +28,7 @@ from redis import exceptions as _rx
 
 from . import _core
 from .coherence import listener_for
+from ._ratelog import shared_log
 from .errors import DecodeError
 from .policy import FailurePolicy
 from .redis_client import RedisClients, ascan_keys, group_by_slot, key_slot, scan_keys
@@ -170,6 +171,8 @@ class RedisTier:
                          direct=clients.mode != "cluster" and len(clients.config.nodes) <= 1,
                          retries=clients.config.retries,
                          retry_on_timeout=clients.config.retry_on_timeout)
+        # A hostile or foreign value can be read on every request: one line per interval.
+        self._decode_log = shared_log(policy, logger, policy.log_interval)
 
     def follow_keys(self, key_prefix: str, custom_key_func: bool) -> None:
         """Tells the listener which keys this cache makes, so that Redis tracks them: the
@@ -289,8 +292,9 @@ class RedisTier:
             return self.engine.loads(raw)
         except DecodeError as exc:
             self.decode_errors += 1
-            logger.warning("cache key %r holds a value that cannot be read (%s): served as a miss",
-                           key, exc)
+            self._decode_log.warning(
+                "cache key %r holds a value that cannot be read (%s: %s): served as a miss",
+                key, type(exc).__name__, exc)
             return _MISSING
 
     def now(self) -> float:

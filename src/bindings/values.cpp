@@ -31,18 +31,41 @@ struct Py {
     PyObject* zlib_decompressobj = nullptr;
     PyObject* hmac_digest = nullptr;
     PyObject* compare_digest = nullptr;
-    PyObject* sha256 = nullptr;       // the string "sha256"
+    PyObject* sha256 = nullptr;  // the string "sha256"
     PyObject* decode_error = nullptr;
     PyObject* signature_error = nullptr;
     PyObject* serialization_error = nullptr;
+    PyObject* too_large_error = nullptr;
+    PyObject* compress = nullptr;    // _bodies.compress(id, data, level): zstd, lz4
+    PyObject* decompress = nullptr;  // _bodies.decompress(id, data, limit)
+    PyObject* json_dumps = nullptr;  // _bodies.json_dumps(value) -> bytes | None
+    PyObject* json_loads = nullptr;
+    PyObject* sizeof_name = nullptr;  // the string "__sizeof__"
 };
 
 // Filled once at import and never released: these live as long as the interpreter.
 Py g;
 
 enum class Kind : std::uint8_t {
-    None, Bool, Int, Float, Str, Bytes, ByteArray, List, Tuple, Dict, Set, FrozenSet,
-    DateTime, Date, Time, TimeDelta, Decimal, Uuid, Other,
+    None,
+    Bool,
+    Int,
+    Float,
+    Str,
+    Bytes,
+    ByteArray,
+    List,
+    Tuple,
+    Dict,
+    Set,
+    FrozenSet,
+    DateTime,
+    Date,
+    Time,
+    TimeDelta,
+    Decimal,
+    Uuid,
+    Other,
 };
 
 inline Kind classify(PyObject* o) {
@@ -70,8 +93,13 @@ inline Kind classify(PyObject* o) {
 
 inline bool is_immutable_leaf(Kind k) {
     switch (k) {
-        case Kind::List: case Kind::Dict: case Kind::Set: case Kind::ByteArray:
-        case Kind::Tuple: case Kind::FrozenSet: case Kind::Other:
+        case Kind::List:
+        case Kind::Dict:
+        case Kind::Set:
+        case Kind::ByteArray:
+        case Kind::Tuple:
+        case Kind::FrozenSet:
+        case Kind::Other:
             return false;
         default:
             return true;
@@ -126,14 +154,15 @@ bool tz_of(PyObject* tzinfo, codec::TzInfo& tz, py::object& keep) {
         if (!offset) throw_python();
         tz.kind = codec::TzInfo::Fixed;
         tz.offset_us = (static_cast<std::int64_t>(PyDateTime_DELTA_GET_DAYS(offset.ptr())) * 86400 +
-                        PyDateTime_DELTA_GET_SECONDS(offset.ptr())) * 1000000LL +
+                        PyDateTime_DELTA_GET_SECONDS(offset.ptr())) *
+                           1000000LL +
                        PyDateTime_DELTA_GET_MICROSECONDS(offset.ptr());
         // Keep a custom name only: timezone(offset) and timezone(offset, name) differ.
         py::object plain = py::reinterpret_steal<py::object>(
             PyDateTimeAPI->TimeZone_FromTimeZone(offset.ptr(), nullptr));
         if (!plain) throw_python();
-        py::object name = py::reinterpret_steal<py::object>(
-            PyObject_CallMethod(tzinfo, "tzname", "O", Py_None));
+        py::object name =
+            py::reinterpret_steal<py::object>(PyObject_CallMethod(tzinfo, "tzname", "O", Py_None));
         py::object plain_name = py::reinterpret_steal<py::object>(
             PyObject_CallMethod(plain.ptr(), "tzname", "O", Py_None));
         if (!name || !plain_name) throw_python();
@@ -187,28 +216,39 @@ public:
     // Throws NeedsPickle when some part has no exact msgpack form.
     void value(PyObject* o, int depth) {
         switch (classify(o)) {
-            case Kind::None: return w_.nil();
-            case Kind::Bool: return w_.boolean(o == Py_True);
-            case Kind::Int: return integer(o);
-            case Kind::Float: return w_.float64(PyFloat_AS_DOUBLE(o));
-            case Kind::Str: return w_.str(utf8(o));
+            case Kind::None:
+                return w_.nil();
+            case Kind::Bool:
+                return w_.boolean(o == Py_True);
+            case Kind::Int:
+                return integer(o);
+            case Kind::Float:
+                return w_.float64(PyFloat_AS_DOUBLE(o));
+            case Kind::Str:
+                return w_.str(utf8(o));
             case Kind::Bytes:
                 return w_.bin(std::string_view(PyBytes_AS_STRING(o), PyBytes_GET_SIZE(o)));
             case Kind::ByteArray:
                 return w_.bin(std::string_view(PyByteArray_AS_STRING(o), PyByteArray_GET_SIZE(o)),
                               Tag::ByteArray);
-            case Kind::List: return sequence(o, depth, Tag::None);
-            case Kind::Tuple: return sequence(o, depth, Tag::Tuple);
-            case Kind::Dict: return dict(o, depth);
-            case Kind::Set: return set(o, depth, Tag::Set);
-            case Kind::FrozenSet: return set(o, depth, Tag::FrozenSet);
+            case Kind::List:
+                return sequence(o, depth, Tag::None);
+            case Kind::Tuple:
+                return sequence(o, depth, Tag::Tuple);
+            case Kind::Dict:
+                return dict(o, depth);
+            case Kind::Set:
+                return set(o, depth, Tag::Set);
+            case Kind::FrozenSet:
+                return set(o, depth, Tag::FrozenSet);
             case Kind::DateTime: {
                 codec::TzInfo tz;
                 py::object keep;
                 if (!tz_of(PyDateTime_DATE_GET_TZINFO(o), tz, keep)) throw NeedsPickle{};
                 return w_.datetime(date_of(o), time_of(o, true), tz);
             }
-            case Kind::Date: return w_.date(date_of(o));
+            case Kind::Date:
+                return w_.date(date_of(o));
             case Kind::Time: {
                 codec::TzInfo tz;
                 py::object keep;
@@ -221,17 +261,21 @@ public:
             case Kind::Decimal: {
                 py::object s = py::reinterpret_steal<py::object>(PyObject_Str(o));
                 if (!s) throw_python();
-                return w_.decimal(utf8(s.ptr()));
+                std::string_view text = utf8(s.ptr());
+                if (text.size() > codec::kMaxDecimalText) throw NeedsPickle{};  // see the reader
+                return w_.decimal(text);
             }
             case Kind::Uuid: {
-                py::object b = py::reinterpret_steal<py::object>(PyObject_GetAttrString(o, "bytes"));
+                py::object b =
+                    py::reinterpret_steal<py::object>(PyObject_GetAttrString(o, "bytes"));
                 if (!b) throw_python();
                 if (!PyBytes_Check(b.ptr()) || PyBytes_GET_SIZE(b.ptr()) != 16) throw NeedsPickle{};
                 std::uint8_t raw[16];
                 std::memcpy(raw, PyBytes_AS_STRING(b.ptr()), 16);
                 return w_.uuid(raw);
             }
-            case Kind::Other: throw NeedsPickle{};
+            case Kind::Other:
+                throw NeedsPickle{};
         }
     }
 
@@ -326,8 +370,8 @@ py::bytes pickle_dumps(py::handle value, int protocol) {
     throw_python();
 }
 
-py::bytes mac_of(const CodecOptions& o, std::string_view header_and_body) {
-    py::object key = py::bytes(o.signing_key);
+py::bytes mac_of(const std::string& signing_key, std::string_view header_and_body) {
+    py::object key = py::bytes(signing_key);
     py::object msg = py::reinterpret_steal<py::object>(
         PyBytes_FromStringAndSize(header_and_body.data(), header_and_body.size()));
     py::object mac = py::reinterpret_steal<py::object>(
@@ -414,8 +458,8 @@ public:
         py::object b = py::reinterpret_steal<py::object>(
             check(PyBytes_FromStringAndSize(reinterpret_cast<const char*>(raw), 16)));
         py::object kwargs = py::dict(py::arg("bytes") = b);
-        push(check(PyObject_Call(reinterpret_cast<PyObject*>(g.uuid), py::tuple().ptr(),
-                                 kwargs.ptr())));
+        push(check(
+            PyObject_Call(reinterpret_cast<PyObject*>(g.uuid), py::tuple().ptr(), kwargs.ptr())));
     }
     void date(const codec::Date& d) {
         push(check(PyDateTimeAPI->Date_FromDate(d.year, d.month, d.day, PyDateTimeAPI->DateType)));
@@ -429,8 +473,8 @@ public:
     void datetime(const codec::Date& d, const codec::TimeOfDay& t, const codec::TzInfo& tz) {
         py::object tzinfo = make_tz(tz);
         push(check(PyDateTimeAPI->DateTime_FromDateAndTimeAndFold(
-            d.year, d.month, d.day, t.hour, t.minute, t.second, t.microsecond, tzinfo.ptr(),
-            t.fold, PyDateTimeAPI->DateTimeType)));
+            d.year, d.month, d.day, t.hour, t.minute, t.second, t.microsecond, tzinfo.ptr(), t.fold,
+            PyDateTimeAPI->DateTimeType)));
     }
     void timedelta(const codec::TimeDelta& td) {
         push(check(PyDateTimeAPI->Delta_FromDelta(td.days, td.seconds, td.microseconds, 1,
@@ -469,11 +513,10 @@ private:
                     --days;
                 }
                 if (days < -1 || days > 0) raise_chained(g.decode_error, "bad UTC offset");
-                py::object delta = py::reinterpret_steal<py::object>(check(
-                    PyDateTimeAPI->Delta_FromDelta(static_cast<int>(days),
-                                                   static_cast<int>(rem / 1000000),
-                                                   static_cast<int>(rem % 1000000), 1,
-                                                   PyDateTimeAPI->DeltaType)));
+                py::object delta =
+                    py::reinterpret_steal<py::object>(check(PyDateTimeAPI->Delta_FromDelta(
+                        static_cast<int>(days), static_cast<int>(rem / 1000000),
+                        static_cast<int>(rem % 1000000), 1, PyDateTimeAPI->DeltaType)));
                 py::object name;
                 if (!tz.name.empty()) {
                     name = py::reinterpret_steal<py::object>(check(PyUnicode_DecodeUTF8(
@@ -520,29 +563,78 @@ private:
     PyObject* result_ = nullptr;
 };
 
+// Pauses CPython's cyclic collector while a body is built. The builder makes a tree of
+// new objects that cannot hold a cycle, so a collection in between frees nothing, yet a
+// body of many small containers would trigger one every 700 of them: a 1 MiB body of
+// empty lists took 4x longer with the collector on.
+class GcPause {
+public:
+    GcPause() : was_enabled_(PyGC_Disable()) {}
+    ~GcPause() {
+        if (was_enabled_) PyGC_Enable();
+    }
+    GcPause(const GcPause&) = delete;
+    GcPause& operator=(const GcPause&) = delete;
+
+private:
+    int was_enabled_;
+};
+
 py::object decode_body(std::string_view body) {
     Builder b;
-    try {
-        codec::read_body(body, b);
-    } catch (const DecodeError&) {
-        // A C++-side error; a pending Python error from a sink (there is none, sinks
-        // throw error_already_set) cannot be lost here.
-        throw;
+    {
+        GcPause pause;
+        codec::read_body(body, b);  // DecodeError (C++) or error_already_set (a sink)
     }
     return py::reinterpret_steal<py::object>(b.take());
 }
 
 // ----------------------------------------------------------------------------- snapshot
 
-// Approximate CPython sizes, for the L1's byte bound; exactness is not the point.
+// What CPython itself says `o` occupies (its __sizeof__, plus the GC header of tracked
+// objects, as sys.getsizeof counts): for the objects whose size the codec cannot compute
+// from public fields, such as a Decimal's coefficient or a grown dict's table.
+std::size_t real_size(PyObject* o) {
+    py::object n = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(o, g.sizeof_name));
+    if (!n) throw_python();
+    Py_ssize_t v = PyLong_AsSsize_t(n.ptr());
+    if (v < 0) throw_python();
+    return static_cast<std::size_t>(v) + (PyObject_IS_GC(o) ? 2 * sizeof(void*) : 0);
+}
+
+// The L1's byte bound charges each stored object its CPython size: exact where the size
+// follows from public fields, from __sizeof__ where it does not (Decimal), fixed for the
+// fixed-size types. Shared objects (interned strings, small ints, a ZoneInfo) are charged
+// to every value that holds them: an over-count, never an under-count.
 std::size_t leaf_charge(PyObject* o, Kind k) {
     switch (k) {
-        case Kind::Str: return 56 + static_cast<std::size_t>(PyUnicode_GET_LENGTH(o)) * PyUnicode_KIND(o);
-        case Kind::Bytes: return 40 + static_cast<std::size_t>(PyBytes_GET_SIZE(o));
-        case Kind::Int: return 32 + 4 * static_cast<std::size_t>(Py_ABS(Py_SIZE(o)));
-        case Kind::Decimal: return 104;
-        case Kind::Uuid: return 64;
-        default: return 32;
+        case Kind::Str: {
+            auto n = static_cast<std::size_t>(PyUnicode_GET_LENGTH(o));
+            // A compact ASCII str is a 40-byte header and n + 1 bytes; any other carries a
+            // 56-byte header, n + 1 code units and possibly a cached UTF-8 copy.
+            if (PyUnicode_IS_COMPACT_ASCII(o)) return 41 + n;
+            return 56 + (n + 1) * PyUnicode_KIND(o) + (n + 1) * 4;
+        }
+        case Kind::Bytes:
+            return 33 + static_cast<std::size_t>(PyBytes_GET_SIZE(o));
+        case Kind::Int:
+            return 28 + 4 * static_cast<std::size_t>(Py_ABS(Py_SIZE(o)));
+        case Kind::Float:
+            return 24;
+        case Kind::Decimal:
+            return real_size(o);
+        case Kind::Uuid:
+            return 100;  // the object (56 bytes) and its 128-bit int
+        case Kind::DateTime:
+            return 48;
+        case Kind::Time:
+            return 40;
+        case Kind::Date:
+            return 32;
+        case Kind::TimeDelta:
+            return 40;
+        default:
+            return 16;  // None, True, False: singletons, charged a reference's worth
     }
 }
 
@@ -562,12 +654,12 @@ public:
         if (depth >= codec::kMaxDepth || k == Kind::Other) throw NeedsPickle{};
         switch (k) {
             case Kind::ByteArray:
-                charge += 64 + static_cast<std::size_t>(PyByteArray_GET_SIZE(o));
+                charge += 57 + static_cast<std::size_t>(PyByteArray_GET_SIZE(o));
                 mutable_out = true;
                 return checked(PyByteArray_FromObject(o));
             case Kind::List: {
                 Py_ssize_t n = PyList_GET_SIZE(o);
-                charge += 56 + 8 * static_cast<std::size_t>(n);
+                charge += 56 + 8 * static_cast<std::size_t>(n);  // GC header included
                 py::object out = py::reinterpret_steal<py::object>(checked(PyList_New(n)));
                 for (Py_ssize_t i = 0; i < n; ++i) {
                     if (PyList_GET_SIZE(o) != n) changed();
@@ -579,7 +671,7 @@ public:
             }
             case Kind::Tuple: {
                 Py_ssize_t n = PyTuple_GET_SIZE(o);
-                charge += 40 + 8 * static_cast<std::size_t>(n);
+                charge += 40 + 8 * static_cast<std::size_t>(n);  // GC header included
                 py::object out = py::reinterpret_steal<py::object>(checked(PyTuple_New(n)));
                 bool any = false;
                 for (Py_ssize_t i = 0; i < n; ++i) {
@@ -592,7 +684,6 @@ public:
             }
             case Kind::Dict: {
                 Py_ssize_t n = PyDict_GET_SIZE(o), pos = 0, seen = 0;
-                charge += 64 + 48 * static_cast<std::size_t>(n);
                 py::object out = py::reinterpret_steal<py::object>(checked(PyDict_New()));
                 PyObject *key, *value;
                 while (PyDict_Next(o, &pos, &key, &value)) {
@@ -603,19 +694,27 @@ public:
                     if (PyDict_SetItem(out.ptr(), kc.ptr(), vc.ptr()) < 0) throw_python();
                 }
                 if (seen != n) changed();
+                // A dict's table grows in steps: small ones have a known size, larger ones
+                // are measured (a 1,000-key dict is ~36 KiB, not 1,000 x its entry size).
+                charge += n == 0 ? 64 : n <= 5 ? 224 : real_size(out.ptr());
                 mutable_out = true;
                 return out.release().ptr();
             }
             case Kind::Set:
             case Kind::FrozenSet: {
-                Py_ssize_t n = PySet_GET_SIZE(o);
-                charge += 216 + 16 * static_cast<std::size_t>(n);
                 for_each(o, [&](PyObject* item) {
                     bool m;
                     Py_DECREF(copy(item, depth + 1, m));  // elements are hashable: immutable
                 });
                 mutable_out = k == Kind::Set;
-                return k == Kind::Set ? checked(PySet_New(o)) : Py_NewRef(o);
+                PyObject* out = k == Kind::Set ? checked(PySet_New(o)) : Py_NewRef(o);
+                try {
+                    charge += real_size(out);
+                } catch (...) {
+                    Py_DECREF(out);
+                    throw;
+                }
+                return out;
             }
             default:
                 throw NeedsPickle{};
@@ -718,11 +817,104 @@ void init_values() {
     g.decode_error = keep(import_attr("django_fastcache.errors", "DecodeError"));
     g.signature_error = keep(import_attr("django_fastcache.errors", "SignatureError"));
     g.serialization_error = keep(import_attr("django_fastcache.errors", "SerializationError"));
+    g.too_large_error = keep(import_attr("django_fastcache.errors", "ValueTooLargeError"));
+    g.compress = keep(import_attr("django_fastcache._bodies", "compress"));
+    g.decompress = keep(import_attr("django_fastcache._bodies", "decompress"));
+    g.json_dumps = keep(import_attr("django_fastcache._bodies", "json_dumps"));
+    g.json_loads = keep(import_attr("django_fastcache._bodies", "json_loads"));
+    g.sizeof_name = keep(py::str("__sizeof__"));
 }
+
+namespace {
+
+py::object bytes_of(std::string_view s) {
+    return py::reinterpret_steal<py::object>(
+        PyBytes_FromStringAndSize(s.data(), static_cast<Py_ssize_t>(s.size())));
+}
+
+std::string_view view_of(PyObject* b) {
+    return std::string_view(PyBytes_AS_STRING(b), static_cast<std::size_t>(PyBytes_GET_SIZE(b)));
+}
+
+[[noreturn]] void too_large(std::size_t size, const CodecOptions& o) {
+    std::string message =
+        "value of " + std::to_string(size) +
+        " bytes (encoded, before compression) is over OPTIONS['MAX_VALUE_BYTES'] = " +
+        std::to_string(o.max_value_bytes);
+    PyErr_SetString(g.too_large_error, message.c_str());
+    throw_python();
+}
+
+// JSON bytes of `value`, or None when JSON cannot hold it.
+py::object json_body(py::handle value) {
+    py::object out =
+        py::reinterpret_steal<py::object>(PyObject_CallOneArg(g.json_dumps, value.ptr()));
+    if (!out) throw_python();
+    return out;
+}
+
+// Compressed `body`, or a null object when compression does not make it smaller.
+py::object compress_body(std::string_view body, const CodecOptions& o) {
+    py::object raw = bytes_of(body);
+    if (!raw) throw_python();
+    py::object out;
+    if (o.compressor == codec::Compressor::Zlib) {
+        out = py::reinterpret_steal<py::object>(
+            PyObject_CallFunction(g.zlib_compress, "Oi", raw.ptr(), o.compress_level));
+    } else {
+        out = py::reinterpret_steal<py::object>(PyObject_CallFunction(
+            g.compress, "iOi", static_cast<int>(o.compressor), raw.ptr(), o.compress_level));
+    }
+    if (!out) throw_python();
+    if (static_cast<std::size_t>(PyBytes_GET_SIZE(out.ptr())) >= body.size()) return py::object();
+    return out;
+}
+
+// The decompressed body, at most o.max_value_bytes long; DecodeError otherwise.
+py::object decompress_body(std::string_view body, codec::Compressor c, const CodecOptions& o) {
+    py::object in = bytes_of(body);
+    if (!in) throw_python();
+    auto limit = static_cast<Py_ssize_t>(o.max_value_bytes);
+    if (c != codec::Compressor::Zlib) {
+        py::object out = py::reinterpret_steal<py::object>(
+            PyObject_CallFunction(g.decompress, "iOn", static_cast<int>(c), in.ptr(), limit));
+        if (!out) throw_python();  // DecodeError from _bodies
+        return out;
+    }
+    py::object d = py::reinterpret_steal<py::object>(PyObject_CallNoArgs(g.zlib_decompressobj));
+    if (!d) throw_python();
+    py::object out = py::reinterpret_steal<py::object>(
+        PyObject_CallMethod(d.ptr(), "decompress", "On", in.ptr(), limit));
+    if (!out) raise_chained(g.decode_error, "corrupt compressed value");
+    py::object eof = py::reinterpret_steal<py::object>(PyObject_GetAttrString(d.ptr(), "eof"));
+    if (!eof) throw_python();
+    if (eof.ptr() != Py_True) {
+        throw DecodeError(
+            "compressed value truncated or larger than the size bound (MAX_VALUE_BYTES)");
+    }
+    py::object unused =
+        py::reinterpret_steal<py::object>(PyObject_GetAttrString(d.ptr(), "unused_data"));
+    if (!unused) throw_python();
+    if (PyBytes_GET_SIZE(unused.ptr()) != 0) throw DecodeError("bytes after compressed value");
+    return out;
+}
+
+// Whether `mac` (32 bytes) signs `signed_part` under `key`.
+bool verifies(const std::string& key, std::string_view signed_part, std::string_view mac) {
+    py::bytes expected = mac_of(key, signed_part);
+    py::bytes got(mac.data(), mac.size());
+    py::object same = py::reinterpret_steal<py::object>(
+        PyObject_CallFunctionObjArgs(g.compare_digest, expected.ptr(), got.ptr(), nullptr));
+    if (!same) throw_python();
+    return same.ptr() == Py_True;
+}
+
+}  // namespace
 
 py::bytes encode(py::handle value, const CodecOptions& o) {
     PyObject* v = value.ptr();
-    if (!o.pickle_only && Py_TYPE(v) == &PyLong_Type) {
+    bool pickle_only = o.serializer == Serializer::Pickle;
+    if (!pickle_only && Py_TYPE(v) == &PyLong_Type) {
         // Plain ints are bare decimal digits, so Redis can INCRBY them.
         int overflow = 0;
         long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
@@ -741,54 +933,60 @@ py::bytes encode(py::handle value, const CodecOptions& o) {
         PyErr_Clear();  // too many digits for str(): pickled below
     }
 
-    std::string& out = tls_writer.buffer();
     std::uint8_t flags = 0;
-    bool packed = false;
-    if (!o.pickle_only) {
+    auto format = codec::BodyFormat::Msgpack;
+    py::object owned;  // keeps a Python-made body alive
+    std::string_view body;
+    if (o.serializer == Serializer::Msgpack) {
+        std::string& out = tls_writer.buffer();
         tls_writer.reset();
-        out.push_back('\0');  // header placeholder
         try {
             Encoder(tls_writer).value(v, 0);
-            packed = true;
+            body = out;
         } catch (const NeedsPickle&) {
         }
+    } else if (o.serializer == Serializer::Json) {
+        owned = json_body(value);
+        if (!owned.is_none()) {
+            body = view_of(owned.ptr());
+            format = codec::BodyFormat::Json;
+        }
     }
-    py::bytes pickled;
-    std::string_view body;
-    if (packed) {
-        body = std::string_view(out).substr(1);
-    } else {
+    if (body.data() == nullptr) {
         if (o.pickle == PickleMode::Forbid) forbid(value);
-        pickled = pickle_dumps(value, o.pickle_protocol);
+        owned = pickle_dumps(value, o.pickle_protocol);
         flags |= codec::kPickled;
-        body = std::string_view(PyBytes_AS_STRING(pickled.ptr()), PyBytes_GET_SIZE(pickled.ptr()));
+        format = codec::BodyFormat::Msgpack;  // not used for a pickle: no second byte for it
+        body = view_of(owned.ptr());
     }
+    if (body.size() > o.max_value_bytes) too_large(body.size(), o);
 
     py::object compressed;
     if (o.compress_min_bytes >= 0 && static_cast<long long>(body.size()) >= o.compress_min_bytes) {
-        py::object raw = py::reinterpret_steal<py::object>(
-            PyBytes_FromStringAndSize(body.data(), static_cast<Py_ssize_t>(body.size())));
-        compressed = py::reinterpret_steal<py::object>(
-            PyObject_CallFunction(g.zlib_compress, "Oi", raw.ptr(), o.compress_level));
-        if (!compressed) throw_python();
-        if (static_cast<std::size_t>(PyBytes_GET_SIZE(compressed.ptr())) < body.size()) {
-            body = std::string_view(PyBytes_AS_STRING(compressed.ptr()),
-                                    PyBytes_GET_SIZE(compressed.ptr()));
+        compressed = compress_body(body, o);
+        if (compressed) {
+            body = view_of(compressed.ptr());
             flags |= codec::kCompressed;
         }
     }
+    bool extended = ((flags & codec::kCompressed) && o.compressor != codec::Compressor::Zlib) ||
+                    format != codec::BodyFormat::Msgpack;
+    if (extended) flags |= codec::kExtended;
 
     bool sign = (flags & codec::kPickled) && o.pickle == PickleMode::Signed;
     if (sign) flags |= codec::kSigned;
     std::string result;
-    result.reserve(1 + (sign ? 32 : 0) + body.size());
+    result.reserve(2 + (sign ? 32 : 0) + body.size());
     result.push_back(static_cast<char>(codec::make_header(flags)));
+    if (extended) {
+        auto c = (flags & codec::kCompressed) ? o.compressor : codec::Compressor::Zlib;
+        result.push_back(static_cast<char>(codec::make_extension(c, format)));
+    }
     if (sign) {
-        std::string signed_part;
-        signed_part.reserve(1 + body.size());
-        signed_part.push_back(result[0]);
+        // The MAC covers the header bytes too, so no flag or compressor can be swapped.
+        std::string signed_part = result;
         signed_part.append(body);
-        py::bytes mac = mac_of(o, signed_part);
+        py::bytes mac = mac_of(o.signing_key, signed_part);
         result.append(PyBytes_AS_STRING(mac.ptr()), PyBytes_GET_SIZE(mac.ptr()));
     }
     result.append(body);
@@ -803,20 +1001,21 @@ py::object decode(std::string_view data, const CodecOptions& o) {
         if (!n) raise_chained(g.decode_error, "invalid integer value");
         return py::reinterpret_steal<py::object>(n);
     }
-    std::string_view rest = data.substr(1);
+    std::string_view rest = data.substr(header.size);
     bool pickled = header.flags & codec::kPickled;
     if (header.flags & codec::kSigned) {
         if (rest.size() < 32) throw DecodeError("signed value shorter than its signature");
         if (o.signing_key.empty()) throw SignatureError("signed value but no signing key");
-        std::string signed_part;
-        signed_part.push_back(data[0]);
+        std::string signed_part(data.substr(0, header.size));
         signed_part.append(rest.substr(32));
-        py::bytes expected = mac_of(o, signed_part);
-        py::bytes got(rest.substr(0, 32).data(), 32);
-        py::object same = py::reinterpret_steal<py::object>(
-            PyObject_CallFunctionObjArgs(g.compare_digest, expected.ptr(), got.ptr(), nullptr));
-        if (!same) throw_python();
-        if (same.ptr() != Py_True) throw SignatureError("signature of a pickled value does not verify");
+        std::string_view mac = rest.substr(0, 32);
+        // The current key first; then each fallback (SECRET_KEY_FALLBACKS), so values
+        // signed before a key rotation stay readable until they expire.
+        bool ok = verifies(o.signing_key, signed_part, mac);
+        for (std::size_t i = 0; !ok && i < o.fallback_keys.size(); ++i) {
+            ok = verifies(o.fallback_keys[i], signed_part, mac);
+        }
+        if (!ok) throw SignatureError("signature of a pickled value does not verify");
         rest.remove_prefix(32);
     } else if (pickled && o.pickle == PickleMode::Signed) {
         throw SignatureError("unsigned pickled value refused (PICKLE is 'signed')");
@@ -828,46 +1027,59 @@ py::object decode(std::string_view data, const CodecOptions& o) {
 
     py::object inflated;
     if (header.flags & codec::kCompressed) {
-        py::object d = py::reinterpret_steal<py::object>(PyObject_CallNoArgs(g.zlib_decompressobj));
-        if (!d) throw_python();
-        py::object in = py::reinterpret_steal<py::object>(
-            PyBytes_FromStringAndSize(rest.data(), static_cast<Py_ssize_t>(rest.size())));
-        inflated = py::reinterpret_steal<py::object>(PyObject_CallMethod(
-            d.ptr(), "decompress", "On", in.ptr(), static_cast<Py_ssize_t>(o.max_value_bytes)));
-        if (!inflated) raise_chained(g.decode_error, "corrupt compressed value");
-        py::object eof = py::reinterpret_steal<py::object>(PyObject_GetAttrString(d.ptr(), "eof"));
-        if (!eof) throw_python();
-        if (eof.ptr() != Py_True) {
-            throw DecodeError("compressed value truncated or larger than the size bound");
-        }
-        py::object unused =
-            py::reinterpret_steal<py::object>(PyObject_GetAttrString(d.ptr(), "unused_data"));
-        if (!unused) throw_python();
-        if (PyBytes_GET_SIZE(unused.ptr()) != 0) throw DecodeError("bytes after compressed value");
-        rest = std::string_view(PyBytes_AS_STRING(inflated.ptr()), PyBytes_GET_SIZE(inflated.ptr()));
+        inflated = decompress_body(rest, header.compressor, o);
+        rest = view_of(inflated.ptr());
+    }
+    // Checked after decompression too: a body over the bound costs more to decode than the
+    // site said a value may cost, whoever wrote it.
+    if (rest.size() > o.max_value_bytes) {
+        throw DecodeError("value body of " + std::to_string(rest.size()) +
+                          " bytes is over the size bound (MAX_VALUE_BYTES)");
     }
 
     if (pickled) {
-        py::object in = py::reinterpret_steal<py::object>(
-            PyBytes_FromStringAndSize(rest.data(), static_cast<Py_ssize_t>(rest.size())));
+        py::object in = inflated ? inflated : bytes_of(rest);
+        if (!in) throw_python();
         PyObject* v = PyObject_CallOneArg(g.pickle_loads, in.ptr());
         if (!v) raise_chained(g.decode_error, "pickled value could not be loaded");
+        return py::reinterpret_steal<py::object>(v);
+    }
+    if (header.format == codec::BodyFormat::Json) {
+        py::object in = inflated ? inflated : bytes_of(rest);
+        if (!in) throw_python();
+        PyObject* v = PyObject_CallOneArg(g.json_loads, in.ptr());
+        if (!v) throw_python();  // DecodeError from _bodies
         return py::reinterpret_steal<py::object>(v);
     }
     return decode_body(rest);
 }
 
 Snapshot snapshot(py::handle value, const CodecOptions& o) {
+    py::object source = py::reinterpret_borrow<py::object>(value);
+    if (o.serializer == Serializer::Json && Py_TYPE(value.ptr()) != &PyLong_Type) {
+        // The L1 holds what Redis would give back, so every tier and process agrees.
+        py::object body = json_body(value);
+        if (!body.is_none()) {
+            source =
+                py::reinterpret_steal<py::object>(PyObject_CallOneArg(g.json_loads, body.ptr()));
+            if (!source) throw_python();
+        }
+    }
     Snapshotter s;
-    try {
-        bool is_mutable = false;
-        py::object copy = py::reinterpret_steal<py::object>(s.copy(value.ptr(), 0, is_mutable));
-        return {std::move(copy), is_mutable ? kCopy : kShared, s.charge};
-    } catch (const NeedsPickle&) {
+    bool json_fallback = o.serializer == Serializer::Json && source.is(value) &&
+                         Py_TYPE(value.ptr()) != &PyLong_Type;
+    if (!json_fallback) {
+        try {
+            bool is_mutable = false;
+            py::object copy =
+                py::reinterpret_steal<py::object>(s.copy(source.ptr(), 0, is_mutable));
+            return {std::move(copy), is_mutable ? kCopy : kShared, s.charge};
+        } catch (const NeedsPickle&) {
+        }
     }
     if (o.pickle == PickleMode::Forbid) forbid(value);
     py::bytes pickled = pickle_dumps(value, o.pickle_protocol);
-    std::size_t charge = 48 + static_cast<std::size_t>(PyBytes_GET_SIZE(pickled.ptr()));
+    std::size_t charge = 33 + static_cast<std::size_t>(PyBytes_GET_SIZE(pickled.ptr()));
     return {std::move(pickled), kPickled, charge};
 }
 

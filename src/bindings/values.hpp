@@ -8,30 +8,43 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
+
+#include "core/codec.hpp"
 
 namespace fastcache::bindings {
 
 enum class PickleMode { Signed, Unsigned, Forbid };
 
+enum class Serializer { Msgpack, Pickle, Json };
+
+// The default bound on a value's body (after decompression): MAX_VALUE_BYTES.
+inline constexpr std::size_t kDefaultMaxValueBytes = std::size_t(1) << 20;
+
 struct CodecOptions {
-    bool pickle_only = false;            // SERIALIZER="pickle"
+    Serializer serializer = Serializer::Msgpack;  // SERIALIZER
     PickleMode pickle = PickleMode::Signed;
-    std::string signing_key;             // HMAC-SHA256 key for pickled bodies
-    long long compress_min_bytes = -1;   // compress bodies at least this long; -1: never
+    std::string signing_key;                 // HMAC-SHA256 key that signs pickled bodies
+    std::vector<std::string> fallback_keys;  // also accepted when verifying (key rotation)
+    long long compress_min_bytes = -1;       // compress bodies at least this long; -1: never
+    codec::Compressor compressor = codec::Compressor::Zlib;
     int compress_level = 6;
     int pickle_protocol = 5;
-    std::size_t max_value_bytes = std::size_t(512) << 20;  // decompression bound
+    std::size_t max_value_bytes = kDefaultMaxValueBytes;  // body bound, written and read
 };
 
 // Imports the Python modules and types the codec needs. Called once at module import.
 void init_values();
 
-// Python value -> wire bytes. Raises SerializationError (PICKLE="forbid") or whatever
-// pickle raises for an unpicklable value (pickle.PicklingError, as Django's backends do).
+// Python value -> wire bytes. Raises SerializationError (PICKLE="forbid"),
+// ValueTooLargeError (a body over max_value_bytes) or whatever pickle raises for an
+// unpicklable value (pickle.PicklingError, as Django's backends do).
 pybind11::bytes encode(pybind11::handle value, const CodecOptions& options);
 
 // Wire bytes -> a new Python value. Raises DecodeError (or a subclass) on any malformed,
-// foreign, unsigned or badly signed input; never reads out of bounds.
+// foreign, unsigned or badly signed input, or one whose body (decompressed) is over
+// max_value_bytes; never reads out of bounds, never allocates more than the input and the
+// bound allow (see codec::read_body).
 pybind11::object decode(std::string_view data, const CodecOptions& options);
 
 // How the L1 holds a value, in Value::tag.
@@ -44,12 +57,13 @@ enum StoredTag : std::uint32_t {
 struct Snapshot {
     pybind11::object object;  // what the L1 keeps
     StoredTag tag;
-    std::size_t charge;       // approximate bytes it occupies
+    std::size_t charge;  // bytes it occupies (CPython's own sizes, containers included)
 };
 
 // Takes a private snapshot of `value` for the L1: later changes to `value` do not reach
 // the cache. Types outside the codec's set are pickled (raising as pickle does), unless
-// PICKLE="forbid" (SerializationError).
+// PICKLE="forbid" (SerializationError). Under SERIALIZER="json" the snapshot is what a JSON
+// round trip gives back, so the L1 and Redis hand out the same value.
 Snapshot snapshot(pybind11::handle value, const CodecOptions& options);
 
 // A value for the caller from a stored snapshot (new reference).

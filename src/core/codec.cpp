@@ -51,8 +51,25 @@ Framing framing(std::string_view data, Header* header) {
         throw UnknownFormatError("value written in format version " + std::to_string(version) +
                                  "; this build reads version " + std::to_string(kFormatVersion));
     }
-    if (flags & ~kKnownFlags) throw UnknownFormatError("value has unknown header flags");
     header->flags = static_cast<std::uint8_t>(flags);
+    header->compressor = Compressor::Zlib;
+    header->format = BodyFormat::Msgpack;
+    header->size = 1;
+    if (flags & kExtended) {
+        if (data.size() < 2) throw DecodeError("extended header without its second byte");
+        auto second = static_cast<unsigned char>(data[1]);
+        unsigned compressor = second & 0xf, format = second >> 4;
+        if (compressor > static_cast<unsigned>(Compressor::Lz4)) {
+            throw UnknownFormatError("value compressed with unknown compressor " +
+                                     std::to_string(compressor));
+        }
+        if (format > static_cast<unsigned>(BodyFormat::Json)) {
+            throw UnknownFormatError("value with unknown body format " + std::to_string(format));
+        }
+        header->compressor = static_cast<Compressor>(compressor);
+        header->format = static_cast<BodyFormat>(format);
+        header->size = 2;
+    }
     return Framing::Headed;
 }
 
@@ -132,9 +149,7 @@ void Writer::timedelta(const TimeDelta& td) {
 
 namespace detail {
 
-Date read_date(const unsigned char* p) {
-    return Date{static_cast<int>(get_be(p, 2)), p[2], p[3]};
-}
+Date read_date(const unsigned char* p) { return Date{static_cast<int>(get_be(p, 2)), p[2], p[3]}; }
 
 TimeOfDay read_time(const unsigned char* p) {
     return TimeOfDay{p[0], p[1], p[2], static_cast<int>(get_be(p + 3, 4)), p[7]};

@@ -5,19 +5,21 @@
 //   - a plain integer: its decimal digits, no header ("-12"), so Redis can INCRBY it;
 //   - anything else: one header byte, then the body.
 // Header byte: 1vvvffff. The top bit is set, so a header never looks like a digit or '-'.
-// vvv is the format version (kFormatVersion); ffff are flags (Flags below). The bindings
-// own the body transforms that need Python (pickle, HMAC, zlib); this file owns the
-// msgpack structure and the exact binary layout of every extension type.
+// vvv is the format version (kFormatVersion); ffff are flags (Flags below). With kExtended
+// set, a second header byte follows: its low nibble names the compressor (Compressor), its
+// high nibble the body format (BodyFormat). Values using the defaults (zlib, msgpack) have
+// no second byte, so every value written before the byte existed still reads the same.
+// The bindings own the body transforms that need Python (pickle, HMAC, compressors, JSON);
+// this file owns the msgpack structure and the exact binary layout of every extension type.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <msgpack.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <msgpack.hpp>
 
 #include "core/errors.hpp"
 
@@ -26,18 +28,32 @@ namespace fastcache::codec {
 inline constexpr std::uint8_t kFormatVersion = 1;
 
 enum Flags : std::uint8_t {
-    kCompressed = 0x1,  // body is zlib-compressed (applied after pickling/packing)
+    kCompressed = 0x1,  // body is compressed (applied after pickling/packing)
     kPickled = 0x2,     // body is a pickle, not msgpack
     kSigned = 0x4,      // a 32-byte HMAC-SHA256 precedes the (possibly compressed) body
-    kKnownFlags = 0x7,
+    kExtended = 0x8,    // a second header byte follows (compressor, body format)
+    kKnownFlags = 0xf,
 };
+
+// Which compressor a compressed body went through (second header byte, low nibble).
+enum class Compressor : std::uint8_t { Zlib = 0, Zstd = 1, Lz4 = 2 };
+
+// What an unpickled body is (second header byte, high nibble).
+enum class BodyFormat : std::uint8_t { Msgpack = 0, Json = 1 };
 
 inline std::uint8_t make_header(std::uint8_t flags) {
     return static_cast<std::uint8_t>(0x80 | (kFormatVersion << 4) | flags);
 }
 
+inline std::uint8_t make_extension(Compressor c, BodyFormat f) {
+    return static_cast<std::uint8_t>((static_cast<unsigned>(f) << 4) | static_cast<unsigned>(c));
+}
+
 struct Header {
-    std::uint8_t flags;
+    std::uint8_t flags = 0;
+    Compressor compressor = Compressor::Zlib;
+    BodyFormat format = BodyFormat::Msgpack;
+    std::size_t size = 1;  // header bytes: 1, or 2 with kExtended
 };
 
 // What the first byte of a stored value says.
@@ -92,6 +108,9 @@ struct TzInfo {
 struct TimeDelta {
     std::int32_t days = 0, seconds = 0, microseconds = 0;
 };
+
+// The longest Decimal text read back; longer ones are pickled when written.
+inline constexpr std::size_t kMaxDecimalText = 4096;
 
 // Maximum nesting of containers, in both directions: deeper values are pickled when
 // written and refused when read, so no reader recurses without bound.
@@ -195,7 +214,7 @@ public:
     }
     bool start_map(std::uint32_t n) {
         value();
-        open(n);
+        open(2 * static_cast<std::uint64_t>(n));
         stack_.push_back(Frame{n, 0, Tag::None, false});
         sink_.begin_map(n);
         return true;
@@ -216,7 +235,7 @@ private:
         std::uint32_t size;
         std::uint32_t seen;  // values begun inside (a map counts keys and values)
         Tag tag;
-        bool pending;        // an array not yet announced to the sink
+        bool pending;  // an array not yet announced to the sink
     };
 
     // Called as each value (other than a tag) begins: announces a pending array.
@@ -232,13 +251,23 @@ private:
         }
         ++f.seen;
     }
-    void open(std::uint32_t n) {
+    // Every value in a msgpack body begins at a byte of its own, so all the items that
+    // all the containers claim, together, are fewer than the body's bytes (the root value
+    // has a byte no container claims). Checking
+    // the running total (not each header alone) keeps nested headers from claiming the
+    // same bytes again: a chain of arrays each claiming "the rest of the input" would
+    // otherwise make the sink presize depth x input slots.
+    void open(std::uint64_t items) {
         if (++depth_ > kMaxDepth) throw DecodeError("nesting deeper than 512 levels");
-        if (n > input_size_) throw DecodeError("container longer than its input");
+        claimed_ += items;
+        if (claimed_ >= input_size_) {
+            throw DecodeError("containers claim more items than the input holds");
+        }
     }
 
     Sink& sink_;
     std::size_t input_size_;
+    std::uint64_t claimed_ = 0;
     int depth_ = 0;
     std::vector<Frame> stack_;
 };
@@ -251,7 +280,8 @@ bool Visitor<Sink>::visit_ext(const char* p, std::uint32_t n) {
     const auto* u = reinterpret_cast<const unsigned char*>(payload.data());
     if (type >= 1 && type <= 4) {
         if (!payload.empty()) throw DecodeError("tag with a payload");
-        if (stack_.empty() || !stack_.back().pending) throw DecodeError("tag outside an array head");
+        if (stack_.empty() || !stack_.back().pending)
+            throw DecodeError("tag outside an array head");
         Frame& f = stack_.back();
         f.pending = false;
         f.tag = static_cast<Tag>(type);
@@ -270,7 +300,8 @@ bool Visitor<Sink>::visit_ext(const char* p, std::uint32_t n) {
             sink_.bigint(payload);
             return true;
         case Ext::Decimal:
-            if (payload.empty() || payload.size() > 4096) throw DecodeError("bad Decimal");
+            if (payload.empty() || payload.size() > kMaxDecimalText)
+                throw DecodeError("bad Decimal");
             sink_.decimal(payload);
             return true;
         case Ext::Uuid:

@@ -155,7 +155,9 @@ class Limiter:
         in seconds (int or float, rounded to microseconds as ``round(now * 1e6)``).
         Returns ``decision_type(allowed, remaining, retry_after_us, reset_after_us, policy,
         source)``."""
-    def peek(self, key: str, policy: tuple, now: float, cost: int = 1) -> tuple[bool, int, int, int]:
+    def peek(
+        self, key: str, policy: tuple, now: float, cost: int = 1,
+    ) -> tuple[bool, int, int, int]:
         """``(allowed, remaining, retry_after_us, reset_after_us)`` of a check of ``cost``
         units that records nothing; ``remaining`` is what is left now."""
     def reset(self, key: str, policy: tuple | None = None) -> int:

@@ -1,17 +1,17 @@
 // Python bindings of the in-process rate limiter: a module-level registry of named
 // limiter tables (one per process per name, like the L1 store registry) and their check.
+#include <pybind11/stl.h>
+
 #include <cmath>
 #include <cstdint>
-#include <utility>
 #include <map>
 #include <memory>
-#include <new>
 #include <mutex>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <string_view>
-
-#include <pybind11/stl.h>
+#include <utility>
 
 #include "bindings/bound.hpp"
 #include "bindings/registry.hpp"
@@ -158,7 +158,8 @@ bool core_call(Fn&& fn) {
 // returned as a new decision_type(allowed, remaining, retry_after_us, reset_after_us,
 // policy, source); nullptr with a Python error set on failure.
 PyObject* check_to_decision(Limiter& limiter, PyObject* decision_type, PyObject* source,
-                            PyObject* key_obj, PyObject* policy, PyObject* cost_obj, PyObject* now) {
+                            PyObject* key_obj, PyObject* policy, PyObject* cost_obj,
+                            PyObject* now) {
     std::string_view key;
     Policy p;
     std::int64_t cost, now_us;
@@ -203,11 +204,13 @@ PyObject* fast_check(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs)
 }
 
 PyMethodDef fast_check_def = {
-    "check", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fast_check)), METH_FASTCALL,
+    "check", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fast_check)),
+    METH_FASTCALL,
     "check(key, policy, cost, now): one atomic check of `cost` units for `key` under `policy` "
     "(a limiter.Policy) at `now` seconds; returns the Decision."};
 
-py::object make_checker(std::shared_ptr<Limiter> limiter, py::object decision_type, py::object source) {
+py::object make_checker(std::shared_ptr<Limiter> limiter, py::object decision_type,
+                        py::object source) {
     if (!PyType_Check(decision_type.ptr()) ||
         !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(decision_type.ptr()), &PyTuple_Type))
         throw py::type_error("decision_type must be a tuple subclass");
@@ -217,7 +220,6 @@ py::object make_checker(std::shared_ptr<Limiter> limiter, py::object decision_ty
     c->source = source.inc_ref().ptr();
     return bind_builtins(std::move(c), {&fast_check_def})[0];
 }
-
 
 // Python's (allowed, remaining, retry_after_us, reset_after_us) of a core decision.
 py::tuple decision_tuple(const fastcache::limiter::Decision& d) {
@@ -229,7 +231,8 @@ template <class Fn>
 auto with_policy(py::handle key_obj, py::handle policy_obj, Fn&& fn) {
     std::string_view key;
     Policy p;
-    if (!key_of(key_obj.ptr(), key) || !policy_of(policy_obj.ptr(), p)) throw py::error_already_set();
+    if (!key_of(key_obj.ptr(), key) || !policy_of(policy_obj.ptr(), p))
+        throw py::error_already_set();
     decltype(fn(key, p)) out{};
     if (!core_call([&] { out = fn(key, p); })) throw py::error_already_set();
     return out;
@@ -263,7 +266,8 @@ void register_limiter(py::module_& m) {
              "decision_type(allowed, remaining, retry_after_us, reset_after_us, policy, source).")
         .def(
             "peek",
-            [](Limiter& self, py::handle key, py::handle policy, py::handle now, std::int64_t cost) {
+            [](Limiter& self, py::handle key, py::handle policy, py::handle now,
+               std::int64_t cost) {
                 std::int64_t now_us = 0;
                 if (!now_us_of(now.ptr(), now_us)) throw py::error_already_set();
                 auto d = with_policy(key, policy, [&](std::string_view k, const Policy& p) {
@@ -291,7 +295,8 @@ void register_limiter(py::module_& m) {
             "Drops the state of `key` under `policy` (a limiter.Policy: its scope, algorithm and "
             "period), or under every policy when None; returns how many states were dropped.")
         .def("clear", &Limiter::clear)
-        .def_property_readonly("max_bytes", [](const Limiter& self) { return self.config().max_bytes; })
+        .def_property_readonly("max_bytes",
+                               [](const Limiter& self) { return self.config().max_bytes; })
         .def_property_readonly("shards", [](const Limiter& self) { return self.config().shards; })
         .def("stats", [](const Limiter& self) {
             auto s = self.stats();
@@ -309,8 +314,8 @@ void register_limiter(py::module_& m) {
             return d;
         });
 
-    m.def("get_limiter", &get_limiter, py::arg("name"), py::arg("max_bytes") = std::size_t{64} << 20,
-          py::arg("shards") = 16,
+    m.def("get_limiter", &get_limiter, py::arg("name"),
+          py::arg("max_bytes") = std::size_t{64} << 20, py::arg("shards") = 16,
           "The process-wide limiter table named `name`, created with this configuration on "
           "first use (later configurations of the same name are ignored).");
 }

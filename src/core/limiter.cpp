@@ -16,7 +16,7 @@ namespace fastcache::limiter {
 
 namespace {
 
-constexpr std::int64_t kMaxExact = std::int64_t{1} << 52;  // room for one doubling < 2^53
+constexpr std::int64_t kMaxExact = std::int64_t{1} << 52;     // room for one doubling < 2^53
 constexpr std::int64_t kMaxPeriodUs = std::int64_t{1} << 48;  // ~8.9 years
 constexpr std::int64_t kMaxLimit = std::int64_t{1} << 40;
 
@@ -34,7 +34,8 @@ void validate(const Policy& p) {
     if (p.limit < 1 || p.limit > kMaxLimit)
         throw std::invalid_argument("limit must be between 1 and 2^40");
     if (p.period_us < 1000 || p.period_us % 1000 != 0 || p.period_us > kMaxPeriodUs)
-        throw std::invalid_argument("period must be a whole number of milliseconds, 1 ms to 2^48 us");
+        throw std::invalid_argument(
+            "period must be a whole number of milliseconds, 1 ms to 2^48 us");
     if (p.limit > kMaxExact / (p.period_us / 1000))
         throw std::invalid_argument("limit * period in milliseconds must be below 2^52");
     if (p.burst < 0 || p.burst > p.limit)
@@ -191,7 +192,9 @@ Decision sliding_window(State& s, const Policy& p, std::int64_t cost, std::int64
     const std::int64_t elapsed_ms = (now - ws) / 1000;
     const std::int64_t weighted = prev * (pm - elapsed_ms);
     const std::int64_t cap = limit * pm;
-    auto left = [&](std::int64_t c) { return std::max<std::int64_t>(0, cap - weighted - c * pm) / pm; };
+    auto left = [&](std::int64_t c) {
+        return std::max<std::int64_t>(0, cap - weighted - c * pm) / pm;
+    };
     auto reset = [&](std::int64_t c, std::int64_t pr) -> std::int64_t {
         if (c > 0) return ws + 2 * period - now;
         if (pr > 0) return ws + period - now;
@@ -236,10 +239,14 @@ Decision sliding_window(State& s, const Policy& p, std::int64_t cost, std::int64
 
 Decision step(State& s, const Policy& p, std::int64_t cost, std::int64_t now) {
     switch (p.algorithm) {
-        case Algorithm::SlidingLog: return sliding_log(s, p, cost, now);
-        case Algorithm::Gcra: return gcra(s, p, cost, now);
-        case Algorithm::SlidingWindow: return sliding_window(s, p, cost, now);
-        case Algorithm::FixedWindow: return fixed_window(s, p, cost, now);
+        case Algorithm::SlidingLog:
+            return sliding_log(s, p, cost, now);
+        case Algorithm::Gcra:
+            return gcra(s, p, cost, now);
+        case Algorithm::SlidingWindow:
+            return sliding_window(s, p, cost, now);
+        case Algorithm::FixedWindow:
+            return fixed_window(s, p, cost, now);
     }
     throw std::invalid_argument("unknown algorithm");
 }
@@ -333,7 +340,8 @@ struct EntryKey {
 struct EntryKeyHash {
     std::size_t operator()(const EntryKey& k) const {
         // The digest is already uniform; its low word picks the shard, so mix the high one.
-        return static_cast<std::size_t>(k.digest.hi ^ (std::uint64_t{k.tag} * 0x9E3779B97F4A7C15ULL));
+        return static_cast<std::size_t>(k.digest.hi ^
+                                        (std::uint64_t{k.tag} * 0x9E3779B97F4A7C15ULL));
     }
 };
 
@@ -389,7 +397,7 @@ struct ScopeUse {
 struct Shard {
     std::mutex mu;
     std::unordered_map<EntryKey, Entry, EntryKeyHash> map;
-    std::vector<ScopeUse> scopes;  // by scope index, grown on demand
+    std::vector<ScopeUse> scopes;        // by scope index, grown on demand
     std::map<std::int64_t, List> wheel;  // pinned entries by expiry bucket
     std::size_t bytes = 0, pinned_bytes = 0, pinned_keys = 0;
     LimiterStats stats;
@@ -563,7 +571,7 @@ struct Limiter::Impl {
             ScopeUse* victim = nullptr;
             for (ScopeUse& use : sh.scopes) {
                 Entry* tail = use.lru.tail;
-                if (tail == keep) tail = tail->prev;
+                if (tail && tail == keep) tail = tail->prev;
                 if (tail && (!victim || use.bytes > victim->bytes)) victim = &use;
             }
             if (!victim) return false;

@@ -65,7 +65,9 @@ class Log {
 public:
     std::size_t size() const { return count_; }
     bool empty() const { return count_ == 0; }
-    const LogEntry& operator[](std::size_t i) const { return buf_[(head_ + i) & (buf_.size() - 1)]; }
+    const LogEntry& operator[](std::size_t i) const {
+        return buf_[(head_ + i) & (buf_.size() - 1)];
+    }
     const LogEntry& front() const { return (*this)[0]; }
     const LogEntry& back() const { return (*this)[count_ - 1]; }
     std::size_t capacity() const { return buf_.size(); }
@@ -109,9 +111,9 @@ struct LimiterConfig {
 
 struct LimiterStats {
     std::uint64_t checks = 0, allowed = 0, denied = 0;
-    std::uint64_t evictions = 0;      // expired state reclaimed
-    std::uint64_t dropped_live = 0;   // live state under its limit dropped to make room
-    std::uint64_t untracked = 0;      // checks whose state could not be kept (see Limiter)
+    std::uint64_t evictions = 0;     // expired state reclaimed
+    std::uint64_t dropped_live = 0;  // live state under its limit dropped to make room
+    std::uint64_t untracked = 0;     // checks whose state could not be kept (see Limiter)
     std::uint64_t keys = 0, bytes = 0;
     std::uint64_t pinned_keys = 0, pinned_bytes = 0;  // state at its limit (never dropped)
 };

@@ -28,23 +28,24 @@ static int g_failed = 0;
         }                                                                        \
     } while (0)
 
-#define CHECK_EQ(a, b)                                                                       \
-    do {                                                                                     \
-        const auto va_ = (a);                                                                \
-        const auto vb_ = (b);                                                                \
-        if (va_ == vb_) {                                                                    \
-            ++g_passed;                                                                      \
-        } else {                                                                             \
-            ++g_failed;                                                                      \
-            std::printf("%s:%d: CHECK_EQ(%s, %s) failed: %lld != %lld\n", __FILE__, __LINE__, \
-                        #a, #b, static_cast<long long>(va_), static_cast<long long>(vb_));   \
-        }                                                                                    \
+#define CHECK_EQ(a, b)                                                                            \
+    do {                                                                                          \
+        const auto va_ = (a);                                                                     \
+        const auto vb_ = (b);                                                                     \
+        if (va_ == vb_) {                                                                         \
+            ++g_passed;                                                                           \
+        } else {                                                                                  \
+            ++g_failed;                                                                           \
+            std::printf("%s:%d: CHECK_EQ(%s, %s) failed: %lld != %lld\n", __FILE__, __LINE__, #a, \
+                        #b, static_cast<long long>(va_), static_cast<long long>(vb_));            \
+        }                                                                                         \
     } while (0)
 
 constexpr std::int64_t S = 1000000;
 constexpr std::int64_t kDay = 86400 * S;
 
-static Policy policy(Algorithm a, std::int64_t limit, std::int64_t period, const char* scope = "anon") {
+static Policy policy(Algorithm a, std::int64_t limit, std::int64_t period,
+                     const char* scope = "anon") {
     return Policy{a, limit, period, 0, scope};
 }
 
@@ -146,7 +147,8 @@ static void test_flood_of_identities_at_their_limit() {
     // After the window the pinned state is reclaimed by the wheel as room is needed.
     CHECK(t.hit("victim", p, 1, kDay + 10 * S).allowed);
     const std::uint64_t pinned = t.stats().pinned_keys;
-    for (int c = 0; c < 100; ++c) CHECK(t.hit("later" + std::to_string(c), p, 1, kDay + 30 * S).allowed);
+    for (int c = 0; c < 100; ++c)
+        CHECK(t.hit("later" + std::to_string(c), p, 1, kDay + 30 * S).allowed);
     CHECK(t.stats().evictions > 0);
     CHECK(t.stats().pinned_keys < pinned);
 }
@@ -156,9 +158,13 @@ static void test_a_flooded_scope_pays_for_its_flood() {
     Limiter t(LimiterConfig{128 << 10, 1});
     const Policy user = policy(Algorithm::SlidingLog, 10, kDay, "user");
     const Policy anon = policy(Algorithm::SlidingLog, 10, kDay, "anon");
+    // A scope whose only entry is pinned: its LRU list is empty when room is needed.
+    const Policy strict = policy(Algorithm::Gcra, 1, kDay, "strict");
+    CHECK(t.hit("pinned", strict, 1, S).allowed);
     for (int u = 0; u < 50; ++u) CHECK(t.hit("user" + std::to_string(u), user, 1, S).allowed);
     for (int i = 0; i < 20000; ++i) t.hit(spoofed(i, 64), anon, 1, 2 * S + i);
-    for (int u = 0; u < 50; ++u) CHECK_EQ(t.peek("user" + std::to_string(u), user, 1, 3 * S).remaining, 9);
+    for (int u = 0; u < 50; ++u)
+        CHECK_EQ(t.peek("user" + std::to_string(u), user, 1, 3 * S).remaining, 9);
 }
 
 // Keys expiring at staggered times in a full table: each check costs O(1) amortized, not
@@ -171,7 +177,10 @@ static void test_full_table_with_staggered_expiry_stays_cheap() {
     const int n = 200000;
     const auto start = std::chrono::steady_clock::now();
     for (int i = 0; i < n; ++i) t.hit("probe" + std::to_string(i), p, 1, now += 1000);
-    const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count() / n;
+    const double us =
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start)
+            .count() /
+        n;
     std::printf("full table, staggered expiry: %.2f us per check\n", us);
     CHECK(us < 20.0);  // 10x+ looser than expected, also under ASan
     CHECK(t.stats().bytes <= (4u << 20));

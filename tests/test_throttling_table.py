@@ -144,3 +144,15 @@ def test_named_tables_are_one_per_name_and_clear_alone():
         table.checker(limiter.Decision, "local")("k", policy, 1, 1)
     first.clear()
     assert first.peek("k", policy, 2)[0] and not other.peek("k", policy, 2)[0]
+
+
+@pytest.mark.parametrize(("max_bytes", "shards", "message"), [
+    (16 << 10, 32, "1024 per shard"),
+    (512, 1, "1024 per shard"),
+    (1 << 20, 0, "shards must be between 1 and 1024"),
+])
+def test_a_table_too_small_to_keep_state_is_refused(max_bytes, shards, message):
+    with pytest.raises(ValueError, match=message):
+        _core.Limiter(max_bytes, shards)
+    with pytest.raises(ValueError, match=message):
+        _core.get_limiter("tests-too-small", max_bytes, shards)

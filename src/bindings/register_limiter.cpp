@@ -32,14 +32,25 @@ std::mutex registry_mu;
 // interpreter has gone (limiters hold no Python objects, so leaking is harmless).
 auto& registry = *new std::map<std::string, std::shared_ptr<Limiter>, std::less<>>();
 
+// A table's configuration, checked: each shard must hold a few entries (about 200 bytes
+// each), or every new key would be decided without being kept.
+LimiterConfig limiter_config(std::size_t max_bytes, unsigned shards) {
+    if (shards < 1 || shards > 1024) throw py::value_error("shards must be between 1 and 1024");
+    unsigned rounded = 1;
+    while (rounded < shards) rounded <<= 1;
+    if (max_bytes < 1024 || max_bytes / rounded < 1024)
+        throw py::value_error("max_bytes must be at least 1024 per shard (shards rounded up to a "
+                              "power of two)");
+    return LimiterConfig{max_bytes, shards};
+}
+
 std::shared_ptr<Limiter> get_limiter(const std::string& name, std::size_t max_bytes,
                                      unsigned shards) {
-    if (max_bytes < 1024) throw py::value_error("max_bytes must be at least 1024");
-    if (shards < 1 || shards > 1024) throw py::value_error("shards must be between 1 and 1024");
+    const LimiterConfig config = limiter_config(max_bytes, shards);
     std::lock_guard<std::mutex> lock(registry_mu);
     auto it = registry.find(name);
     if (it != registry.end()) return it->second;
-    auto limiter = std::make_shared<Limiter>(LimiterConfig{max_bytes, shards});
+    auto limiter = std::make_shared<Limiter>(config);
     registry.emplace(name, limiter);
     return limiter;
 }
@@ -243,7 +254,7 @@ auto with_policy(py::handle key_obj, py::handle policy_obj, Fn&& fn) {
 void register_limiter(py::module_& m) {
     py::class_<Limiter, std::shared_ptr<Limiter>>(m, "Limiter")
         .def(py::init([](std::size_t max_bytes, unsigned shards) {
-                 return std::make_shared<Limiter>(LimiterConfig{max_bytes, shards});
+                 return std::make_shared<Limiter>(limiter_config(max_bytes, shards));
              }),
              py::arg("max_bytes") = std::size_t{64} << 20, py::arg("shards") = 16)
         .def(

@@ -413,8 +413,8 @@ struct Limiter::Impl {
     std::size_t mask;
     std::uint64_t secret[2];
 
-    // Tags: appended under tags_mu, read without it by index after publication (a deque
-    // never moves its elements).
+    // Tags and scopes, numbered in order of appearance, under tags_mu (a check finds its
+    // tag through a thread-local cache, without the lock).
     mutable std::mutex tags_mu;
     std::deque<Tag> tags;
     std::unordered_map<std::string, std::uint32_t> tag_ids;  // scope \0 algorithm period

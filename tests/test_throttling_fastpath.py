@@ -37,8 +37,8 @@ def test_policy_fields_sit_where_the_builtin_reads_them():
     # src/bindings/register_limiter.cpp reads these positions of the Policy tuple.
     fields = limiter.Policy._fields
     assert len(fields) == 7
-    assert (fields.index("code"), fields.index("burst"), fields.index("limit"),
-            fields.index("period_us")) == (2, 3, 5, 6)
+    assert (fields.index("code"), fields.index("burst"), fields.index("name"),
+            fields.index("limit"), fields.index("period_us")) == (2, 3, 4, 5, 6)
 
 
 @pytest.mark.parametrize("algorithm", list(CODES))
@@ -79,6 +79,8 @@ def test_builtin_rejects_bad_arguments_clearly():
         check(b"k", policy, 1, 1.0)
     with pytest.raises(TypeError, match="Policy"):
         check("k", (1, 2, 3), 1, 1.0)
+    with pytest.raises(TypeError, match="policy.name must be a str"):
+        check("k", policy._replace(name=None), 1, 1.0)
     with pytest.raises(TypeError, match="cost must be an int"):
         check("k", policy, 1.0, 1.0)
     with pytest.raises(ValueError, match="cost"):

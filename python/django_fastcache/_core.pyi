@@ -159,37 +159,37 @@ def find_redaction_spans(text: str, patterns: int) -> list[tuple[int, int]]: ...
 # --- limiter
 
 class Limiter:
-    """A table of per-key rate-limiter state (see src/core/limiter.hpp)."""
+    """A table of per-key rate-limiter state (see src/core/limiter.hpp). Keys are kept as
+    keyed 128-bit digests; state is per (key, policy.name, algorithm, period)."""
 
     def __init__(self, max_bytes: int = ..., shards: int = ...) -> None: ...
     def hit(
         self, key: str, algorithm: int, limit: int, period_us: int, burst: int, cost: int,
-        now_us: int,
+        now_us: int, scope: str = "",
     ) -> tuple[bool, int, int, int, bool]:
-        """(allowed, remaining, retry_after_us, reset_after_us, full)."""
+        """(allowed, remaining, retry_after_us, reset_after_us, untracked)."""
     def checker(self, decision_type: type, source: str) -> Callable[[str, tuple, int, float], Any]:
         """A builtin ``check(key, policy, cost, now)``: ``policy`` a limiter.Policy (its
-        code, burst, limit and period_us are read by position), ``now`` in seconds (int or
-        float, rounded to microseconds as ``round(now * 1e6)``). Returns
-        ``decision_type(allowed, remaining, retry_after_us, reset_after_us, policy, source)``;
-        a check denied because the table is full looks like any denial."""
-    def throttle_fastpath(
-        self, specs: dict[type, tuple], decision_type: type, source: str, request_type: type,
-        api_settings: Any,
-    ) -> tuple[Callable[[Any], bool], Callable[[Any, Any], bool | None]]:
-        """``(init, allow)``: the throttles' fused ``__init__`` and ``allow_request()`` on
-        this table, reading per-class specs from ``specs`` (see throttling._build_spec);
-        ``init`` returns False and ``allow`` None, having done nothing, when the spec of
-        the throttle's class does not apply."""
-    def reset(self, key: str) -> bool: ...
+        code, burst, name (the scope), limit and period_us are read by position), ``now``
+        in seconds (int or float, rounded to microseconds as ``round(now * 1e6)``).
+        Returns ``decision_type(allowed, remaining, retry_after_us, reset_after_us, policy,
+        source)``."""
+    def peek(
+        self, key: str, policy: tuple, now: float, cost: int = 1,
+    ) -> tuple[bool, int, int, int]:
+        """``(allowed, remaining, retry_after_us, reset_after_us)`` of a check of ``cost``
+        units that records nothing; ``remaining`` is what is left now."""
+    def reset(self, key: str, policy: tuple | None = None) -> int:
+        """Drops the key's state under ``policy`` (scope, algorithm, period) or, when None,
+        under every policy; returns how many states were dropped."""
     def clear(self) -> None: ...
     @property
     def max_bytes(self) -> int: ...
     @property
     def shards(self) -> int: ...
-    def stats(self) -> dict[str, int]: ...
+    def stats(self) -> dict[str, int]:
+        """checks, allowed, denied, evictions (expired state reclaimed), dropped_live
+        (state under its limit dropped for room), untracked, keys, bytes, pinned_keys,
+        pinned_bytes."""
 
 def get_limiter(name: str, max_bytes: int = ..., shards: int = ...) -> Limiter: ...
-def type_version(cls: type) -> int:
-    """CPython's version tag of ``cls`` (changes whenever the class or a base changes);
-    0 when it has none."""

@@ -21,12 +21,10 @@ from typing import Any
 from django.core import checks
 from django.core.cache import cache as default_cache
 from django.core.exceptions import ImproperlyConfigured
-from django.core.signals import setting_changed
 from rest_framework import throttling as drf_throttling
-from rest_framework.request import Request as DrfRequest
 from rest_framework.settings import api_settings
 
-from . import _core, limiter
+from . import limiter
 from .errors import InvalidRate
 
 __all__ = [
@@ -66,15 +64,10 @@ class SimpleRateThrottle(drf_throttling.SimpleRateThrottle):
     rate: str | None = None  # None: get_rate() reads it from THROTTLE_RATES[scope]
 
     def __init__(self) -> None:
-        # DRF builds a throttle per request: a class whose methods are ours gets its rate,
-        # num_requests, duration and policy from a spec made once (see _make_spec).
-        if _fast_init(self):
-            return
         rate = self.rate
         if not rate:
             rate = self.rate = self.get_rate()
         self.num_requests, self.duration = self.parse_rate(rate)
-        _make_spec(type(self))
 
     def get_rate(self) -> str | None:
         if not getattr(self, "scope", None):
@@ -104,11 +97,6 @@ class SimpleRateThrottle(drf_throttling.SimpleRateThrottle):
         return self.cost
 
     def allow_request(self, request: Any, view: Any) -> bool:
-        allowed = _fast_allow(self, request)  # None: the class's spec does not apply
-        if allowed is not None:
-            if (_headers[0] if _headers else _headers_enabled()) and self.decision is not None:
-                _record(request, self.decision)
-            return allowed
         if self.rate is None:
             return True
         self.key = key = self.get_cache_key(request, view)
@@ -209,121 +197,6 @@ def _parsed(throttle: Any, rate: str) -> tuple[limiter.Policy, tuple[int, int]]:
             where=where)
         found = _policies[key] = (policy, (policy.limit, policy.rate.period))
     return found
-
-
-# ----------------------------------------------------------------- the fused path
-#
-# A class whose per-request methods are all ours (AnonRateThrottle's or UserRateThrottle's
-# get_cache_key, DRF's cache_format, an int cost) on the in-process table gets a spec: the
-# settings it resolves to, read once. The C++ builtins of Limiter.throttle_fastpath() then
-# do __init__ and allow_request() in one call each. A spec holds while the class's type
-# version tag is unchanged (CPython changes it on any change to the class or a base, as
-# DRF's tests make when they patch `timer`), the rate is still in the rates dict it came
-# from, and the instance holds only what __init__ set; settings changes drop all specs.
-
-_SPEC_METHODS = ("__init__", "allow_request", "get_ident", "get_cost", "throttle_success",
-                 "throttle_failure", "get_rate", "parse_rate")
-# Set on the instance by the builtins, straight into its __dict__.
-_SPEC_ATTRS = ("rate", "num_requests", "duration", "policy", "key", "now", "decision")
-_MODE_ANON, _MODE_USER, _MODE_DISABLED = 0, 1, 2
-
-_specs: dict[type, tuple] = {}  # the C++ builtins hold this dict: clear it, never rebind
-_no_spec: dict[type, int] = {}  # class -> the version tag it was found ineligible at
-
-
-def _no_fast_init(throttle: Any) -> bool:
-    return False
-
-
-def _no_fast_allow(throttle: Any, request: Any) -> None:
-    return None
-
-
-# Replaced by the C++ builtins when the first spec is made (the table needs settings).
-_fast_init: Any = _no_fast_init
-_fast_allow: Any = _no_fast_allow
-
-
-def _static(cls: type, name: str) -> Any:
-    for klass in cls.__mro__:
-        if name in klass.__dict__:
-            return klass.__dict__[name]
-    return None
-
-
-def _build_spec(cls: type, tag: int) -> tuple | None:
-    """The spec of ``cls`` (positions as in register_limiter.cpp), or None when ``cls``
-    must take the Python path. Raises nothing: a bad configuration is for __init__ to
-    report."""
-    if any(getattr(cls, name, None) is not getattr(SimpleRateThrottle, name)
-           for name in _SPEC_METHODS):
-        return None
-    if cls.__setattr__ is not object.__setattr__ or cls.__getattribute__ is not object.__getattribute__:
-        return None
-    if any(hasattr(type(_static(cls, name)), "__set__") or
-           hasattr(type(_static(cls, name)), "__delete__") for name in _SPEC_ATTRS):
-        return None
-    get_cache_key = cls.get_cache_key
-    if get_cache_key is AnonRateThrottle.get_cache_key:
-        mode = _MODE_ANON
-    elif get_cache_key is UserRateThrottle.get_cache_key:
-        mode = _MODE_USER
-    else:
-        return None
-    cost = cls.cost
-    if cls.cache_format is not _DEFAULT_CACHE_FORMAT or type(cost) is not int:
-        return None
-    try:
-        if limiter._store_for(cls.cache) is not None:
-            return None  # Redis: one EVALSHA dominates; the Python path serves it
-    except Exception:  # noqa: BLE001 - the Python path reports it
-        return None
-    scope = cls.scope
-    rates = scope_key = None
-    rate = getattr(cls, "rate", None)
-    if not rate:
-        table = rates = cls.THROTTLE_RATES
-        if rates is None:
-            table = api_settings.DEFAULT_THROTTLE_RATES
-            rates = True  # read from api_settings per request
-        if not scope or type(table) is not dict or scope not in table:
-            return None
-        scope_key = scope
-        rate = table[scope]
-    if rate is None:
-        return (tag, _MODE_DISABLED, None, None, None, None, "", rates, scope_key, cost)
-    try:
-        policy, (num_requests, duration) = _parsed(cls, rate)
-    except ImproperlyConfigured:
-        return None
-    return (tag, mode, rate, num_requests, duration, policy, f"throttle_{scope}_", rates,
-            scope_key, cost)
-
-
-def _make_spec(cls: type) -> None:
-    global _fast_init, _fast_allow
-    tag = _core.type_version(cls)
-    found = _specs.get(cls)
-    if not tag or _no_spec.get(cls) == tag or (found is not None and found[0] == tag):
-        return
-    spec = _build_spec(cls, tag)
-    if spec is None:
-        _no_spec[cls] = tag
-        return
-    if _fast_allow is _no_fast_allow:
-        limiter.local_limiter()
-        _fast_init, _fast_allow = limiter._local.throttle_fastpath(
-            _specs, limiter.Decision, "local", DrfRequest, api_settings)
-    _specs[cls] = spec
-
-
-def _forget_specs(*, setting: str, **kwargs: Any) -> None:
-    if setting in ("REST_FRAMEWORK", "CACHES", "FASTCACHE_THROTTLE"):
-        _specs.clear()
-        _no_spec.clear()
-
-
-setting_changed.connect(_forget_specs)
 
 
 def _cache_key(throttle: SimpleRateThrottle, ident: Any) -> str:

@@ -26,6 +26,9 @@ struct Policy {
     std::int64_t limit = 1;      // units per period, >= 1
     std::int64_t period_us = 0;  // a whole number of milliseconds, >= 1 ms
     std::int64_t burst = 0;      // gcra only: units allowed at once, 1..limit (0: = limit)
+    // The throttle's scope (a DRF scope, a ratelimit group): state and memory budgets are
+    // kept per scope. Configuration, never client input.
+    std::string_view scope = {};
 };
 
 // Throws std::invalid_argument naming the bad field. Besides the ranges above it requires
@@ -45,8 +48,8 @@ struct Decision {
     std::int64_t retry_after_us = 0;
     // Microseconds until the key holds no state (all units available again).
     std::int64_t reset_after_us = 0;
-    // Denied only because the table was full of live state (see Limiter).
-    bool full = false;
+    // The check was decided but its state could not be kept (see Limiter).
+    bool untracked = false;
 };
 
 namespace detail {
@@ -62,9 +65,12 @@ class Log {
 public:
     std::size_t size() const { return count_; }
     bool empty() const { return count_ == 0; }
-    const LogEntry& operator[](std::size_t i) const { return buf_[(head_ + i) & (buf_.size() - 1)]; }
+    const LogEntry& operator[](std::size_t i) const {
+        return buf_[(head_ + i) & (buf_.size() - 1)];
+    }
     const LogEntry& front() const { return (*this)[0]; }
     const LogEntry& back() const { return (*this)[count_ - 1]; }
+    std::size_t capacity() const { return buf_.size(); }
     void push_back(LogEntry e);
     void pop_front();
     void pop_back() { --count_; }
@@ -105,25 +111,52 @@ struct LimiterConfig {
 
 struct LimiterStats {
     std::uint64_t checks = 0, allowed = 0, denied = 0;
-    std::uint64_t evictions = 0;      // expired state dropped to make room
-    std::uint64_t rejected_full = 0;  // denials because live state filled the table
+    std::uint64_t evictions = 0;     // expired state reclaimed
+    std::uint64_t dropped_live = 0;  // live state under its limit dropped to make room
+    std::uint64_t untracked = 0;     // checks whose state could not be kept (see Limiter)
     std::uint64_t keys = 0, bytes = 0;
+    std::uint64_t pinned_keys = 0, pinned_bytes = 0;  // state at its limit (never dropped)
 };
+
+// A 128-bit keyed digest (SipHash-2-4 with its 128-bit output) of `data` under `key`.
+struct Digest {
+    std::uint64_t lo = 0, hi = 0;
+    bool operator==(const Digest& o) const { return lo == o.lo && hi == o.hi; }
+};
+Digest siphash128(const std::uint64_t key[2], std::string_view data);
 
 // A table of per-key limiter state.
 //
+// Identities: a key is stored as its 128-bit SipHash under a random per-table key, never
+// as its text, so an entry's size does not depend on the key (an 8 KB header costs what a
+// 7-byte address costs). Two keys collide with probability about n^2 / 2^129 for n keys
+// (1e-21 for a billion keys), and a client cannot aim at a collision without the table's
+// secret. State is kept per (key, scope, algorithm, period): throttles sharing a scope
+// but not their algorithm or period never share counters.
+//
+// Memory: each entry is charged a fixed overhead plus 16 bytes per sliding-log slot;
+// each shard may hold max_bytes / shards. An entry at its limit (no unit left) is
+// "pinned" until its state expires: it is never dropped before then, since dropping it
+// would hand its client a fresh quota. Every other entry sits in its scope's LRU list.
+// When a check needs room: expired pinned state is reclaimed first (an expiry wheel of
+// one-second buckets, so reclaiming costs O(1) amortized per entry, never a sweep), then
+// the least recently used unpinned entry of the scope holding the most bytes in the shard
+// is dropped (a flooded scope pays for its own flood; a dropped entry was under its limit,
+// so its client gains at most one quota). Pinned state may fill at most 3/4 of a shard,
+// and a scope's pinned state at most its share of that (3/4 of the shard divided by the
+// number of scopes the table has seen): beyond, an entry at its limit stays in the LRU
+// list like any other. So a quarter of every shard is always free or droppable, and a new
+// client is always checked and recorded as if the table were empty, whatever other
+// clients did. The one exception is a single entry larger than that quarter (a sliding
+// log of more than max_bytes / shards / 64 slots): it is decided and then not kept
+// (`untracked`); use gcra or sliding_window for such limits.
+//
 // Thread safety: every member may be called concurrently; a check locks one shard (keys
-// are spread over shards by hash), so a check is atomic with respect to its key.
-// Complexity: hit() is O(1) amortized for every algorithm (a sliding log drops each
-// entry once; the denial path walks at most the entries that must expire). A sweep of a
-// full shard is O(shard size) and runs at most once per expiry instant it learns of.
-// Memory: each key is charged its key, a fixed overhead and 16 bytes per log entry;
-// each shard may hold max_bytes / shards. When an allowed check needs room that is not
-// there, state whose window has passed is dropped first; a live key is never evicted
-// (that would silently reset its limit): instead the check is denied with `full` set and
-// retry_after_us = when the earliest live state in the shard expires.
-// Changing the algorithm used with a key restarts that key's state.
-// Exceptions: std::invalid_argument for a bad policy, cost < 1 or now < 0; std::bad_alloc.
+// are spread over shards by digest), so a check is atomic with respect to its key.
+// Complexity: hit() and peek() are O(1) amortized plus one digest of the key (O(key
+// length)); dropping state for room scans the scopes present in the shard (a handful).
+// Exceptions: std::invalid_argument for a bad policy, cost < 1 or now < 0;
+// std::length_error beyond 65,536 distinct (scope, algorithm, period); std::bad_alloc.
 class Limiter {
 public:
     explicit Limiter(LimiterConfig config = {});
@@ -131,9 +164,18 @@ public:
     Limiter(const Limiter&) = delete;
     Limiter& operator=(const Limiter&) = delete;
 
+    // One atomic check: records `cost` units when allowed.
     Decision hit(std::string_view key, const Policy& policy, std::int64_t cost,
                  std::int64_t now_us);
-    bool reset(std::string_view key);  // true if the key had state
+    // The decision hit() would take for `cost` units, recording nothing: `remaining` is
+    // what is left now (not after spending), `reset_after_us` when all of it is back.
+    Decision peek(std::string_view key, const Policy& policy, std::int64_t cost,
+                  std::int64_t now_us);
+    // Drops the key's state under one policy (scope, algorithm, period); true if it had
+    // some.
+    bool reset(std::string_view key, const Policy& policy);
+    // Drops the key's state under every policy used with this table; the count dropped.
+    std::size_t reset(std::string_view key);
     void clear();
     LimiterStats stats() const;
     const LimiterConfig& config() const;

@@ -11,7 +11,8 @@ from django.conf import settings
 from django.core import checks
 from django.utils.module_loading import import_string
 
-__all__ = ["check_caches", "check_sessions", "check_throttle_caches", "is_shared"]
+__all__ = ["check_caches", "check_sessions", "check_throttle_caches", "check_throttle_proxies",
+           "is_shared"]
 
 _SESSION_ENGINES = ("django.contrib.sessions.backends.cache",
                     "django.contrib.sessions.backends.cached_db")
@@ -112,6 +113,16 @@ def check_throttle_caches(app_configs: Any = None, **kwargs: Any) -> list[checks
         if is_default:  # DRF's default: the django.core.cache.cache proxy
             cache = _backend("default")
         ours = any(c.__module__ == "django_fastcache.throttling" for c in cls.__mro__)
+        if ours and getattr(cls, "algorithm", "sliding_log") in ("gcra", "sliding_window"):
+            from . import limiter
+
+            if limiter.store_kind(cache) == "cache" and is_shared(cache) is not False:
+                out.append(checks.Error(
+                    f"Throttle {path} uses algorithm {cls.algorithm!r} on "
+                    f"{_describe(cache)}, which cannot update its state atomically.",
+                    hint="Use sliding_log or fixed_window on that cache, or a FastCache or "
+                         "Redis cache.",
+                    id="fastcache.E208"))
         if ours:
             if not is_default and is_shared(cache) is False:
                 out.append(checks.Info(
@@ -133,3 +144,21 @@ def check_throttle_caches(app_configs: Any = None, **kwargs: Any) -> list[checks
                      "FastCache with a Redis LOCATION (one atomic check, exact limits).",
                 id="fastcache.W205"))
     return out
+
+
+@checks.register(checks.Tags.security)
+def check_throttle_proxies(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """fastcache.W207: DRF throttles identify anonymous clients by X-Forwarded-For, which
+    the client writes, unless NUM_PROXIES says how many proxies to trust."""
+    rest = getattr(settings, "REST_FRAMEWORK", None) or {}
+    if not rest.get("DEFAULT_THROTTLE_CLASSES") or rest.get("NUM_PROXIES") is not None:
+        return []
+    return [checks.Warning(
+        "DRF throttles are configured with REST_FRAMEWORK['NUM_PROXIES'] = None: an "
+        "anonymous client is identified by the whole X-Forwarded-For header it sends, so "
+        "it can send a new value with each request and never be throttled (and fill the "
+        "throttle state with identities).",
+        hint="Set REST_FRAMEWORK['NUM_PROXIES'] to the number of proxies in front of the "
+             "site that append to X-Forwarded-For (0 when clients connect directly: "
+             "REMOTE_ADDR is used).",
+        id="fastcache.W207")]

@@ -608,9 +608,10 @@ class CacheStore:
         # A LocMemCache is seen by this process only: one lock per LOCATION makes DRF's
         # read-modify-write exact (DRF itself is not, under threads).
         self._lock = None
-        if isinstance(cache, LocMemCache):
+        backend = _unwrap(cache)
+        if isinstance(backend, LocMemCache):
             with _local_lock:
-                self._lock = _locmem_locks.setdefault(id(cache._cache), threading.Lock())
+                self._lock = _locmem_locks.setdefault(id(backend._cache), threading.Lock())
 
     def _unsupported(self, policy: Policy) -> ImproperlyConfigured:
         return ImproperlyConfigured(
@@ -623,8 +624,9 @@ class CacheStore:
         # LocMemCache is per process anyway: its LOCATION's table in this process serves.
         from django.core.cache.backends.locmem import LocMemCache
 
-        if isinstance(self.cache, LocMemCache):
-            return _embedded_store(f"locmem:{id(self.cache._cache)}")
+        backend = _unwrap(self.cache)
+        if isinstance(backend, LocMemCache):
+            return _embedded_store(f"locmem:{id(backend._cache)}")
         raise self._unsupported(policy)
 
     def check(self, key: str, policy: Policy, cost: int, now: float | None,
@@ -808,9 +810,21 @@ class _AsyncTwins:
         return client
 
 
+def _unwrap(cache: Any) -> Any:
+    # django.core.cache.cache (DRF's default) is a proxy to this thread's backend.
+    from django.utils.connection import ConnectionProxy
+
+    if isinstance(cache, ConnectionProxy):
+        from django.core.cache import caches
+
+        return caches[cache._alias]
+    return cache
+
+
 def _store_of(cache: Any) -> Any:
     if cache is None:
         return None
+    proxy, cache = cache, _unwrap(cache)
     redis_client = getattr(cache, "redis_client", None)
     if redis_client is not None:  # a FastCache (or its stand-in)
         client = redis_client()
@@ -831,7 +845,7 @@ def _store_of(cache: Any) -> Any:
         client = cache._cache.get_client(None, write=True)
         return RedisStore(client, None, cache.make_key, _AsyncTwins(client))
     if all(hasattr(cache, name) for name in ("get", "set", "add", "incr", "delete")):
-        return CacheStore(cache)
+        return CacheStore(proxy)
     return None
 
 
@@ -1129,17 +1143,30 @@ def check_throttle_settings(app_configs: Any = None, **kwargs: Any) -> list[chec
             if isinstance(path, str) and path.startswith("django_fastcache.")]
     if ours or conf.get("RULES"):
         from django.core.cache import caches
+        from django.core.cache.backends.locmem import LocMemCache
 
         try:
-            per_process = not uses_redis(caches["default"])
+            cache = caches["default"]
+            kind = store_kind(cache)
         except Exception:  # noqa: BLE001 - a broken CACHES is reported by Django's own check
-            per_process = False
-        if per_process:
+            kind = cache = None
+        if kind == "local" or isinstance(cache, LocMemCache):
             errors.append(checks.Info(
-                "Rate limits run in each process's own in-process table: the default cache "
-                "is not a FastCache with a Redis LOCATION, so every worker process counts "
-                "separately.",
-                hint="Set a Redis LOCATION on the FastCache default cache (or the "
-                     "throttle's cache) to share limits across processes.",
+                "Rate limits run in each process: the default cache is "
+                f"{type(cache).__name__} (per process), so every worker process counts "
+                "separately (exact within a process).",
+                hint="Use a Redis cache as the default cache (FastCache with a Redis "
+                     "LOCATION, django-redis or Django's RedisCache), or give the "
+                     "throttles one, to share exact limits across processes.",
                 id="fastcache.I101"))
+        elif kind == "cache":
+            errors.append(checks.Info(
+                f"Rate limits on the default cache ({type(cache).__module__}."
+                f"{type(cache).__qualname__}) run DRF's algorithm on it: shared by every "
+                "process, exact for sequential requests, but concurrent requests of one "
+                "client may exceed the limit (as with DRF); gcra and sliding_window are "
+                "not available on it.",
+                hint="A Redis cache (FastCache with a Redis LOCATION, django-redis or "
+                     "Django's RedisCache) makes every check one atomic Lua script.",
+                id="fastcache.I102"))
     return errors

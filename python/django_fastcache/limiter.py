@@ -25,7 +25,6 @@ Settings (all optional), read lazily from ``settings.FASTCACHE_THROTTLE``::
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
@@ -770,6 +769,15 @@ def clear_local() -> None:
         _local.clear()
 
 
+# Connection settings a sync client's pool holds that mean the same to redis.asyncio.
+_ASYNC_KWARGS = frozenset({
+    "host", "port", "path", "db", "username", "password", "socket_timeout",
+    "socket_connect_timeout", "socket_keepalive", "socket_keepalive_options", "client_name",
+    "encoding", "encoding_errors", "decode_responses", "health_check_interval",
+    "retry_on_timeout", "protocol", "lib_name", "lib_version",
+})
+
+
 class _AsyncTwins:
     """A ``redis.asyncio`` client per event loop mirroring a sync redis-py client's
     connection settings (django-redis and Django's RedisCache have no asyncio client)."""
@@ -787,6 +795,7 @@ class _AsyncTwins:
                 self.kind = cls
                 self.kwargs = dict(pool.connection_kwargs)
         self._loops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._closers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __call__(self) -> Any:
         if self.kwargs is None:
@@ -800,14 +809,23 @@ class _AsyncTwins:
         if client is None:
             conn_cls = (redis.asyncio.UnixDomainSocketConnection
                         if self.kind == "UnixDomainSocketConnection" else redis.asyncio.Connection)
-            known = set(inspect.signature(conn_cls.__init__).parameters)
-            if self.kind == "Connection":
-                base = redis.asyncio.connection.AbstractConnection.__init__
-                known |= set(inspect.signature(base).parameters)
-            kwargs = {k: v for k, v in self.kwargs.items() if k in known}
+            kwargs = {k: v for k, v in self.kwargs.items() if k in _ASYNC_KWARGS}
             pool = redis.asyncio.ConnectionPool(connection_class=conn_cls, **kwargs)
             client = self._loops[loop] = redis.asyncio.Redis(connection_pool=pool)
+            # Kept alive by the loop; closed when asyncio.run() cancels leftover tasks.
+            self._closers[loop] = loop.create_task(self._close_on_shutdown(loop, client))
         return client
+
+    async def _close_on_shutdown(self, loop: Any, client: Any) -> None:
+        import asyncio
+
+        try:
+            await loop.create_future()
+        except asyncio.CancelledError:
+            if self._loops.get(loop) is client:
+                del self._loops[loop]
+            await client.aclose(close_connection_pool=True)
+            raise
 
 
 def _unwrap(cache: Any) -> Any:

@@ -333,3 +333,77 @@ def test_four_processes_with_a_redis_default_cache_allow_exactly_the_limit(
                 assert p.exitcode == 0
             assert total == LIMIT  # 4 x 8 x 60 = 1920 attempts
         assert any(k.startswith(b"storm:") for k in clean_redis_server.client().keys("*"))
+
+
+# ------------------------------------------------------------- other Django caches
+
+def file_cache(tmp_path):
+    from django.core.cache.backends.filebased import FileBasedCache
+
+    return FileBasedCache(str(tmp_path), {})
+
+
+def test_a_rolling_deploy_from_drf_keeps_its_counts_on_a_django_cache(tmp_path):
+    cache = file_cache(tmp_path)
+    theirs = type("Drf", (drf.AnonRateThrottle,), {"rate": "3/min", "cache": cache})
+    ours = type("Ours", (AnonRateThrottle,), {"rate": "3/min", "cache": cache})
+    request = HttpRequest()
+    request.META["REMOTE_ADDR"] = "10.3.3.3"
+    request.user = AnonymousUser()
+    assert limiter.store_kind(cache) == "cache"
+    assert [theirs().allow_request(request, None) for _ in range(2)] == [True, True]
+    assert [ours().allow_request(request, None) for _ in range(2)] == [True, False]
+    assert not theirs().allow_request(request, None)  # both read one history
+
+
+def test_fixed_window_on_a_django_cache_counts_with_incr(tmp_path):
+    cache = file_cache(tmp_path)
+    policy = limiter.make_policy("3/min", "fixed_window")
+    got = [limiter.check(cache, "fw", policy, now=120.5).allowed for _ in range(4)]
+    assert got == [True, True, True, False]
+    assert limiter.peek(cache, "fw", policy, now=121).remaining == 0
+    assert limiter.check(cache, "fw", policy, now=180.0).allowed  # the next window
+    limiter.reset(cache, "fw", policy)
+    with pytest.raises(Exception, match="gcra"):
+        limiter.check(cache, "g", limiter.make_policy("3/min", "gcra"))
+
+
+def test_system_checks_say_what_exactness_the_site_gets(tmp_path):
+    from django_fastcache import checks as fc_checks
+
+    rest = {"DEFAULT_THROTTLE_CLASSES": ["django_fastcache.throttling.AnonRateThrottle"],
+            "NUM_PROXIES": 0}
+    kinds = {
+        "django.core.cache.backends.filebased.FileBasedCache": "fastcache.I102",
+        "django.core.cache.backends.locmem.LocMemCache": "fastcache.I101",
+        "django_fastcache.cache.FastCache": "fastcache.I101",
+    }
+    for backend, expected in kinds.items():
+        caches = {"default": {"BACKEND": backend, "LOCATION": str(tmp_path)
+                              if "File" in backend else ""}}
+        with override_settings(CACHES=caches, REST_FRAMEWORK=rest):
+            ids = [m.id for m in limiter.check_throttle_settings()]
+        assert ids == [expected], backend
+    caches = {"default": {"BACKEND": "django_redis.cache.RedisCache",
+                          "LOCATION": "redis://127.0.0.1:1/0"}}
+    with override_settings(CACHES=caches, REST_FRAMEWORK=rest):
+        assert limiter.check_throttle_settings() == []
+        assert fc_checks.check_throttle_proxies() == []
+
+
+class GcraOnFiles(AnonRateThrottle):
+    algorithm = "gcra"
+    rate = "5/min"
+
+
+def test_gcra_on_a_shared_django_cache_is_a_configuration_error(tmp_path):
+    from django_fastcache import checks as fc_checks
+
+    GcraOnFiles.cache = file_cache(tmp_path)
+    try:
+        with override_settings(REST_FRAMEWORK={
+                "DEFAULT_THROTTLE_CLASSES": [f"{__name__}.GcraOnFiles"]}):
+            messages = fc_checks.check_throttle_caches()
+    finally:
+        del GcraOnFiles.cache
+    assert [m.id for m in messages] == ["fastcache.E208"]

@@ -407,3 +407,17 @@ def test_gcra_on_a_shared_django_cache_is_a_configuration_error(tmp_path):
     finally:
         del GcraOnFiles.cache
     assert [m.id for m in messages] == ["fastcache.E208"]
+
+
+def test_long_identities_name_fixed_size_redis_keys(clean_redis_server):
+    cache = build("django-redis", clean_redis_server.url)
+    cls = type("Long", (AnonRateThrottle,), {"rate": "1/min", "cache": cache})
+    for i in range(3):
+        request = HttpRequest()
+        request.META["REMOTE_ADDR"] = "10.0.0.1"
+        request.META["HTTP_X_FORWARDED_FOR"] = str(i) * 8000  # NUM_PROXIES=None: DRF's ident
+        request.user = AnonymousUser()
+        assert cls().allow_request(request, None)
+        assert not cls().allow_request(request, None)
+    keys = clean_redis_server.client().keys("*")
+    assert len(keys) == 3 and max(map(len, keys)) < 200

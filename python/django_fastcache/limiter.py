@@ -448,6 +448,13 @@ class RedisStore:
         # slot. Braces inside it would end the tag early, so they are replaced.
         if "{" in key or "}" in key:
             key = key.replace("{", "(").replace("}", ")")
+        if len(key) > 200:
+            # A client-chosen identity (DRF's X-Forwarded-For with NUM_PROXIES=None, a
+            # header) must not size Redis keys: long ones become a fixed-size digest.
+            import hashlib
+
+            digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16)
+            key = f"{key[:64]}#{digest.hexdigest()}"
         if self.make_key is not None:
             return self.make_key(f"{self.prefix}:{{{key}}}:{short}")
         return f"{self.prefix}:{{{key}}}:{short}"

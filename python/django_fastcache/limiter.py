@@ -11,7 +11,8 @@ Settings (all optional), read lazily from ``settings.FASTCACHE_THROTTLE``::
         "FAILURE_MODE": "local",      # Redis unreachable: "open" | "closed" | "local"
         "LOCAL_MAX_BYTES": 64 << 20,  # memory bound of the in-process table
         "LOCAL_SHARDS": 16,
-        "KEY_PREFIX": "fcrl",         # Redis key namespace
+        "KEY_PREFIX": "fcrl",         # the limiter's part of its Redis keys (after the
+                                      # cache's own KEY_PREFIX and version)
         "HEADERS": False,             # send RateLimit-Policy / RateLimit headers
         "NUM_PROXIES": None,          # old name of TRUSTED_PROXIES
         "TRUSTED_PROXIES": None,      # plain-Django "ip": proxies that append to

@@ -366,12 +366,9 @@ def _build_spec(cls: type, tag: int) -> tuple | None:
         store = limiter._store_for(cls.cache)
     except Exception:  # noqa: BLE001 - the Python path reports it
         return None
-    # Only state in this process's table of the throttle's own cache (the first such
-    # table seen; others take the Python path); Redis and Django caches: one round trip
-    # dominates.
+    # Only state in this process's table of the throttle's own cache; Redis and Django
+    # caches: one round trip dominates.
     if not isinstance(store, limiter.LocalStore) or not limiter.enabled():
-        return None
-    if _fast_table[0] is not None and store.table is not _fast_table[0]:
         return None
     scope = cls.scope
     rates = scope_key = None
@@ -405,8 +402,13 @@ def _make_spec(cls: type) -> None:
     if spec is None:
         _no_spec[cls] = tag
         return
-    if _fast_allow is _no_fast_allow:
-        table = _fast_table[0] = limiter._store_for(cls.cache).table
+    table = limiter._store_for(cls.cache).table
+    if table is not _fast_table[0]:
+        # The builtins run on one table: the one of the embedded FastCache the latest
+        # eligible class uses (one in practice); the other classes' specs are dropped.
+        _specs.clear()
+        _no_spec.clear()
+        _fast_table[0] = table
         _fast_init, _fast_allow = table.throttle_fastpath(
             _specs, limiter.Decision, "local", DrfRequest, api_settings)
     _specs[cls] = spec

@@ -18,6 +18,7 @@ throttle instance; ``limiter.set_enabled()`` / ``FASTCACHE_THROTTLE['ENABLED']``
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import Any
 
@@ -330,6 +331,7 @@ def _no_fast_allow(throttle: Any, request: Any) -> None:
 _fast_init: Any = _no_fast_init
 _fast_allow: Any = _no_fast_allow
 _fast_table: list[Any] = [None]  # the table the builtins were made on
+_spec_lock = threading.Lock()
 
 
 def _static(cls: type, name: str) -> Any:
@@ -403,15 +405,18 @@ def _make_spec(cls: type) -> None:
         _no_spec[cls] = tag
         return
     table = limiter._store_for(cls.cache).table
-    if table is not _fast_table[0]:
-        # The builtins run on one table: the one of the embedded FastCache the latest
-        # eligible class uses (one in practice); the other classes' specs are dropped.
-        _specs.clear()
-        _no_spec.clear()
-        _fast_table[0] = table
-        _fast_init, _fast_allow = table.throttle_fastpath(
-            _specs, limiter.Decision, "local", DrfRequest, api_settings)
-    _specs[cls] = spec
+    with _spec_lock:  # a spec must never join the specs of another table's builtins
+        if table is not _fast_table[0]:
+            # The builtins run on one table: the one of the embedded FastCache the latest
+            # eligible class uses (one in practice); the other classes' specs are dropped.
+            _specs.clear()
+            _no_spec.clear()
+            _fast_allow = _no_fast_allow
+            _fast_init = _no_fast_init
+            _fast_table[0] = table
+            _fast_init, _fast_allow = table.throttle_fastpath(
+                _specs, limiter.Decision, "local", DrfRequest, api_settings)
+        _specs[cls] = spec
 
 
 def _forget_specs(*, setting: str, **kwargs: Any) -> None:

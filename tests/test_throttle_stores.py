@@ -421,3 +421,18 @@ def test_long_identities_name_fixed_size_redis_keys(clean_redis_server):
         assert not cls().allow_request(request, None)
     keys = clean_redis_server.client().keys("*")
     assert len(keys) == 3 and max(map(len, keys)) < 200
+
+
+def test_throttles_on_two_embedded_caches_keep_their_state_apart():
+    reset_limits()
+    one, two = FastCache("alt-a", {}), FastCache("alt-b", {})
+    a = type("A", (AnonRateThrottle,), {"rate": "2/min", "cache": one})
+    b = type("B", (AnonRateThrottle,), {"rate": "2/min", "cache": two})
+    request = HttpRequest()
+    request.META["REMOTE_ADDR"] = "10.4.4.4"
+    request.user = AnonymousUser()
+    got = [(a().allow_request(request, None), b().allow_request(request, None))
+           for _ in range(3)]
+    assert got == [(True, True), (True, True), (False, False)]
+    one.clear()
+    assert a().allow_request(request, None) and not b().allow_request(request, None)

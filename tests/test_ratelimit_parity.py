@@ -18,8 +18,8 @@ from throttle_support import reset_limits
 from django_fastcache import limiter
 from django_fastcache.ratelimit import (
     UNSAFE,
-    RateLimitMiddleware,
     Ratelimited,
+    RateLimitMiddleware,
     get_usage,
     is_ratelimited,
     ratelimit,

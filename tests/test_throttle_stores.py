@@ -273,7 +273,7 @@ def test_same_decisions_and_waits_as_drf_on_the_same_cache(store_cache, rate):
     got = run_sequence(ours, steps)
     assert [a for a, _ in got] == [a for a, _ in expected]
     assert sum(1 for a, _ in got if not a) > 10
-    for (_, mine), (_, drfs) in zip(got, expected):
+    for (_, mine), (_, drfs) in zip(got, expected, strict=True):
         assert (mine is None) == (drfs is None)
         if mine is not None:
             assert isinstance(mine, float)

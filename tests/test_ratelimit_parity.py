@@ -308,3 +308,20 @@ def test_async_views_and_middleware_check_redis_without_a_thread(
         # and a second event loop gets clients of its own
         assert asyncio.run(run()) == [429] * 6
     assert clean_redis_server.client().keys("async:*")
+
+
+def test_async_check_with_redis_down_follows_the_failure_mode():
+    from tests.redis_servers import free_port
+
+    caches = {"default": {"BACKEND": "django_redis.cache.RedisCache",
+                          "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+                          "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2}}}
+    with override_settings(CACHES=caches, FASTCACHE_THROTTLE={"FAILURE_MODE": "closed"}):
+        @ratelimit(rate="5/m", key="ip")
+        async def view(request):
+            return HttpResponse("ok")
+
+        async def run():
+            return (await view(req())).status_code
+
+        assert asyncio.run(run()) == 429

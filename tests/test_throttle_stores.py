@@ -436,3 +436,23 @@ def test_throttles_on_two_embedded_caches_keep_their_state_apart():
     assert got == [(True, True), (True, True), (False, False)]
     one.clear()
     assert a().allow_request(request, None) and not b().allow_request(request, None)
+
+
+def test_scoped_throttle_reset_and_peek_follow_the_view(clean_redis_server):
+    from django_fastcache.throttling import ScopedRateThrottle
+
+    reset_limits()
+    cache = build("django-rediscache", clean_redis_server.url)
+    cls = type("Scoped", (ScopedRateThrottle,), {"cache": cache,
+                                                 "THROTTLE_RATES": {"uploads": "1/min"}})
+    view = type("V", (), {"throttle_scope": "uploads"})()
+    request = HttpRequest()
+    request.META["REMOTE_ADDR"] = "10.5.5.5"
+    request.user = AnonymousUser()
+    assert cls().allow_request(request, view)
+    assert not cls().allow_request(request, view)
+    assert cls().peek(request, view).remaining == 0
+    assert cls().peek(request, object()) is None  # a view without a scope
+    cls().reset(request, view)
+    assert cls().peek(request, view).remaining == 1
+    assert cls().allow_request(request, view)

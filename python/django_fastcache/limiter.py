@@ -369,8 +369,14 @@ class LocalStore:
     def peek(self, key: str, policy: Policy, now: float | None) -> Decision:
         now = time.time() if now is None else now
         peek = getattr(self.table, "peek", None)
-        if peek is not None:  # limcore's Limiter.peek(key, policy, now)
-            return _peeked(tuple(peek(key, policy, now)), policy, "local")
+        if peek is not None:
+            # A table with a peek of its own: Limiter.peek(key, policy, now) as its
+            # checker takes them, returning the decision fields (by name or position).
+            found = peek(key, policy, now)
+            if hasattr(found, "remaining"):
+                found = (found.allowed, found.remaining, 0, found.reset_after_us)
+            return _peeked(tuple(found), policy, "local")
+        # ADAPTER until the table has a peek: a cost above the limit counts nothing.
         decision = self._check(key, policy, _peek_cost(policy), now)
         return _peeked(decision, policy, "local")
 

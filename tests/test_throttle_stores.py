@@ -456,3 +456,14 @@ def test_scoped_throttle_reset_and_peek_follow_the_view(clean_redis_server):
     cls().reset(request, view)
     assert cls().peek(request, view).remaining == 1
     assert cls().allow_request(request, view)
+
+
+def test_a_dummy_cache_still_throttles_in_this_process():
+    from django.core.cache.backends.dummy import DummyCache
+
+    reset_limits()
+    cache = DummyCache("dummy", {})
+    assert limiter.store_kind(cache) == "local"
+    policy = limiter.make_policy("1/day")
+    assert limiter.check(cache, "dummy-k", policy).allowed
+    assert not limiter.check(cache, "dummy-k", policy).allowed

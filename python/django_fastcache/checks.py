@@ -133,8 +133,8 @@ def check_throttle_caches(app_configs: Any = None, **kwargs: Any) -> list[checks
         elif isinstance(cache, DummyCache):
             out.append(checks.Error(
                 f"Throttle {path} stores its history in a DummyCache: it never throttles.",
-                hint="Use django_fastcache.throttling's classes (they need no cache on one "
-                     "process) or a real cache.",
+                hint="Use a real cache, or django_fastcache.throttling's classes (on a "
+                     "DummyCache they count in each process's own table).",
                 id="fastcache.E204"))
         elif is_shared(cache) is False:
             out.append(checks.Warning(

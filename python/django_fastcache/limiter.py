@@ -876,6 +876,10 @@ def _store_of(cache: Any) -> Any:
         # Django's RedisCache: its client object is the public get_client() of `_cache`.
         client = cache._cache.get_client(None, write=True)
         return RedisStore(client, None, cache.make_key, _AsyncTwins(client))
+    from django.core.cache.backends.dummy import DummyCache
+
+    if isinstance(cache, DummyCache):
+        return None  # it keeps nothing (DRF there never throttles): this process's table
     if all(hasattr(cache, name) for name in ("get", "set", "add", "incr", "delete")):
         return CacheStore(proxy)
     return None

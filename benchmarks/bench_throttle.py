@@ -4,9 +4,13 @@ Every check is what a DRF request does: a fresh throttle instance, then
 ``allow_request(request, view)`` with a DRF ``Request`` around a ``RequestFactory``
 request (authenticated as anonymous, as DRF does before throttling).
 
-Stores: DRF on LocMemCache and on django-redis; ours in-process (C++ table) and on a
-FastCache with a Redis LOCATION (one EVALSHA). All Redis alternatives use one
-redis-server. Histories of 100 and 10,000 entries, in two regimes: "allowed" (the window
+Stores: DRF on LocMemCache, on django-redis and on Django's RedisCache; ours in-process
+(the embedded FastCache's C++ table), on a FastCache with a Redis LOCATION, and through
+django-redis's and Django RedisCache's own clients (one EVALSHA each), and the peek
+(``throttle.peek(request)``, counting nothing). All Redis alternatives use one
+redis-server. After the table, an exactness run: 16 threads x 40 checks of one client
+against a limit of 100 on each Redis store (exact means 100 allowed). Histories of 100
+and 10,000 entries, in two regimes: "allowed" (the window
 holds H entries and each check adds one: DRF reads and writes the whole list) and
 "denied" (the history is full: DRF only reads it). A redis-py ``PING`` on the same server
 is the reference for a Redis round trip; a PING sent on a dedicated connection (no
@@ -44,6 +48,7 @@ import redis  # noqa: E402
 import rest_framework  # noqa: E402
 from django.contrib.auth.models import AnonymousUser  # noqa: E402
 from django.core.cache.backends.locmem import LocMemCache  # noqa: E402
+from django.core.cache.backends.redis import RedisCache  # noqa: E402
 from django.test import RequestFactory  # noqa: E402
 from django_redis.cache import RedisCache as DjangoRedisCache  # noqa: E402
 from redis_servers import RedisServer  # noqa: E402
@@ -84,6 +89,29 @@ def interleaved(alternatives, rounds):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def storm(cls, request, threads=16, calls=40):
+    import threading
+
+    allowed = [0] * threads
+    barrier = threading.Barrier(threads)
+
+    def work(i):
+        barrier.wait()
+        allowed[i] = sum(bool(cls().allow_request(request, None)) for _ in range(calls))
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        sys.setswitchinterval(old)
+    return sum(allowed)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=15)
@@ -98,7 +126,9 @@ def main():
         # A key prefix of its own: its L1 invalidation listener (CLIENT TRACKING BCAST on
         # the prefix) must not be woken by django-redis's writes of DRF's history.
         fastcache_redis = FastCache(server.url, {"KEY_PREFIX": "fcbench"})
+        dj_rediscache = RedisCache(server.url, {})
         locmem = LocMemCache("bench", {})
+        embedded = FastCache("bench-embedded", {})
         dedicated = client.connection_pool.get_connection()
         packed_ping = (b"*1\r\n$4\r\nPING\r\n",)
 
@@ -123,14 +153,21 @@ def main():
                 small = history == 100
                 cases = [
                     ("DRF, LocMemCache", drf.AnonRateThrottle, locmem, attrs(), 400 if small else 10),
-                    ("ours, in-process", throttling.AnonRateThrottle, locmem, attrs(), 4000),
+                    ("ours, in-process", throttling.AnonRateThrottle, embedded, attrs(), 4000),
                     ("DRF, django-redis", drf.AnonRateThrottle, dj_redis, attrs(),
                      100 if small else 10),
+                    ("ours, django-redis", throttling.AnonRateThrottle, dj_redis, redis_attrs,
+                     300),
+                    ("DRF, Django RedisCache", drf.AnonRateThrottle, dj_rediscache, attrs(),
+                     100 if small else 10),
+                    ("ours, Django RedisCache", throttling.AnonRateThrottle, dj_rediscache,
+                     redis_attrs, 300),
                     ("ours, Redis", throttling.AnonRateThrottle, fastcache_redis, redis_attrs, 300),
                 ]
-                limiter.local_limiter().clear()
+                limiter.clear_local()
                 client.flushall()
                 locmem.clear()
+                embedded.clear()
                 alternatives = [("Redis PING (redis-py)", client.ping, 300),
                                 ("Redis PING (dedicated connection)", raw_ping, 300)]
                 for name, base, cache, extra, n in cases:
@@ -142,6 +179,11 @@ def main():
                     for _ in range(history + 10):  # fill the history first
                         check()
                     alternatives.append((name, check, n))
+                for name, cache, n in (("ours, peek (Redis)", fastcache_redis, 300),
+                                       ("ours, peek (in-process)", embedded, 4000)):
+                    peeker = type("P", (throttling.AnonRateThrottle,),
+                                  {"cache": cache, **redis_attrs})()
+                    alternatives.append((name, lambda p=peeker: p.peek(request), n))
                 interleaved(alternatives, 1)  # warm-up (connections, listener threads)
                 results = interleaved(alternatives, rounds)
                 for name, _fn, _n in alternatives:
@@ -151,9 +193,24 @@ def main():
                              results["DRF, LocMemCache"] / results["ours, in-process"]))
                 rows.append((f"  ratio DRF django-redis / ours Redis [{regime}]", history,
                              results["DRF, django-redis"] / results["ours, Redis"]))
+                rows.append((f"  ratio DRF / ours, both django-redis [{regime}]", history,
+                             results["DRF, django-redis"] / results["ours, django-redis"]))
+                rows.append((f"  ratio DRF / ours, both RedisCache [{regime}]", history,
+                             results["DRF, Django RedisCache"]
+                             / results["ours, Django RedisCache"]))
                 rows.append((f"  ratio ours Redis / PING [{regime}]", history,
                              results["ours, Redis"] / ping))
         dedicated.disconnect()
+        exact = []
+        for name, base, cache in (("DRF, django-redis", drf.AnonRateThrottle, dj_redis),
+                                  ("ours, django-redis", throttling.AnonRateThrottle, dj_redis),
+                                  ("DRF, Django RedisCache", drf.AnonRateThrottle, dj_rediscache),
+                                  ("ours, Django RedisCache", throttling.AnonRateThrottle,
+                                   dj_rediscache),
+                                  ("ours, Redis", throttling.AnonRateThrottle, fastcache_redis)):
+            client.flushall()
+            exact.append((name, storm(type("S", (base,), {"cache": cache, "rate": "100/hour"}),
+                                      request)))
 
     print(f"Python {sys.version.split()[0]}, Django {django.__version__}, "
           f"DRF {rest_framework.VERSION}, django-redis {django_redis.__version__}, "
@@ -163,6 +220,9 @@ def main():
     for name, history, value in rows:
         unit = "x" if name.startswith("  ratio") else " us"
         print(f"{name:50} {history!s:>8} {value:>10.2f}{unit}")
+    print("exactness: 16 threads x 40 checks, limit 100")
+    for name, allowed in exact:
+        print(f"{name:50} {allowed:>8} allowed")
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ from django.http import HttpResponse
 from django.test import RequestFactory, override_settings
 from django.utils.decorators import method_decorator
 from django.views import View
-from throttle_support import FakeRedisCache, redis_client
-
 from django_fastcache import limiter
 from django_fastcache.ratelimit import RateLimitMiddleware, ratelimit
+from throttle_support import FakeRedisCache, redis_client, reset_limits
+
 from tests.redis_servers import RedisServer
 
 LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
@@ -24,10 +24,13 @@ LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"
 
 @pytest.fixture(autouse=True)
 def settings_and_table():
-    limiter.local_limiter().clear()
+    from django.core.cache import caches
+
+    reset_limits()
     with override_settings(CACHES=LOCMEM):
+        caches["default"].clear()  # the limits of a LocMemCache live in it, as DRF's do
         yield
-    limiter.local_limiter().clear()
+    reset_limits()
 
 
 def get(path="/", addr="1.1.1.1", method="get", **headers):
@@ -194,10 +197,9 @@ def test_system_check_validates_failure_mode_and_keys():
 
 
 def test_middleware_reports_drf_throttle_decisions():
+    from django_fastcache.throttling import AnonRateThrottle
     from rest_framework.response import Response
     from rest_framework.views import APIView
-
-    from django_fastcache.throttling import AnonRateThrottle
 
     throttle = type("T", (AnonRateThrottle,), {"rate": "5/min", "scope": "anon"})
 
@@ -224,7 +226,7 @@ def test_decorator_on_redis_through_the_cache_interface():
         try:
             view = ratelimit(rate="2/min")(ok)
             assert [view(get()).status_code for _ in range(3)] == [200, 200, 429]
-            assert any(k.startswith(b"fcrl:{rl_") for k in fake.client.keys("*"))
+            assert any(k.startswith(b"fcrl:{rl:") for k in fake.client.keys("*"))
 
             @ratelimit(rate="1/min")
             async def async_view(request):

@@ -9,13 +9,6 @@ from django.core.cache.backends.locmem import LocMemCache
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 from django.test import override_settings
-from rest_framework.request import Request
-from rest_framework.response import Response
-from rest_framework.settings import api_settings
-from rest_framework.test import APIRequestFactory, force_authenticate
-from rest_framework.views import APIView
-from throttle_support import FakeEmbeddedCache
-
 from django_fastcache import limiter
 from django_fastcache.throttling import (
     AnonRateThrottle,
@@ -23,8 +16,14 @@ from django_fastcache.throttling import (
     SimpleRateThrottle,
     UserRateThrottle,
 )
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.settings import api_settings
+from rest_framework.test import APIRequestFactory, force_authenticate
+from rest_framework.views import APIView
+from throttle_support import FakeEmbeddedCache, reset_limits
 
-LOCAL = LocMemCache("throttle-tests", {})  # not a FastCache: checks run in-process
+LOCAL = LocMemCache("throttle-tests", {})  # not a FastCache: DRF's algorithm on it
 
 
 class User:
@@ -42,9 +41,12 @@ class User:
 
 @pytest.fixture(autouse=True)
 def fresh_limiter():
-    limiter.local_limiter().clear()
+    # DRF's tests reset throttles with cache.clear(); the state lives in that cache.
+    LOCAL.clear()
+    reset_limits()
     yield
-    limiter.local_limiter().clear()
+    LOCAL.clear()
+    reset_limits()
 
 
 class Clock:

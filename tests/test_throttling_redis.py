@@ -15,7 +15,7 @@ from django.test import override_settings
 from rest_framework.response import Response
 from rest_framework.test import APIRequestFactory
 from rest_framework.views import APIView
-from throttle_support import FakeBreaker, FakeEmbeddedCache, FakeRedisCache, redis_client
+from throttle_support import FakeBreaker, FakeEmbeddedCache, FakeRedisCache, redis_client, reset_limits
 
 from django_fastcache import limiter, throttling
 from tests.redis_servers import RedisServer, require_binary
@@ -31,7 +31,7 @@ def server():
 
 @pytest.fixture(autouse=True)
 def fresh_local():
-    limiter.local_limiter().clear()
+    reset_limits()
 
 
 def test_store_follows_the_cache_interface(server):

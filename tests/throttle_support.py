@@ -146,3 +146,13 @@ def ceil_seconds(us: int) -> int:
 
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+def reset_limits() -> None:
+    """Forgets every limit the tests may have spent: the default cache's (its clear(), as
+    DRF's tests do) and this process's fallback table."""
+    from django.core.cache import caches
+    from django_fastcache import limiter
+
+    caches["default"].clear()
+    limiter.clear_local()

@@ -448,6 +448,12 @@ class FastCache(BaseCache):
 
     def clear(self) -> None:
         self._cache.clear()
+        if self._tier is None:
+            # The embedded default keeps its throttles' state beside its store (in Redis
+            # they are keys under this cache's prefix, which the line above deleted).
+            from . import limiter
+
+            limiter.clear_embedded(self._location)
 
     def invalidate_tags(self, *tags: str) -> None:
         """Makes every entry stored with any of ``tags`` a miss: one atomic increment per
@@ -470,6 +476,11 @@ class FastCache(BaseCache):
     def redis_client(self):
         """The redis-py client for writes, or None on the embedded default."""
         return None if self._tier is None else self._tier.clients.client(write=True)
+
+    def redis_async_client(self):
+        """The ``redis.asyncio`` client of the running event loop for writes, or None on
+        the embedded default."""
+        return None if self._tier is None else self._tier.clients.async_client(write=True)
 
     @property
     def breaker(self):
@@ -569,6 +580,9 @@ class FastCache(BaseCache):
         if self._tier is not None:
             return await self._tier.aclear()
         self._engine.clear()
+        from . import limiter
+
+        limiter.clear_embedded(self._location)
 
     async def aclose(self, **kwargs) -> None:
         """Nothing to release (see close())."""

@@ -12,7 +12,8 @@ from django.core import checks
 from django.utils.module_loading import import_string
 
 __all__ = [
-    "check_caches", "check_sessions", "check_throttle_caches", "check_unsigned_pickle", "is_shared",
+    "check_caches", "check_sessions", "check_throttle_caches", "check_throttle_proxies",
+    "check_unsigned_pickle", "is_shared",
 ]
 
 _SESSION_ENGINES = ("django.contrib.sessions.backends.cache",
@@ -114,6 +115,16 @@ def check_throttle_caches(app_configs: Any = None, **kwargs: Any) -> list[checks
         if is_default:  # DRF's default: the django.core.cache.cache proxy
             cache = _backend("default")
         ours = any(c.__module__ == "django_fastcache.throttling" for c in cls.__mro__)
+        if ours and getattr(cls, "algorithm", "sliding_log") in ("gcra", "sliding_window"):
+            from . import limiter
+
+            if limiter.store_kind(cache) == "cache" and is_shared(cache) is not False:
+                out.append(checks.Error(
+                    f"Throttle {path} uses algorithm {cls.algorithm!r} on "
+                    f"{_describe(cache)}, which cannot update its state atomically.",
+                    hint="Use sliding_log or fixed_window on that cache, or a FastCache or "
+                         "Redis cache.",
+                    id="fastcache.E208"))
         if ours:
             if not is_default and is_shared(cache) is False:
                 out.append(checks.Info(
@@ -124,8 +135,8 @@ def check_throttle_caches(app_configs: Any = None, **kwargs: Any) -> list[checks
         elif isinstance(cache, DummyCache):
             out.append(checks.Error(
                 f"Throttle {path} stores its history in a DummyCache: it never throttles.",
-                hint="Use django_fastcache.throttling's classes (they need no cache on one "
-                     "process) or a real cache.",
+                hint="Use a real cache, or django_fastcache.throttling's classes (on a "
+                     "DummyCache they count in each process's own table).",
                 id="fastcache.E204"))
         elif is_shared(cache) is False:
             out.append(checks.Warning(
@@ -157,3 +168,21 @@ def check_unsigned_pickle(app_configs: Any = None, **kwargs: Any) -> list[checks
                      "'forbid'. See docs/security.md.",
                 id="fastcache.W210"))
     return out
+
+
+@checks.register(checks.Tags.security)
+def check_throttle_proxies(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """fastcache.W207: DRF throttles identify anonymous clients by X-Forwarded-For, which
+    the client writes, unless NUM_PROXIES says how many proxies to trust."""
+    rest = getattr(settings, "REST_FRAMEWORK", None) or {}
+    if not rest.get("DEFAULT_THROTTLE_CLASSES") or rest.get("NUM_PROXIES") is not None:
+        return []
+    return [checks.Warning(
+        "DRF throttles are configured with REST_FRAMEWORK['NUM_PROXIES'] = None: an "
+        "anonymous client is identified by the whole X-Forwarded-For header it sends, so "
+        "it can send a new value with each request and never be throttled (and fill the "
+        "throttle state with identities).",
+        hint="Set REST_FRAMEWORK['NUM_PROXIES'] to the number of proxies in front of the "
+             "site that append to X-Forwarded-For (0 when clients connect directly: "
+             "REMOTE_ADDR is used).",
+        id="fastcache.W207")]

@@ -11,10 +11,16 @@ Settings (all optional), read lazily from ``settings.FASTCACHE_THROTTLE``::
         "FAILURE_MODE": "local",      # Redis unreachable: "open" | "closed" | "local"
         "LOCAL_MAX_BYTES": 64 << 20,  # memory bound of the in-process table
         "LOCAL_SHARDS": 16,
-        "KEY_PREFIX": "fcrl",         # Redis key namespace
+        "KEY_PREFIX": "fcrl",         # the limiter's part of its Redis keys (after the
+                                      # cache's own KEY_PREFIX and version)
         "HEADERS": False,             # send RateLimit-Policy / RateLimit headers
-        "NUM_PROXIES": None,          # plain-Django "ip" keys (DRF's NUM_PROXIES otherwise)
+        "NUM_PROXIES": None,          # old name of TRUSTED_PROXIES
+        "TRUSTED_PROXIES": None,      # plain-Django "ip": proxies that append to
+                                      # X-Forwarded-For (None: REMOTE_ADDR only)
+        "IPV6_PREFIX": 64,            # plain-Django "ip": IPv6 clients by /64 network
         "RULES": [],                  # RateLimitMiddleware's per-path rules
+        "ENABLED": True,              # False: no limit applies (tests, incidents)
+        "BLOCKED": None,              # plain-Django 429: a view or exception class path
     }
 """
 
@@ -25,6 +31,7 @@ import math
 import re
 import threading
 import time
+import weakref
 from importlib import resources
 from typing import Any, NamedTuple
 
@@ -38,16 +45,28 @@ from .errors import InvalidRate
 
 __all__ = [
     "ALGORITHMS",
+    "CacheStore",
     "Decision",
     "FAILURE_MODES",
+    "LocalStore",
     "Policy",
     "Rate",
+    "RedisStore",
+    "acheck",
     "check",
+    "clear_embedded",
+    "clear_local",
+    "disabled",
+    "enabled",
     "get_ident",
     "local_limiter",
     "make_policy",
     "parse_rate",
+    "peek",
     "ratelimit_headers",
+    "reset",
+    "set_enabled",
+    "store_kind",
     "throttle_setting",
 ]
 
@@ -65,6 +84,10 @@ _DEFAULTS: dict[str, Any] = {
     "HEADERS": False,
     "NUM_PROXIES": None,
     "RULES": [],
+    "ENABLED": True,
+    "TRUSTED_PROXIES": None,
+    "IPV6_PREFIX": 64,
+    "BLOCKED": None,
 }
 
 # ---------------------------------------------------------------------------- rates
@@ -197,7 +220,70 @@ def get_ident(request: Any, num_proxies: int | None) -> str | None:
     return "".join(xff.split()) if xff else remote_addr
 
 
+def trusted_proxies() -> int | None:
+    """How many proxies in front of the site append to X-Forwarded-For, for the plain-
+    Django ``ip`` key: ``FASTCACHE_THROTTLE['TRUSTED_PROXIES']`` (or its old name
+    ``NUM_PROXIES``), else DRF's ``REST_FRAMEWORK['NUM_PROXIES']``; None: none (the
+    client is ``REMOTE_ADDR``, whatever headers it sends)."""
+    conf = getattr(settings, "FASTCACHE_THROTTLE", None) or {}
+    value = conf.get("TRUSTED_PROXIES", conf.get("NUM_PROXIES"))
+    if value is None:
+        value = (getattr(settings, "REST_FRAMEWORK", None) or {}).get("NUM_PROXIES")
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise ImproperlyConfigured(
+            f"FASTCACHE_THROTTLE['TRUSTED_PROXIES'] must be None or a non-negative int, "
+            f"not {value!r}")
+    return value
+
+
+def ipv6_prefix() -> int:
+    """``FASTCACHE_THROTTLE['IPV6_PREFIX']``: the IPv6 network length one client is
+    counted by (a client usually holds a whole /64)."""
+    value = throttle_setting("IPV6_PREFIX")
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 128:
+        raise ImproperlyConfigured(
+            f"FASTCACHE_THROTTLE['IPV6_PREFIX'] must be an int from 1 to 128, not {value!r}")
+    return value
+
+
+def client_ip(request: Any, proxies: int | None, prefix: int = 64) -> str | None:
+    """The client address a client cannot choose: ``REMOTE_ADDR`` unless ``proxies``
+    proxies are trusted (then the ``proxies``-th X-Forwarded-For entry from the right,
+    which those proxies wrote), an IPv6 address as its ``/prefix`` network (an IPv4-mapped
+    one as the IPv4 address)."""
+    meta = getattr(request, "_request", request).META
+    addr = meta.get("REMOTE_ADDR")
+    if proxies:
+        xff = meta.get("HTTP_X_FORWARDED_FOR")
+        if xff:
+            addrs = xff.split(",")
+            addr = addrs[-min(proxies, len(addrs))].strip()
+    if not addr or ":" not in addr:
+        return addr
+    import ipaddress
+
+    try:
+        ip = ipaddress.IPv6Address(addr.split("%", 1)[0])
+    except ValueError:
+        return addr  # not an address (a misconfigured proxy): one bucket per text
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    if prefix >= 128:
+        return str(ip)
+    network = ipaddress.IPv6Network((int(ip) >> (128 - prefix) << (128 - prefix), prefix))
+    return str(network)
+
+
 # --------------------------------------------------------------------------- stores
+#
+# Where a throttle's state lives follows its ``cache`` (see _store_for):
+#   LocalStore  the embedded FastCache: a C++ table named after its LOCATION, cleared by
+#               that cache's clear(); also the failure-mode table of the Redis stores.
+#   RedisStore  a FastCache with a Redis LOCATION, django-redis, or Django's RedisCache:
+#               one EVALSHA through that cache's own client, keys under its KEY_PREFIX and
+#               version (make_key), so its clear() resets them.
+#   CacheStore  any other Django cache (Memcached, database, file, LocMem): DRF's own
+#               algorithm and key on that cache (sliding_log), or add/incr (fixed_window).
 
 _local_lock = threading.Lock()
 _local: Any = None
@@ -207,25 +293,45 @@ _local_check: Any = None
 _failure_local_check: Any = None
 
 
+def _table(name: str) -> Any:
+    max_bytes = throttle_setting("LOCAL_MAX_BYTES")
+    shards = throttle_setting("LOCAL_SHARDS")
+    try:
+        return _core.get_limiter(name, max_bytes, shards)
+    except (TypeError, ValueError) as exc:
+        raise ImproperlyConfigured(
+            f"FASTCACHE_THROTTLE LOCAL_MAX_BYTES={max_bytes!r} / LOCAL_SHARDS={shards!r}: {exc}"
+        ) from exc
+
+
 def local_limiter() -> Any:
-    """This process's limiter table (created on first use from the LOCAL_* settings)."""
+    """This process's fallback table (the failure mode "local" of the Redis stores, and
+    throttles whose ``cache`` is no cache at all), created on first use."""
     global _local, _local_check, _failure_local_check
     if _local is None:
         with _local_lock:
             if _local is None:
-                max_bytes = throttle_setting("LOCAL_MAX_BYTES")
-                shards = throttle_setting("LOCAL_SHARDS")
-                try:
-                    table = _core.get_limiter("throttle", max_bytes, shards)
-                except (TypeError, ValueError) as exc:
-                    raise ImproperlyConfigured(
-                        f"FASTCACHE_THROTTLE LOCAL_MAX_BYTES={max_bytes!r} / "
-                        f"LOCAL_SHARDS={shards!r}: {exc}"
-                    ) from exc
+                table = _table("throttle")
                 _local_check = table.checker(Decision, "local")
                 _failure_local_check = table.checker(Decision, "failure-local")
                 _local = table
     return _local
+
+
+def _peek_cost(policy: Policy) -> int:
+    # Adapter while a table or script has no peek of its own: every algorithm answers a
+    # cost above the limit (and gcra's burst) with the current room and reset time, and
+    # counts nothing (the C++ table and all four Lua scripts, one table of cases).
+    return policy.limit + 1
+
+
+def _peeked(reply: Any, policy: Policy, source: str) -> Decision:
+    _, remaining, _, reset = reply[:4]
+    remaining = max(0, int(remaining))
+    # What a request of cost 1 would get: allowed while there is room; the wait is only
+    # known once counted, so a full quota names its reset time.
+    return Decision(remaining >= 1, remaining, 0 if remaining else int(reset), int(reset),
+                    policy, source)
 
 
 def _load_script(algorithm: str) -> tuple[str, str]:
@@ -244,6 +350,60 @@ _SCRIPTS = {name: _load_script(name) for name in ALGORITHMS}
 _WIRE_SCRIPTS: dict[str, Any] = {}
 
 
+class LocalStore:
+    """State in one C++ table of this process. Thread safe (the table is)."""
+
+    kind = "local"
+
+    def __init__(self, table: Any, name: str) -> None:
+        self.table = table
+        self.name = name
+        self._check = table.checker(Decision, "local")
+
+    def check(self, key: str, policy: Policy, cost: int, now: float | None,
+              failure_mode: str | None) -> Decision:
+        return self._check(key, policy, cost, time.time() if now is None else now)
+
+    async def acheck(self, key: str, policy: Policy, cost: int, now: float | None,
+                     failure_mode: str | None) -> Decision:
+        return self.check(key, policy, cost, now, failure_mode)
+
+    def peek(self, key: str, policy: Policy, now: float | None) -> Decision:
+        now = time.time() if now is None else now
+        peek = getattr(self.table, "peek", None)
+        if peek is not None:
+            # A table with a peek of its own: Limiter.peek(key, policy, now) as its
+            # checker takes them, returning the decision fields (by name or position).
+            found = peek(key, policy, now)
+            if hasattr(found, "remaining"):
+                found = (found.allowed, found.remaining, 0, found.reset_after_us)
+            return _peeked(tuple(found), policy, "local")
+        # ADAPTER until the table has a peek: a cost above the limit counts nothing.
+        decision = self._check(key, policy, _peek_cost(policy), now)
+        return _peeked(decision, policy, "local")
+
+    def reset(self, key: str, policy: Policy | None = None) -> None:
+        try:
+            self.table.reset(key, policy)
+        except TypeError:  # a table whose reset() takes the key only
+            self.table.reset(key)
+
+    def history(self, key: str, policy: Policy, now: float | None) -> list[float]:
+        # The table keeps counts, not times: the length is exact, the times approximate
+        # (every unit at the newest one's time, which the reset time names).
+        d = self.peek(key, policy, now)
+        used = policy.limit - d.remaining
+        if used <= 0:
+            return []
+        now = time.time() if now is None else now
+        newest = now - (policy.period_us - d.reset_after_us) / 1_000_000
+        return [newest] * used
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
 class RedisStore:
     """Checks run by one ``EVALSHA`` in the Redis of a cache backend (``redis_client()``).
 
@@ -252,10 +412,20 @@ class RedisStore:
     operations), otherwise a wire over the client given. A ``NOSCRIPT`` reply (after
     ``SCRIPT FLUSH``, a restart or a failover) loads the script and retries once.
 
+    Keys are ``make_key("fcrl:{<key>}:<algorithm>")`` of the cache (its KEY_PREFIX and
+    version; the identity is the Cluster hash tag), so the cache's ``clear()`` resets them
+    and sites sharing a Redis with different prefixes never share counters. Without a
+    ``make_key`` (a bare client), ``<FASTCACHE_THROTTLE KEY_PREFIX>:{<key>}:<algorithm>``.
+
     Thread safety: safe (each thread uses its own connection).
     """
 
-    def __init__(self, client: Any, breaker: Any, wire: Any = None) -> None:
+    kind = "redis"
+
+    def __init__(self, client: Any, breaker: Any, make_key: Any = None,
+                 async_client: Any = None, wire: Any = None) -> None:
+        from redis.exceptions import NoScriptError
+
         from .wire import Script, Wire
 
         if not _WIRE_SCRIPTS:
@@ -264,13 +434,28 @@ class RedisStore:
         self.breaker = breaker
         self.prefix = throttle_setting("KEY_PREFIX")
         self.wire = wire if wire is not None else Wire.over(client)
+        self.make_key = make_key
+        self._async_client = async_client
+        self._noscript = NoScriptError
 
     def key(self, key: str, policy: Policy) -> str:
+        return self._key(key, _SHORT[policy.algorithm])
+
+    def _key(self, key: str, short: str) -> str:
         # The identity is the hash tag: every key of one identity lands in one cluster
         # slot. Braces inside it would end the tag early, so they are replaced.
         if "{" in key or "}" in key:
             key = key.replace("{", "(").replace("}", ")")
-        return f"{self.prefix}:{{{key}}}:{_SHORT[policy.algorithm]}"
+        if len(key) > 200:
+            # A client-chosen identity (DRF's X-Forwarded-For with NUM_PROXIES=None, a
+            # header) must not size Redis keys: long ones become a fixed-size digest.
+            import hashlib
+
+            digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16)
+            key = f"{key[:64]}#{digest.hexdigest()}"
+        if self.make_key is not None:
+            return self.make_key(f"{self.prefix}:{{{key}}}:{short}")
+        return f"{self.prefix}:{{{key}}}:{short}"
 
     def hit(self, key: str, policy: Policy, cost: int, now_us: int | None = None) -> list[int]:
         """Raw script reply ``[allowed, remaining, retry_after_us, reset_after_us]``.
@@ -280,24 +465,362 @@ class RedisStore:
             args.append(now_us)
         return self.wire.evalsha(_WIRE_SCRIPTS[policy.algorithm], [self.key(key, policy)], args)
 
+    async def ahit(self, client: Any, key: str, policy: Policy, cost: int,
+                   now_us: int | None = None) -> list[int]:
+        """:meth:`hit` through a ``redis.asyncio`` client."""
+        rkey = self.key(key, policy)
+        text, sha = _SCRIPTS[policy.algorithm]
+        args = [policy.limit, policy.period_us, policy.burst, cost]
+        if now_us is not None:
+            args.append(now_us)
+        try:
+            return await client.evalsha(sha, 1, rkey, *args)
+        except self._noscript:
+            await client.script_load(text)
+            return await client.evalsha(sha, 1, rkey, *args)
 
-_stores: dict[int, tuple[Any, RedisStore | None]] = {}
+    def check(self, key: str, policy: Policy, cost: int, now: float | None,
+              failure_mode: str | None) -> Decision:
+        breaker = self.breaker
+        if breaker is None or breaker.allow():
+            try:
+                allowed, remaining, retry, reset = self.hit(
+                    key, policy, cost, None if now is None else round(now * 1_000_000))
+            except Exception as exc:  # noqa: BLE001 - no Redis failure may reach the view
+                if breaker is not None:
+                    breaker.record_failure(exc)
+                return _on_failure(exc, key, policy, cost, now, failure_mode)
+            if breaker is not None:
+                breaker.record_success()
+            return _tuple_new(Decision, (allowed == 1, remaining, retry, reset, policy, "redis"))
+        return _on_failure(None, key, policy, cost, now, failure_mode)
+
+    async def acheck(self, key: str, policy: Policy, cost: int, now: float | None,
+                     failure_mode: str | None) -> Decision:
+        """:meth:`check` on the event loop through ``redis.asyncio`` (no thread hop)."""
+        breaker = self.breaker
+        if breaker is not None and not breaker.allow():
+            return _on_failure(None, key, policy, cost, now, failure_mode)
+        try:
+            client = self._async_client() if self._async_client is not None else None
+            if client is None:  # no asyncio twin for this client: a worker thread
+                from asgiref.sync import sync_to_async
+
+                return await sync_to_async(self.check, thread_sensitive=False)(
+                    key, policy, cost, now, failure_mode)
+            allowed, remaining, retry, reset = await self.ahit(
+                client, key, policy, cost, None if now is None else round(now * 1_000_000))
+        except Exception as exc:  # noqa: BLE001 - no Redis failure may reach the view
+            if breaker is not None:
+                breaker.record_failure(exc)
+            return _on_failure(exc, key, policy, cost, now, failure_mode)
+        if breaker is not None:
+            breaker.record_success()
+        return Decision(allowed == 1, remaining, retry, reset, policy, "redis")
+
+    def peek(self, key: str, policy: Policy, now: float | None) -> Decision:
+        reply = self.hit(key, policy, _peek_cost(policy),
+                         None if now is None else round(now * 1_000_000))
+        return _peeked(reply, policy, "redis")
+
+    def reset(self, key: str, policy: Policy | None = None) -> None:
+        shorts = [_SHORT[policy.algorithm]] if policy is not None else list(_SHORT.values())
+        # One identity's keys share a hash tag: one DEL, one slot.
+        self.client.delete(*(self._key(key, short) for short in shorts))
+
+    def history(self, key: str, policy: Policy, now: float | None) -> list[float]:
+        if policy.algorithm == "sliding_log":
+            horizon = (time.time() if now is None else now) - policy.period_us / 1_000_000
+            times = [int(t) / 1_000_000 for t in self.client.lrange(self.key(key, policy), 0, -1)]
+            return [t for t in times if t > horizon]
+        d = self.peek(key, policy, now)
+        used = policy.limit - d.remaining
+        now = time.time() if now is None else now
+        newest = now - (policy.period_us - d.reset_after_us) / 1_000_000
+        return [newest] * max(0, used)
+
+class CacheStore:
+    """State in any other Django cache, never weaker than DRF on the same cache: the
+    sliding log is DRF's own (the history list of times under DRF's key, read, trimmed and
+    written back: exact for sequential requests, shared wherever the cache is shared, a
+    drop-in for a rolling deploy from DRF's classes; on a LocMemCache, under a lock, so
+    exact); the fixed window counts with
+    ``add`` + ``incr`` (atomic where the cache's incr is: Memcached, database, Redis).
+    gcra and sliding_window need a FastCache or a Redis cache (on a LocMemCache, which is
+    per process anyway, they run in this process's table)."""
+
+    kind = "cache"
+
+    def __init__(self, cache: Any) -> None:
+        from django.core.cache.backends.locmem import LocMemCache
+
+        self.cache = cache
+        # A LocMemCache is seen by this process only: one lock per LOCATION makes DRF's
+        # read-modify-write exact (DRF itself is not, under threads).
+        self._lock = None
+        backend = _unwrap(cache)
+        if isinstance(backend, LocMemCache):
+            with _local_lock:
+                self._lock = _locmem_locks.setdefault(id(backend._cache), threading.Lock())
+
+    def _unsupported(self, policy: Policy) -> ImproperlyConfigured:
+        return ImproperlyConfigured(
+            f"rate limit {policy.name!r}: algorithm {policy.algorithm!r} needs a FastCache "
+            f"or a Redis cache; {type(self.cache).__name__} supports sliding_log and "
+            "fixed_window")
+
+    def _table(self, policy: Policy) -> LocalStore:
+        # gcra and sliding_window keep state a Django cache cannot update atomically. A
+        # LocMemCache is per process anyway: its LOCATION's table in this process serves.
+        from django.core.cache.backends.locmem import LocMemCache
+
+        backend = _unwrap(self.cache)
+        if isinstance(backend, LocMemCache):
+            return _embedded_store(f"locmem:{id(backend._cache)}")
+        raise self._unsupported(policy)
+
+    def check(self, key: str, policy: Policy, cost: int, now: float | None,
+              failure_mode: str | None) -> Decision:
+        now = time.time() if now is None else now
+        if policy.algorithm == "sliding_log":
+            return self._sliding_log(key, policy, cost, now, count=True)
+        if policy.algorithm == "fixed_window":
+            return self._fixed_window(key, policy, cost, now, count=True)
+        return self._table(policy).check(key, policy, cost, now, failure_mode)
+
+    async def acheck(self, key: str, policy: Policy, cost: int, now: float | None,
+                     failure_mode: str | None) -> Decision:
+        from asgiref.sync import sync_to_async
+
+        return await sync_to_async(self.check, thread_sensitive=False)(
+            key, policy, cost, now, failure_mode)
+
+    def peek(self, key: str, policy: Policy, now: float | None) -> Decision:
+        now = time.time() if now is None else now
+        if policy.algorithm == "sliding_log":
+            d = self._sliding_log(key, policy, _peek_cost(policy), now, count=False)
+        elif policy.algorithm == "fixed_window":
+            d = self._fixed_window(key, policy, _peek_cost(policy), now, count=False)
+        else:
+            return self._table(policy).peek(key, policy, now)
+        return _peeked(d, policy, "cache")
+
+    def reset(self, key: str, policy: Policy | None = None) -> None:
+        self.cache.delete(key)
+        if policy is not None and policy.algorithm in ("gcra", "sliding_window"):
+            self._table(policy).reset(key, policy)
+        if policy is None or policy.algorithm == "fixed_window":
+            periods = [policy.period_us] if policy is not None else []
+            for period_us in periods:
+                start = int(time.time() * 1_000_000) // period_us * period_us
+                self.cache.delete(f"{key}:fw:{period_us}:{start}")
+
+    def history(self, key: str, policy: Policy, now: float | None) -> list[float]:
+        if policy.algorithm != "sliding_log":
+            return LocalStore.history(self, key, policy, now)  # type: ignore[arg-type]
+        now = time.time() if now is None else now
+        history = self.cache.get(key, [])
+        duration = policy.period_us / 1_000_000
+        return [t for t in history if t > now - duration]
+
+    def _sliding_log(self, key: str, policy: Policy, cost: int, now: float,
+                     count: bool) -> Decision:
+        if self._lock is not None:
+            with self._lock:
+                return self._sliding_log_step(key, policy, cost, now, count)
+        return self._sliding_log_step(key, policy, cost, now, count)
+
+    def _sliding_log_step(self, key: str, policy: Policy, cost: int, now: float,
+                          count: bool) -> Decision:
+        # DRF's SimpleRateThrottle step for step (its key, its list, its wait()).
+        duration = policy.period_us / 1_000_000
+        history = self.cache.get(key, [])
+        while history and history[-1] <= now - duration:
+            history.pop()
+        total = len(history)
+        reset = round((history[0] + duration - now) * 1_000_000) if history else 0
+        if cost <= policy.limit and total + cost <= policy.limit:
+            if count:
+                history[0:0] = [now] * cost
+                self.cache.set(key, history, duration)
+            return Decision(True, policy.limit - total - cost, 0,
+                            policy.period_us, policy, "cache")
+        if cost > policy.limit:
+            return Decision(False, policy.limit - total, -1, reset, policy, "cache")
+        # DRF's wait(): the time left before the oldest entry leaves the window, spread
+        # over the requests still available.
+        remaining = duration - (now - history[-1]) if history else duration
+        available = policy.limit - total + 1
+        retry = -1 if available <= 0 else round(remaining / available * 1_000_000)
+        return Decision(False, policy.limit - total, retry, reset, policy, "cache")
+
+    def _fixed_window(self, key: str, policy: Policy, cost: int, now: float,
+                      count: bool) -> Decision:
+        now_us = round(now * 1_000_000)
+        start = now_us // policy.period_us * policy.period_us
+        left = start + policy.period_us - now_us
+        wkey = f"{key}:fw:{policy.period_us}:{start}"
+        if not count or cost > policy.limit:
+            used = self.cache.get(wkey, 0)
+            return Decision(False, policy.limit - used, -1, left if used else 0, policy, "cache")
+        timeout = policy.period_us / 1_000_000 + 1
+        self.cache.add(wkey, 0, timeout)
+        try:
+            used = self.cache.incr(wkey, cost)
+        except ValueError:  # expired between add and incr
+            self.cache.add(wkey, 0, timeout)
+            used = self.cache.incr(wkey, cost)
+        if used <= policy.limit:
+            return Decision(True, policy.limit - used, 0, left, policy, "cache")
+        self.cache.decr(wkey, cost)  # a denied request does not count
+        return Decision(False, max(0, policy.limit - used + cost), left, left, policy, "cache")
 
 
-def _store_for(cache: Any) -> RedisStore | None:
-    """The Redis store of ``cache``, or None for the in-process table. Memoized per cache
-    object (a ``caches[...]`` proxy included) until CACHES or FASTCACHE_THROTTLE change."""
+
+_stores: dict[int, tuple[Any, Any]] = {}
+_local_stores: dict[str, LocalStore] = {}
+_locmem_locks: dict[int, threading.Lock] = {}
+
+
+def _embedded_store(location: str) -> LocalStore:
+    name = f"throttle:{location}"
+    store = _local_stores.get(name)
+    if store is None:
+        with _local_lock:
+            store = _local_stores.get(name)
+            if store is None:
+                store = _local_stores[name] = LocalStore(_table(name), name)
+    return store
+
+
+def clear_embedded(location: str) -> None:
+    """Resets the limits kept for the embedded FastCache of ``location`` (its clear())."""
+    store = _local_stores.get(f"throttle:{location}")
+    if store is not None:
+        store.table.clear()
+
+
+def clear_local() -> None:
+    """Resets every limit kept in this process's tables (the embedded FastCaches', the
+    LocMemCaches' gcra and sliding_window state, the failure-mode table). For tests."""
+    for store in list(_local_stores.values()):
+        store.table.clear()
+    if _local is not None:
+        _local.clear()
+
+
+# Connection settings a sync client's pool holds that mean the same to redis.asyncio.
+_ASYNC_KWARGS = frozenset({
+    "host", "port", "path", "db", "username", "password", "socket_timeout",
+    "socket_connect_timeout", "socket_keepalive", "socket_keepalive_options", "client_name",
+    "encoding", "encoding_errors", "decode_responses", "health_check_interval",
+    "retry_on_timeout", "protocol", "lib_name", "lib_version",
+})
+
+
+class _AsyncTwins:
+    """A ``redis.asyncio`` client per event loop mirroring a sync redis-py client's
+    connection settings (django-redis and Django's RedisCache have no asyncio client)."""
+
+    def __init__(self, client: Any) -> None:
+        self.kwargs = None
+        pool = getattr(client, "connection_pool", None)
+        import redis
+
+        if isinstance(client, redis.Redis) and pool is not None:
+            cls = pool.connection_class.__name__
+            if cls in ("Connection", "UnixDomainSocketConnection"):
+                import redis.asyncio
+
+                self.kind = cls
+                self.kwargs = dict(pool.connection_kwargs)
+        self._loops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._closers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __call__(self) -> Any:
+        if self.kwargs is None:
+            return None
+        import asyncio
+
+        import redis.asyncio
+
+        loop = asyncio.get_running_loop()
+        client = self._loops.get(loop)
+        if client is None:
+            conn_cls = (redis.asyncio.UnixDomainSocketConnection
+                        if self.kind == "UnixDomainSocketConnection" else redis.asyncio.Connection)
+            kwargs = {k: v for k, v in self.kwargs.items() if k in _ASYNC_KWARGS}
+            pool = redis.asyncio.ConnectionPool(connection_class=conn_cls, **kwargs)
+            client = self._loops[loop] = redis.asyncio.Redis(connection_pool=pool)
+            # Kept alive by the loop; closed when asyncio.run() cancels leftover tasks.
+            self._closers[loop] = loop.create_task(self._close_on_shutdown(loop, client))
+        return client
+
+    async def _close_on_shutdown(self, loop: Any, client: Any) -> None:
+        import asyncio
+
+        try:
+            await loop.create_future()
+        except asyncio.CancelledError:
+            if self._loops.get(loop) is client:
+                del self._loops[loop]
+            await client.aclose(close_connection_pool=True)
+            raise
+
+
+def _unwrap(cache: Any) -> Any:
+    # django.core.cache.cache (DRF's default) is a proxy to this thread's backend.
+    from django.utils.connection import ConnectionProxy
+
+    if isinstance(cache, ConnectionProxy):
+        from django.core.cache import caches
+
+        return caches[cache._alias]
+    return cache
+
+
+def _store_of(cache: Any) -> Any:
+    if cache is None:
+        return None
+    proxy, cache = cache, _unwrap(cache)
+    redis_client = getattr(cache, "redis_client", None)
+    if redis_client is not None:  # a FastCache (or its stand-in)
+        client = redis_client()
+        if client is None:
+            location = getattr(cache, "_location", None)
+            return _embedded_store(location) if isinstance(location, str) else None
+        make_key = getattr(cache, "make_key", None)
+        async_client = getattr(cache, "redis_async_client", None)
+        # A FastCache's own wire: one set of held connections for cache and limiter.
+        wire = getattr(getattr(cache, "_tier", None), "wire", None)
+        return RedisStore(client, getattr(cache, "breaker", None), make_key, async_client, wire)
+    module = type(cache).__module__
+    if module.startswith("django_redis."):
+        inner = getattr(cache, "client", None)
+        if inner is not None and type(inner).__name__ != "ShardClient":
+            client = inner.get_client(write=True)
+            return RedisStore(client, None, cache.make_key, _AsyncTwins(client))
+    if module == "django.core.cache.backends.redis":
+        # Django's RedisCache: its client object is the public get_client() of `_cache`.
+        client = cache._cache.get_client(None, write=True)
+        return RedisStore(client, None, cache.make_key, _AsyncTwins(client))
+    from django.core.cache.backends.dummy import DummyCache
+
+    if isinstance(cache, DummyCache):
+        return None  # it keeps nothing (DRF there never throttles): this process's table
+    if all(hasattr(cache, name) for name in ("get", "set", "add", "incr", "delete")):
+        return CacheStore(proxy)
+    return None
+
+
+def _store_for(cache: Any) -> Any:
+    """The store of ``cache`` (LocalStore, RedisStore or CacheStore); None for the
+    process-wide fallback table. Memoized per cache object (a ``caches[...]`` proxy
+    included) until CACHES or FASTCACHE_THROTTLE change."""
     found = _stores.get(id(cache))
     if found is not None and found[0] is cache:
         return found[1]
-    store = None
-    redis_client = getattr(cache, "redis_client", None) if cache is not None else None
-    if redis_client is not None:
-        client = redis_client()
-        if client is not None:
-            # A FastCache's own wire: one set of held connections for cache and limiter.
-            wire = getattr(getattr(cache, "_tier", None), "wire", None)
-            store = RedisStore(client, getattr(cache, "breaker", None), wire)
+    store = _store_of(cache)
     _stores[id(cache)] = (cache, store)
     return store
 
@@ -307,23 +830,32 @@ def _reset_memo(*, setting: str, **kwargs: Any) -> None:
     if setting in ("CACHES", "FASTCACHE_THROTTLE"):
         _stores.clear()
     if setting == "FASTCACHE_THROTTLE":
-        _local = None  # the registry keeps the table; only the settings are re-read
+        _local = None  # the registry keeps the tables; only the settings are re-read
         _headers.clear()
+        _enabled.clear()
 
 
 setting_changed.connect(_reset_memo)
 
 
 def uses_redis(cache: Any) -> bool:
-    """Whether checks against ``cache`` run in Redis (else: in this process)."""
-    return _store_for(cache) is not None
+    """Whether checks against ``cache`` run in Redis (else: in this process or its cache)."""
+    return isinstance(_store_for(cache), RedisStore)
+
+
+def store_kind(cache: Any) -> str:
+    """"redis" (exact, shared), "local" (exact, this process), or "cache" (DRF's
+    algorithm on that cache: shared where it is, exact for sequential requests)."""
+    store = _store_for(cache)
+    return "local" if store is None else store.kind
 
 
 # ------------------------------------------------------------------------- checking
 
 class Decision(NamedTuple):
-    """The outcome of one check. ``source``: "local", "redis", or "open"/"closed"/"local"
-    prefixed with "failure-" when Redis was unreachable and the failure mode decided."""
+    """The outcome of one check. ``source``: "local", "redis", "cache", "disabled", or
+    "open"/"closed"/"local" prefixed with "failure-" when Redis was unreachable and the
+    failure mode decided."""
 
     allowed: bool
     remaining: int
@@ -341,6 +873,59 @@ class Decision(NamedTuple):
             return None
         return self.retry_after_us / 1_000_000
 
+    @property
+    def limit(self) -> int:
+        return self.policy.limit
+
+    @property
+    def reset_after(self) -> float:
+        """Seconds until the quota is whole again."""
+        return self.reset_after_us / 1_000_000
+
+
+# ENABLED, read once until FASTCACHE_THROTTLE changes; set_enabled() overrides it.
+_enabled: list[bool] = []
+_enabled_override: list[bool | None] = [None]
+
+
+def enabled() -> bool:
+    """Whether rate limiting is on (``FASTCACHE_THROTTLE['ENABLED']``, or the value given
+    to :func:`set_enabled`)."""
+    if _enabled_override[0] is not None:
+        return _enabled_override[0]
+    if not _enabled:
+        _enabled.append(bool(throttle_setting("ENABLED")))
+    return _enabled[0]
+
+
+def set_enabled(value: bool | None) -> None:
+    """Turns every limit of this process off (False) or on (True) at once, over the
+    setting (None: follow ``FASTCACHE_THROTTLE['ENABLED']`` again). For incidents and
+    tests; a disabled check counts nothing and allows."""
+    _enabled_override[0] = None if value is None else bool(value)
+
+
+class disabled:
+    """``with limiter.disabled(): ...`` (or as a decorator): no limit applies inside."""
+
+    def __enter__(self) -> disabled:
+        self._before = _enabled_override[0]
+        _enabled_override[0] = False
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _enabled_override[0] = self._before
+
+    def __call__(self, fn: Any) -> Any:
+        import functools
+
+        @functools.wraps(fn)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return fn(*args, **kwargs)
+
+        return wrapped
+
 
 _last_warning = [0.0]
 
@@ -356,40 +941,65 @@ def _warn_redis_down(exc: BaseException, mode: str) -> None:
 
 def check(cache: Any, key: str, policy: Policy, cost: int = 1, *,
           now: float | None = None, failure_mode: str | None = None) -> Decision:
-    """One atomic check of ``cost`` units against ``policy`` for ``key``.
-
-    Runs in the Redis of ``cache`` when it has one (``redis_client()``), else in this
-    process's table, where ``now`` (seconds, default ``time.time()``) is the clock. Never
-    raises for Redis trouble: an open circuit breaker or a Redis error is decided by the
-    failure mode without further I/O.
-    """
+    """One atomic check of ``cost`` units against ``policy`` for ``key`` in the store of
+    ``cache`` (see :func:`store_kind`). ``now`` (seconds) replaces the store's clock
+    (Redis ``TIME``, or ``time.time()``). Never raises for Redis trouble: an open circuit
+    breaker or a Redis error is decided by the failure mode without further I/O."""
     return _check(cache, key, policy, cost, now, failure_mode)
+
+
+async def acheck(cache: Any, key: str, policy: Policy, cost: int = 1, *,
+                 now: float | None = None, failure_mode: str | None = None) -> Decision:
+    """:func:`check` for async code: Redis through ``redis.asyncio`` on the running loop."""
+    if not (_enabled[0] if _enabled and _enabled_override[0] is None else enabled()):
+        return Decision(True, policy.limit, 0, 0, policy, "disabled")
+    store = _store_for(cache)
+    if store is None:
+        return _fallback_check(key, policy, cost, now)
+    return await store.acheck(key, policy, cost, now, failure_mode)
+
+
+def peek(cache: Any, key: str, policy: Policy, *, now: float | None = None) -> Decision:
+    """The state of ``key`` under ``policy`` without counting: ``remaining`` units,
+    ``reset_after`` seconds until the quota is whole, ``allowed`` whether a request of
+    cost 1 would pass now. Raises Redis errors (an operator call, not a request path)."""
+    store = _store_for(cache)
+    if store is None:
+        local_limiter()
+        return _peeked(_local_check(key, policy, _peek_cost(policy),
+                                    time.time() if now is None else now), policy, "local")
+    return store.peek(key, policy, now)
+
+
+def reset(cache: Any, key: str, policy: Policy | None = None) -> None:
+    """Forgets what ``key`` spent under ``policy`` (every algorithm's state when None) in
+    the store of ``cache``, and in this process's failure-mode table."""
+    store = _store_for(cache)
+    if store is not None:
+        store.reset(key, policy)
+    if store is None or isinstance(store, RedisStore):
+        LocalStore(local_limiter(), "throttle").reset(key, policy)
 
 
 _tuple_new = tuple.__new__
 
 
+def _fallback_check(key: str, policy: Policy, cost: int, now: float | None) -> Decision:
+    if _local is None:
+        local_limiter()
+    return _local_check(key, policy, cost, time.time() if now is None else now)
+
+
 def _check(cache: Any, key: str, policy: Policy, cost: int, now: float | None,
            failure_mode: str | None) -> Decision:
     # check() with positional arguments: the throttles' per-request path.
+    if not (_enabled[0] if _enabled and _enabled_override[0] is None else enabled()):
+        return Decision(True, policy.limit, 0, 0, policy, "disabled")
     found = _stores.get(id(cache))
     store = found[1] if found is not None and found[0] is cache else _store_for(cache)
     if store is None:
-        if _local is None:
-            local_limiter()
-        return _local_check(key, policy, cost, time.time() if now is None else now)
-    breaker = store.breaker
-    if breaker is None or breaker.allow():
-        try:
-            allowed, remaining, retry, reset = store.hit(key, policy, cost)
-        except Exception as exc:  # noqa: BLE001 - no Redis failure may reach the view
-            if breaker is not None:
-                breaker.record_failure(exc)
-            return _on_failure(exc, key, policy, cost, now, failure_mode)
-        if breaker is not None:
-            breaker.record_success()
-        return _tuple_new(Decision, (allowed == 1, remaining, retry, reset, policy, "redis"))
-    return _on_failure(None, key, policy, cost, now, failure_mode)
+        return _fallback_check(key, policy, cost, now)
+    return store.check(key, policy, cost, now, failure_mode)
 
 
 def _local_check_failure(key: str, policy: Policy, cost: int, now: float | None) -> Decision:
@@ -497,17 +1107,30 @@ def check_throttle_settings(app_configs: Any = None, **kwargs: Any) -> list[chec
             if isinstance(path, str) and path.startswith("django_fastcache.")]
     if ours or conf.get("RULES"):
         from django.core.cache import caches
+        from django.core.cache.backends.locmem import LocMemCache
 
         try:
-            per_process = not uses_redis(caches["default"])
+            cache = caches["default"]
+            kind = store_kind(cache)
         except Exception:  # noqa: BLE001 - a broken CACHES is reported by Django's own check
-            per_process = False
-        if per_process:
+            kind = cache = None
+        if kind == "local" or isinstance(cache, LocMemCache):
             errors.append(checks.Info(
-                "Rate limits run in each process's own in-process table: the default cache "
-                "is not a FastCache with a Redis LOCATION, so every worker process counts "
-                "separately.",
-                hint="Set a Redis LOCATION on the FastCache default cache (or the "
-                     "throttle's cache) to share limits across processes.",
+                "Rate limits run in each process: the default cache is "
+                f"{type(cache).__name__} (per process), so every worker process counts "
+                "separately (exact within a process).",
+                hint="Use a Redis cache as the default cache (FastCache with a Redis "
+                     "LOCATION, django-redis or Django's RedisCache), or give the "
+                     "throttles one, to share exact limits across processes.",
                 id="fastcache.I101"))
+        elif kind == "cache":
+            errors.append(checks.Info(
+                f"Rate limits on the default cache ({type(cache).__module__}."
+                f"{type(cache).__qualname__}) run DRF's algorithm on it: shared by every "
+                "process, exact for sequential requests, but concurrent requests of one "
+                "client may exceed the limit (as with DRF); gcra and sliding_window are "
+                "not available on it.",
+                hint="A Redis cache (FastCache with a Redis LOCATION, django-redis or "
+                     "Django's RedisCache) makes every check one atomic Lua script.",
+                id="fastcache.I102"))
     return errors

@@ -7,9 +7,12 @@ attributes: ``algorithm`` ("sliding_log", the default and DRF's own semantics; "
 "sliding_window"; "fixed_window"), ``burst`` (gcra), ``cost`` (or ``get_cost()``) and
 ``failure_mode`` (overrides ``FASTCACHE_THROTTLE['FAILURE_MODE']``).
 
-The store follows the ``cache`` attribute as in DRF: a FastCache with a Redis LOCATION
-runs the check in that Redis (its clock; ``timer`` is then unused); any other cache runs it
-in this process's C++ table (per process, timed by ``timer``).
+The state follows the ``cache`` attribute as in DRF (see limiter._store_for): the embedded
+FastCache keeps it in a table of its LOCATION (its clear() resets it); a FastCache on Redis,
+django-redis and Django's RedisCache run one Lua script through that cache's own client,
+keys under its KEY_PREFIX and version (its clock unless ``timer`` is overridden); any
+other cache runs DRF's own algorithm on it. Control API: ``reset()`` and ``peek()`` on a
+throttle instance; ``limiter.set_enabled()`` / ``FASTCACHE_THROTTLE['ENABLED']``.
 """
 
 from __future__ import annotations
@@ -97,14 +100,20 @@ class SimpleRateThrottle(drf_throttling.SimpleRateThrottle):
         return self.cost
 
     def allow_request(self, request: Any, view: Any) -> bool:
+        if _switch[0] is False:  # limiter.set_enabled(False) / limiter.disabled()
+            return True
         if self.rate is None:
             return True
         self.key = key = self.get_cache_key(request, view)
         if key is None:
             return True
         self.now = now = self.timer()
+        # DRF's clock is `timer`: a store with a clock of its own (Redis TIME) keeps it
+        # unless the class or instance overrides timer (as DRF's tests do).
         self.decision = decision = _check(self.cache, key, self.policy,
-                                          self.get_cost(request, view), now, self.failure_mode)
+                                          self.get_cost(request, view),
+                                          None if self.timer is _time else now,
+                                          self.failure_mode)
         if _headers[0] if _headers else _headers_enabled():
             _record(request, decision)
         if decision[0]:  # allowed
@@ -118,10 +127,66 @@ class SimpleRateThrottle(drf_throttling.SimpleRateThrottle):
         return False
 
     def wait(self) -> float | None:
-        """Seconds until this request would be allowed (DRF turns it into Retry-After)."""
-        if self.decision is None:
+        """Seconds until this request would be allowed (DRF turns it into Retry-After).
+
+        With a ``history`` (set directly, or read after a check), DRF's own formula:
+        the time left before the oldest entry leaves the window, spread over the requests
+        still available (None when none is); else the store's exact wait."""
+        d = self.__dict__
+        if self.rate is None or self.num_requests is None:
             return None
+        if "history" in d or self.decision is None:
+            history = d.get("history") or []
+            now = d["now"] if "now" in d else self.timer()
+            if history:
+                remaining_duration = self.duration - (now - history[-1])
+            else:
+                remaining_duration = self.duration
+            available_requests = self.num_requests - len(history) + 1
+            if available_requests <= 0:
+                return None
+            return remaining_duration / float(available_requests)
         return self.decision.retry_after
+
+    def __getattr__(self, name: str) -> Any:
+        # DRF's `history` (the times counted in the window, newest first), read from the
+        # store only when asked for after a check: exact on a Redis or Django cache
+        # sliding log; on the in-process table the count is exact and each time is the
+        # newest one's.
+        if name == "history":
+            d = self.__dict__
+            if d.get("decision") is not None and "key" in d:
+                history = _store_history(self.cache, d["key"], d["policy"], d.get("now"))
+                d["history"] = history
+                return history
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    # ---------------------------------------------------------------- control API
+
+    def _control_key(self, request: Any, view: Any, key: str | None) -> str | None:
+        if key is not None:
+            return key
+        if request is None:
+            raise TypeError("give a request (and view) or key=")
+        return self.get_cache_key(request, view)
+
+    def reset(self, request: Any = None, view: Any = None, *, key: str | None = None) -> None:
+        """Forgets what one identity spent in this throttle's scope: the identity of
+        ``request`` (as ``get_cache_key`` names it) or the cache ``key`` given, e.g.
+        ``AnonRateThrottle().reset(key="throttle_anon_203.0.113.7")``."""
+        key = self._control_key(request, view, key)
+        if key is not None and self.rate is not None:
+            limiter.reset(self.cache, key, self.policy)
+
+    def peek(self, request: Any = None, view: Any = None, *,
+             key: str | None = None) -> limiter.Decision | None:
+        """The identity's state without counting: ``limit``, ``remaining``,
+        ``reset_after`` (seconds until the quota is whole); None when not throttled."""
+        key = self._control_key(request, view, key)
+        if key is None or self.rate is None:
+            return None
+        return limiter.peek(self.cache, key, self.policy,
+                            now=None if self.timer is _time else self.timer())
 
     def get_ident(self, request: Any) -> str | None:
         # DRF's semantics, read from META directly (request.headers builds a mapping).
@@ -164,12 +229,25 @@ class ScopedRateThrottle(SimpleRateThrottle):
         pass
 
     def allow_request(self, request: Any, view: Any) -> bool:
+        if not self._resolve(view):
+            return True
+        return super().allow_request(request, view)
+
+    def _resolve(self, view: Any) -> bool:
         self.scope = getattr(view, self.scope_attr, None)
         if not self.scope:
-            return True
+            return False
         self.rate = self.get_rate()
         self.num_requests, self.duration = self.parse_rate(self.rate)
-        return super().allow_request(request, view)
+        return True
+
+    def reset(self, request: Any = None, view: Any = None, *, key: str | None = None) -> None:
+        if self._resolve(view):
+            super().reset(request, view, key=key)
+
+    def peek(self, request: Any = None, view: Any = None, *,
+             key: str | None = None) -> limiter.Decision | None:
+        return super().peek(request, view, key=key) if self._resolve(view) else None
 
     def get_cache_key(self, request: Any, view: Any) -> str | None:
         user = request.user
@@ -180,8 +258,17 @@ class ScopedRateThrottle(SimpleRateThrottle):
 # (rate, algorithm, burst, scope) -> (policy, (num_requests, duration))
 _policies: dict[tuple, tuple[limiter.Policy, tuple[int, int]]] = {}
 _check = limiter._check
+_switch = limiter._enabled_override
+_time = time.time
 _headers = limiter._headers
 _headers_enabled = limiter.headers_enabled
+
+
+def _store_history(cache: Any, key: str, policy: limiter.Policy, now: float | None) -> list:
+    store = limiter._store_for(cache)
+    if store is None:
+        store = limiter.LocalStore(limiter.local_limiter(), "throttle")
+    return store.history(key, policy, now)
 
 
 def _parsed(throttle: Any, rate: str) -> tuple[limiter.Policy, tuple[int, int]]:

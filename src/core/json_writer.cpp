@@ -26,6 +26,9 @@ struct EscapeTable {
                 action[c] = 0;
             }
         }
+        // NEL is a line break to some readers (and U+2028/U+2029 below): escaped in both
+        // modes so a record always stays on one line.
+        action[0x85] = 1;
         action[static_cast<unsigned char>('"')] = '"';
         action[static_cast<unsigned char>('\\')] = '\\';
         action[static_cast<unsigned char>('\n')] = 'n';
@@ -339,8 +342,10 @@ void Writer::escape_run(const CharT* s, std::size_t n) {
             }
             continue;
         }
-        if (cp >= 0xd800 && cp <= 0xdfff) {
-            append_u_escape(out_, cp);  // a surrogate code point: never raw, see header
+        if ((cp >= 0xd800 && cp <= 0xdfff) || cp == 0x2028 || cp == 0x2029) {
+            // A surrogate code point (never raw, see header) or a Unicode line/paragraph
+            // separator, which line-oriented log readers would split a record at.
+            append_u_escape(out_, cp);
             continue;
         }
         if (opt_.ensure_ascii) {

@@ -359,10 +359,7 @@ private:
         if (kind == 1) {
             if (!localtime_r(&sec, &tm)) return {};
         } else {
-            if (!gmtime_r(&sec, &tm)) return {};
-#if defined(__GLIBC__) || defined(__APPLE__) || defined(__FreeBSD__)
-            tm.tm_zone = "UTC";  // time.gmtime's struct_time names the zone "UTC"
-#endif
+            if (!gmtime_r(&sec, &tm)) return {};  // tm_zone as libc names it, as time.gmtime
         }
         // time.strftime grows its buffer until the text fits or it reaches 256 times the
         // format's length, and takes an empty result then as the answer.

@@ -34,7 +34,13 @@ inline bool is_token_char(CharT c) {
 inline char fold(std::uint32_t c) {
     if (c >= 'A' && c <= 'Z') return static_cast<char>(c - 'A' + 'a');
     if (c < 0x80) return static_cast<char>(c);
-    return '\x7f';  // non-ASCII never matches an ASCII needle
+    // The four non-ASCII letters that Python's case-insensitive regular expressions (and
+    // so Django's rule) match to an ASCII letter: the dotted and dotless I, the long S
+    // and the Kelvin sign.
+    if (c == 0x130 || c == 0x131) return 'i';
+    if (c == 0x17f) return 's';
+    if (c == 0x212a) return 'k';
+    return '\x7f';  // any other non-ASCII character never matches an ASCII needle
 }
 
 std::string fold_needle(const std::string& s) {
@@ -123,9 +129,11 @@ void find_bearer(const CharT* s, std::size_t n, std::vector<json::Span>& out) {
 // value running to the next separator, fragment, quote, angle bracket or whitespace, so
 // a URL inside a sentence or a quoted access-log line ends where the URL ends.
 template <class CharT>
-inline bool ends_query_value(CharT c) {
-    return c == '&' || c == ';' || c == '#' || c == '"' || c == '\'' || c == '<' ||
-           c == '>' || c == '`' || c == ' ' || c == '\t' || c == '\n' || c == '\r';
+inline bool ends_query_value(CharT ch) {
+    const auto c = static_cast<std::uint32_t>(ch);
+    return c <= 0x20 || c == 0x7f || c == 0x85 || c == 0xa0 || c == 0x2028 || c == 0x2029 ||
+           c == '&' || c == ';' || c == '#' || c == '"' || c == '\'' || c == '<' || c == '>' ||
+           c == '`';
 }
 template <class CharT>
 inline bool is_param_name(CharT c) {

@@ -188,7 +188,8 @@ def main() -> None:
     ours = default["django_fastcache JsonFormatter"]
     pjl = default["python-json-logger JsonFormatter"]
     print(
-        f"default format, speed-up vs python-json-logger: plain {pjl['plain'] / ours['plain']:.2f}x, "
+        "default format, speed-up vs python-json-logger: "
+        f"plain {pjl['plain'] / ours['plain']:.2f}x, "
         f"10 extras {pjl['10 extras'] / ours['10 extras']:.2f}x, "
         f"exc_info {pjl['exc_info'] / ours['exc_info']:.2f}x, "
         f"exc_info written by 2 handlers {pjl['exc_info x2'] / ours['exc_info x2']:.2f}x"

@@ -39,7 +39,6 @@ if not settings.configured:
     django.setup()
 
 from django.views.debug import SafeExceptionReporterFilter  # noqa: E402
-
 from django_fastcache.log import REDACTED, JsonFormatter  # noqa: E402
 
 HIDDEN = SafeExceptionReporterFilter.hidden_settings
@@ -207,7 +206,7 @@ def _check_redacted(value, out, depth: int = 0) -> None:
             if out[1] != REDACTED:
                 raise Finding(f"the pair {value!r} is written as {out!r}")
             return
-        for x, o in zip(value, out):
+        for x, o in zip(value, out, strict=True):
             _check_redacted(x, o, depth + 1)
 
 

@@ -152,7 +152,8 @@ def test_word_rule_is_configurable():
         ("GET /cb?access_token=abc&password=pw&page=2 200",
          f"GET /cb?access_token={REDACTED}&password={REDACTED}&page=2 200"),
         ("/x?page=1&api_key=K-1.2#frag", f"/x?page=1&api_key={REDACTED}#frag"),
-        ('"https://h/p?q=1;sig=zz&Signature=abc" done', f'"https://h/p?q=1;sig=zz&Signature={REDACTED}" done'),
+        ('"https://h/p?q=1;sig=zz&Signature=abc" done',
+         f'"https://h/p?q=1;sig=zz&Signature={REDACTED}" done'),
         ("?code=1&otp=123456", f"?code=1&otp={REDACTED}"),
         ("nothing?here", "nothing?here"),
         ("token=x&a=1", "token=x&a=1"),  # a bare query string in a message: no "?"

@@ -74,7 +74,7 @@ def streaming_view(request):
 
 def lazy_user_view(request):
     app_log.info("before the user is read")
-    request.user.is_authenticated  # evaluates the lazy user (a session lookup in real life)
+    assert request.user.is_authenticated in (True, False)  # evaluates the lazy user
     app_log.info("after the user is read")
     return HttpResponse()
 

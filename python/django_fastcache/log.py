@@ -449,7 +449,9 @@ class JsonFormatter(logging.Formatter):
 
     # -- callbacks from the C++ encoder (rare paths) --
 
-    def _message_failure(self, record: logging.LogRecord, exc: BaseException) -> tuple[str, str, str]:
+    def _message_failure(
+        self, record: logging.LogRecord, exc: BaseException
+    ) -> tuple[str, str, str]:
         """A message its arguments do not fit (``logger.info("%s %s", 1)``): logging itself
         would print a traceback to stderr and lose the line. The line is written with the
         raw message, and a ``format_error`` field naming the error and the arguments."""

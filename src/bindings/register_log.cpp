@@ -94,10 +94,9 @@ public:
 
     // python-json-logger's record-to-fields settings, computed once by the Python layer.
     void configure_record(py::dict templ, py::list required, py::dict rename, py::object skip,
-                          py::object context_var, py::object timestamp_key,
-                          py::list keep_missing, std::string prefix, bool needs_asctime,
-                          py::object noscan, py::object request_key,
-                          py::object context_resolver) {
+                          py::object context_var, py::object timestamp_key, py::list keep_missing,
+                          std::string prefix, bool needs_asctime, py::object noscan,
+                          py::object request_key, py::object context_resolver) {
         template_ = std::move(templ);
         required_ = std::move(required);
         rename_ = std::move(rename);
@@ -137,8 +136,8 @@ public:
             parts.append(py::str(redacted_));
             pos = sp.end;
         }
-        parts.append(text[py::slice(static_cast<Py_ssize_t>(pos),
-                                    PyUnicode_GET_LENGTH(text.ptr()), 1)]);
+        parts.append(
+            text[py::slice(static_cast<Py_ssize_t>(pos), PyUnicode_GET_LENGTH(text.ptr()), 1)]);
         return py::str("").attr("join")(parts);
     }
 
@@ -199,8 +198,8 @@ public:
             set_record_attr(rec, rd, s_asctime.ptr(), asctime.ptr());
         }
         if (truthy(rd, s_exc_info) || truthy(rd, s_exc_text) || truthy(rd, s_stack_info)) {
-            message_dict = py::reinterpret_borrow<py::object>(formatter).attr(
-                s_exception_fields)(record, message_dict);
+            message_dict = py::reinterpret_borrow<py::object>(formatter).attr(s_exception_fields)(
+                record, message_dict);
         }
         py::dict log_data;
         fill(formatter.ptr(), log_data.ptr(), rec, rd, message_dict.ptr());
@@ -267,8 +266,8 @@ private:
     // for the last second seen; a change of converter or format starts the cache again.
     // Returns a null object when the Python method must run instead.
     py::object format_time(PyObject* formatter, PyObject* rd) {
-        py::object method = py::reinterpret_steal<py::object>(
-            PyObject_GetAttr(formatter, s_formatTime.ptr()));
+        py::object method =
+            py::reinterpret_steal<py::object>(PyObject_GetAttr(formatter, s_formatTime.ptr()));
         if (!method) throw py::error_already_set();
         if (!PyMethod_Check(method.ptr()) ||
             PyMethod_GET_FUNCTION(method.ptr()) != s_base_formatTime) {
@@ -355,7 +354,7 @@ private:
         Py_ssize_t flen = PyUnicode_GET_LENGTH(fmt.ptr());
         const char* f = static_cast<const char*>(PyUnicode_DATA(fmt.ptr()));
         if (std::memchr(f, '\0', static_cast<std::size_t>(flen))) return {};
-        struct tm tm {};
+        struct tm tm{};
         if (kind == 1) {
             if (!localtime_r(&sec, &tm)) return {};
         } else {
@@ -504,16 +503,16 @@ private:
                 int eq = PyObject_RichCompareBool(k, request_key_.ptr(), Py_EQ);
                 if (eq < 0) throw py::error_already_set();
                 if (eq) {
-                    replaced = py::reinterpret_borrow<py::object>(formatter)
-                                   .attr(s_request_summary)(py::handle(rec), py::handle(v));
+                    replaced = py::reinterpret_borrow<py::object>(formatter).attr(
+                        s_request_summary)(py::handle(rec), py::handle(v));
                     v = replaced.ptr();
                 }
             }
             set(log_data, has_rename ? renamed(k) : k, v);
         }
         if (!timestamp_key_.is_none()) {
-            py::object ts = py::reinterpret_borrow<py::object>(formatter)
-                                .attr(s_timestamp_value)(py::handle(rec));
+            py::object ts = py::reinterpret_borrow<py::object>(formatter).attr(s_timestamp_value)(
+                py::handle(rec));
             set(log_data, renamed(timestamp_key_.ptr()), ts.ptr());
         }
         for (py::handle field : keep_missing_) {
@@ -805,18 +804,18 @@ private:
             n = json::format_iso_date(PyDateTime_GET_YEAR(o), PyDateTime_GET_MONTH(o),
                                       PyDateTime_GET_DAY(o), buf);
             buf[n++] = 'T';
-            n += json::format_iso_time(
-                PyDateTime_DATE_GET_HOUR(o), PyDateTime_DATE_GET_MINUTE(o),
-                PyDateTime_DATE_GET_SECOND(o), PyDateTime_DATE_GET_MICROSECOND(o), buf + n);
+            n += json::format_iso_time(PyDateTime_DATE_GET_HOUR(o), PyDateTime_DATE_GET_MINUTE(o),
+                                       PyDateTime_DATE_GET_SECOND(o),
+                                       PyDateTime_DATE_GET_MICROSECOND(o), buf + n);
         } else if (PyDate_CheckExact(o)) {
             n = json::format_iso_date(PyDateTime_GET_YEAR(o), PyDateTime_GET_MONTH(o),
                                       PyDateTime_GET_DAY(o), buf);
         } else if (PyTime_CheckExact(o)) {
             tz = PyDateTime_TIME_GET_TZINFO(o);
             if (tz != Py_None && tz != PyDateTime_TimeZone_UTC) return false;
-            n = json::format_iso_time(
-                PyDateTime_TIME_GET_HOUR(o), PyDateTime_TIME_GET_MINUTE(o),
-                PyDateTime_TIME_GET_SECOND(o), PyDateTime_TIME_GET_MICROSECOND(o), buf);
+            n = json::format_iso_time(PyDateTime_TIME_GET_HOUR(o), PyDateTime_TIME_GET_MINUTE(o),
+                                      PyDateTime_TIME_GET_SECOND(o),
+                                      PyDateTime_TIME_GET_MICROSECOND(o), buf);
         } else {
             return false;
         }
@@ -836,8 +835,8 @@ private:
         }
         unsigned long long low = PyLong_AsUnsignedLongLongMask(v.ptr());
         py::object sixty_four = py::reinterpret_steal<py::object>(PyLong_FromLong(64));
-        py::object hi_obj = py::reinterpret_steal<py::object>(
-            PyNumber_Rshift(v.ptr(), sixty_four.ptr()));
+        py::object hi_obj =
+            py::reinterpret_steal<py::object>(PyNumber_Rshift(v.ptr(), sixty_four.ptr()));
         if (!hi_obj) throw py::error_already_set();
         unsigned long long high = PyLong_AsUnsignedLongLong(hi_obj.ptr());
         if (high == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
@@ -941,10 +940,10 @@ void register_log(pybind11::module_& m) {
         .def(py::init<bool, std::optional<std::string>, py::object, py::dict,
                       const std::vector<std::string>&, unsigned, std::string, std::string,
                       std::string, int, const std::vector<std::string>&>(),
-             py::arg("ensure_ascii"), py::arg("indent"), py::arg("default"),
-             py::arg("fast_types"), py::arg("redact_keys"), py::arg("redact_values"),
-             py::arg("redacted"), py::arg("circular"), py::arg("too_deep"),
-             py::arg("max_depth"), py::arg("redact_words") = std::vector<std::string>{})
+             py::arg("ensure_ascii"), py::arg("indent"), py::arg("default"), py::arg("fast_types"),
+             py::arg("redact_keys"), py::arg("redact_values"), py::arg("redacted"),
+             py::arg("circular"), py::arg("too_deep"), py::arg("max_depth"),
+             py::arg("redact_words") = std::vector<std::string>{})
         .def("configure_record", &Encoder::configure_record, py::arg("template"),
              py::arg("required"), py::arg("rename"), py::arg("skip"), py::arg("context_var"),
              py::arg("timestamp_key"), py::arg("keep_missing"), py::arg("prefix"),
@@ -956,21 +955,27 @@ void register_log(pybind11::module_& m) {
         .def("add_fields", &Encoder::add_fields, py::arg("formatter"), py::arg("log_data"),
              py::arg("record"), py::arg("message_dict"))
         .def("format", &Encoder::format, py::arg("formatter"), py::arg("record"));
-    m.def("format_float_repr", [](double v) {
-        if (!std::isfinite(v)) throw py::value_error("only finite floats have a repr here");
-        char buf[40];
-        return std::string(buf, json::format_double_repr(v, buf));
-    }, "Python's repr() of a finite float, computed by the C++ core (exposed for tests).");
-    m.def("find_redaction_spans", [](py::str s, unsigned patterns) {
-        std::vector<Span> spans;
-        with_units(s.ptr(), [&](auto* p, std::size_t n) {
-            redact::find_value_spans(p, n, patterns, spans);
-        });
-        std::vector<std::pair<std::size_t, std::size_t>> out;
-        for (auto& sp : spans) out.emplace_back(sp.begin, sp.end);
-        return out;
-    }, py::arg("text"), py::arg("patterns"),
-       "The [begin, end) spans the C++ core would redact (exposed for tests).");
+    m.def(
+        "format_float_repr",
+        [](double v) {
+            if (!std::isfinite(v)) throw py::value_error("only finite floats have a repr here");
+            char buf[40];
+            return std::string(buf, json::format_double_repr(v, buf));
+        },
+        "Python's repr() of a finite float, computed by the C++ core (exposed for tests).");
+    m.def(
+        "find_redaction_spans",
+        [](py::str s, unsigned patterns) {
+            std::vector<Span> spans;
+            with_units(s.ptr(), [&](auto* p, std::size_t n) {
+                redact::find_value_spans(p, n, patterns, spans);
+            });
+            std::vector<std::pair<std::size_t, std::size_t>> out;
+            for (auto& sp : spans) out.emplace_back(sp.begin, sp.end);
+            return out;
+        },
+        py::arg("text"), py::arg("patterns"),
+        "The [begin, end) spans the C++ core would redact (exposed for tests).");
 }
 
 }  // namespace fastcache::bindings

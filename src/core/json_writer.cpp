@@ -43,8 +43,12 @@ const EscapeTable kEscapeAscii(true);
 const EscapeTable kEscapeUnicode(false);
 
 inline void append_u_escape(std::string& out, std::uint32_t unit) {
-    char buf[6] = {'\\', 'u', kHex[(unit >> 12) & 0xf], kHex[(unit >> 8) & 0xf],
-                   kHex[(unit >> 4) & 0xf], kHex[unit & 0xf]};
+    char buf[6] = {'\\',
+                   'u',
+                   kHex[(unit >> 12) & 0xf],
+                   kHex[(unit >> 8) & 0xf],
+                   kHex[(unit >> 4) & 0xf],
+                   kHex[unit & 0xf]};
     out.append(buf, 6);
 }
 
@@ -188,8 +192,8 @@ void append_base64url(const std::uint8_t* data, std::size_t n, std::string& out)
     out.reserve(out.size() + (n + 2) / 3 * 4);
     std::size_t i = 0;
     for (; i + 3 <= n; i += 3) {
-        std::uint32_t v = (std::uint32_t{data[i]} << 16) | (std::uint32_t{data[i + 1]} << 8) |
-                          data[i + 2];
+        std::uint32_t v =
+            (std::uint32_t{data[i]} << 16) | (std::uint32_t{data[i + 1]} << 8) | data[i + 2];
         char quad[4] = {kAlphabet[v >> 18], kAlphabet[(v >> 12) & 63], kAlphabet[(v >> 6) & 63],
                         kAlphabet[v & 63]};
         out.append(quad, 4);
@@ -378,8 +382,7 @@ void Writer::quoted_spans(const CharT* s, std::size_t n, const std::vector<Span>
     for (const Span& sp : spans) {
         assert(sp.begin >= pos && sp.end <= n && sp.begin <= sp.end);
         escape_run(s + pos, sp.begin - pos);
-        escape_run(reinterpret_cast<const std::uint8_t*>(replacement.data()),
-                   replacement.size());
+        escape_run(reinterpret_cast<const std::uint8_t*>(replacement.data()), replacement.size());
         pos = sp.end;
     }
     escape_run(s + pos, n - pos);

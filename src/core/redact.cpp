@@ -137,8 +137,7 @@ inline bool ends_query_value(CharT ch) {
 }
 template <class CharT>
 inline bool is_param_name(CharT c) {
-    return is_alnum(c) || c == '_' || c == '-' || c == '.' || c == '[' || c == ']' ||
-           c == '%';
+    return is_alnum(c) || c == '_' || c == '-' || c == '.' || c == '[' || c == ']' || c == '%';
 }
 
 template <class CharT>
@@ -270,10 +269,10 @@ template bool KeyMatcher::matches<std::uint8_t>(const std::uint8_t*, std::size_t
 template bool KeyMatcher::matches<std::uint16_t>(const std::uint16_t*, std::size_t) const;
 template bool KeyMatcher::matches<std::uint32_t>(const std::uint32_t*, std::size_t) const;
 template void find_value_spans<std::uint8_t>(const std::uint8_t*, std::size_t, unsigned,
-    std::vector<json::Span>&, const KeyMatcher*, bool);
+                                             std::vector<json::Span>&, const KeyMatcher*, bool);
 template void find_value_spans<std::uint16_t>(const std::uint16_t*, std::size_t, unsigned,
-    std::vector<json::Span>&, const KeyMatcher*, bool);
+                                              std::vector<json::Span>&, const KeyMatcher*, bool);
 template void find_value_spans<std::uint32_t>(const std::uint32_t*, std::size_t, unsigned,
-    std::vector<json::Span>&, const KeyMatcher*, bool);
+                                              std::vector<json::Span>&, const KeyMatcher*, bool);
 
 }  // namespace fastcache::redact

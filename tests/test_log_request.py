@@ -21,6 +21,7 @@ from django_fastcache.log import (
     JsonFormatter,
     RequestContextMiddleware,
     get_request_context,
+    log_event,
 )
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 from rest_framework.decorators import api_view, authentication_classes, permission_classes
@@ -48,6 +49,7 @@ class HeaderTokenAuth(BaseAuthentication):
 @permission_classes([AllowAny])
 def drf_token_view(request):
     app_log.info("inside the view")
+    log_event("drf.event", {"n": 1}, logger="reqlog.app")
     return Response({"ok": True})
 
 
@@ -269,12 +271,12 @@ def test_query_strings_are_logged_only_when_asked_and_redacted(cap):
 def test_lines_inside_a_drf_view_carry_the_user_drf_authenticated(cap):
     Client().get("/drf/token/", headers={"X-Token": "42", "X-Request-ID": "drf-1"})
     inside = [ln for ln in cap.lines if ln["name"] == "reqlog.app"]
-    assert [ln["user_id"] for ln in inside] == [42]
+    assert [ln["user_id"] for ln in inside] == [42, 42]
     assert access(cap)["user_id"] == 42
     assert AUTH_CALLS["n"] == 1  # resolved from what DRF set, not authenticated again
     cap.lines.clear()
     Client().get("/drf/token/")
-    assert [ln["user_id"] for ln in cap.lines] == [None, None]
+    assert [ln["user_id"] for ln in cap.lines] == [None, None, None]
 
 
 @override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=LAZY_MW)

@@ -951,6 +951,8 @@ def log_event(
     if not logger.isEnabledFor(levelno):
         return
     ctx = _context.get()
+    if ctx and _PENDING in ctx:
+        _resolve_pending(ctx)
     logger.log(
         levelno,
         event,

@@ -198,3 +198,18 @@ def test_a_record_stays_one_line_without_ensure_ascii(char, indent):
     data = json.loads(text)
     assert data["message"] == f"a{char}b" and data["note"] == f"é{char}"
     assert "é" in text  # still unescaped where it is safe
+
+
+def test_runserver_access_lines_are_redacted_in_message_and_request_path():
+    import socket
+
+    sock = socket.socket()
+    try:
+        r = record('"%s" %s %s', ("GET /cb?access_token=abc&x=1 HTTP/1.1", "200", "5"),
+                   request=sock, status_code=200)
+        r.name = "django.server"
+        out = line(JsonFormatter(), r)
+    finally:
+        sock.close()
+    assert out["message"] == f'"GET /cb?access_token={REDACTED}&x=1 HTTP/1.1" 200 5'
+    assert out["request"]["path"] == f"/cb?access_token={REDACTED}&x=1"

@@ -266,7 +266,7 @@ def test_redact_keys_are_configurable():
     assert out["ssn"] == REDACTED and out["password"] == "pw"
     out = one_line(JsonFormatter(redact_keys=None).format(record(password="pw")))
     assert out["password"] == "pw"
-    assert "csrftoken" in DEFAULT_REDACT_KEYS
+    assert "csrf" in DEFAULT_REDACT_KEYS
 
 
 def test_value_patterns_are_opt_in():
@@ -279,7 +279,7 @@ def test_value_patterns_are_opt_in():
             record(
                 msg=text,
                 note={"deep": [text]},
-                auth="Bearer abc.DEF-123_~+/xyz==",
+                header="Bearer abc.DEF-123_~+/xyz==",
                 dashes="4012-8888-8888-1881",
                 uuid_like="12345678-1234-5678-1234-567812345678",
             )
@@ -288,7 +288,7 @@ def test_value_patterns_are_opt_in():
     expected = f"card {REDACTED}, not 4111 1111 1111 1112, mail {REDACTED}"
     assert out["message"] == expected
     assert out["note"] == {"deep": [expected]}
-    assert out["auth"] == f"Bearer {REDACTED}"
+    assert out["header"] == f"Bearer {REDACTED}"
     assert out["dashes"] == REDACTED
     assert out["uuid_like"] == "12345678-1234-5678-1234-567812345678"
 

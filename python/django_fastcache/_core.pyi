@@ -132,6 +132,7 @@ class LogEncoder:
         circular: str,
         too_deep: str,
         max_depth: int,
+        redact_words: list[str] = ...,
     ) -> None: ...
     def configure_record(
         self,
@@ -146,7 +147,9 @@ class LogEncoder:
         needs_asctime: bool,
         noscan: frozenset[Any],
         request_key: str | None,
+        context_resolver: Callable[[dict[str, Any]], None] | None = ...,
     ) -> None: ...
+    def redact_string(self, text: str, bare_query: bool = ...) -> str: ...
     def dumps(self, obj: Any, noscan: frozenset[Any] | None = ...) -> str: ...
     def add_fields(
         self, formatter: Any, log_data: dict[Any, Any], record: Any, message_dict: dict[Any, Any]

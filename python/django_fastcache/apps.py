@@ -13,3 +13,6 @@ class FastCacheConfig(AppConfig):
     def ready(self) -> None:
         # Importing registers the checks with Django's check framework.
         from . import checks, limiter  # noqa: F401
+        from .log import install_integrations
+
+        install_integrations()

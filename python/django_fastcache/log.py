@@ -33,11 +33,14 @@ from . import _core
 
 __all__ = [
     "DEFAULT_REDACT_KEYS",
+    "DEFAULT_REDACT_WORDS",
     "JsonFormatter",
     "REDACTED",
     "RESERVED_ATTRS",
     "RequestContextMiddleware",
     "bind_context",
+    "command_context",
+    "install_integrations",
     "get_request_context",
     "json_default",
     "log_event",
@@ -75,18 +78,26 @@ RESERVED_ATTRS: tuple[str, ...] = tuple(
 )
 
 #: Key names (folded: case-insensitive, ``_`` and ``-`` ignored) that mark a value secret
-#: when they occur anywhere in a key.
+#: when they occur anywhere in a key: the rule of Django's error reporter
+#: (``SafeExceptionReporterFilter.hidden_settings``: API, AUTH, TOKEN, KEY, SECRET, PASS,
+#: SIGNATURE, COOKIE) plus session and CSRF names and credentials.
 DEFAULT_REDACT_KEYS: tuple[str, ...] = (
-    "password",
-    "passwd",
-    "secret",
+    "api",
+    "auth",
     "token",
-    "api_key",
-    "authorization",
+    "key",
+    "secret",
+    "pass",
+    "signature",
     "cookie",
     "sessionid",
-    "csrftoken",
+    "csrf",
+    "credential",
 )
+
+#: Short names that mark a value secret when they are a whole word of a key (``user_otp``,
+#: ``otpCode``, ``X-JWT``): as substrings they would hide innocent keys (``footprint``).
+DEFAULT_REDACT_WORDS: tuple[str, ...] = ("pwd", "otp", "totp", "jwt")
 
 #: What a redacted value (or a redacted part of a string) becomes.
 REDACTED = "[REDACTED]"
@@ -94,7 +105,8 @@ _CIRCULAR = "[Circular]"
 _TOO_DEEP = "[MaxDepth]"
 _MAX_DEPTH = 200
 
-_VALUE_PATTERNS = {"card": 1, "email": 2, "bearer": 4}
+_VALUE_PATTERNS = {"card": 1, "email": 2, "bearer": 4, "query": 8}
+_MAX_FORMAT_ARGS_REPR = 200
 _HOOKS = (
     "add_fields",
     "process_log_record",
@@ -223,7 +235,8 @@ class JsonFormatter(logging.Formatter):
         json_indent: int | str | None = None,
         json_ensure_ascii: bool = True,
         redact_keys: Iterable[str] | None = DEFAULT_REDACT_KEYS,
-        redact_values: Iterable[str] = (),
+        redact_key_words: Iterable[str] | None = DEFAULT_REDACT_WORDS,
+        redact_values: Iterable[str] = ("query",),
         request_context: bool = True,
     ) -> None:
         # logging.Formatter.__init__ is not called: it rejects style "," and fmt lists.
@@ -266,6 +279,7 @@ class JsonFormatter(logging.Formatter):
         self.json_indent = json_indent
         self.json_ensure_ascii = json_ensure_ascii
         self.redact_keys = tuple(redact_keys) if redact_keys else ()
+        self.redact_key_words = tuple(redact_key_words) if redact_key_words else ()
         self.redact_values = tuple(redact_values)
         self.request_context = request_context
 
@@ -278,9 +292,10 @@ class JsonFormatter(logging.Formatter):
     # -- configuration --
 
     def _build_encoder(self) -> _core.LogEncoder:
-        for name in self.redact_keys:
-            if not isinstance(name, str):
-                raise TypeError(f"redact_keys must be strings, got {name!r}")
+        for option in ("redact_keys", "redact_key_words"):
+            for name in getattr(self, option):
+                if not isinstance(name, str):
+                    raise TypeError(f"{option} must be strings, got {name!r}")
         flags = 0
         for name in self.redact_values:
             if name not in _VALUE_PATTERNS:
@@ -309,6 +324,7 @@ class JsonFormatter(logging.Formatter):
             circular=_CIRCULAR,
             too_deep=_TOO_DEEP,
             max_depth=_MAX_DEPTH,
+            redact_words=list(self.redact_key_words),
         )
 
         rename = self._get_rename
@@ -343,6 +359,7 @@ class JsonFormatter(logging.Formatter):
             needs_asctime="asctime" in self._required_fields,
             noscan=self._noscan,
             request_key="request" if "request" not in self._skip_fields else None,
+            context_resolver=_resolve_pending,
         )
         return encoder
 
@@ -380,7 +397,11 @@ class JsonFormatter(logging.Formatter):
             message_dict = record.msg.copy()
             record.message = ""
         else:
-            record.message = record.getMessage()
+            try:
+                record.message = record.getMessage()
+            except Exception as exc:
+                record.message, key, error = self._message_failure(record, exc)
+                message_dict[key] = error
         if "asctime" in self._required_fields:
             record.asctime = self.formatTime(record, self.datefmt)
         if record.exc_info or record.exc_text or record.stack_info:
@@ -427,6 +448,24 @@ class JsonFormatter(logging.Formatter):
         return self.rename_fields.get(key, key)
 
     # -- callbacks from the C++ encoder (rare paths) --
+
+    def _message_failure(
+        self, record: logging.LogRecord, exc: BaseException
+    ) -> tuple[str, str, str]:
+        """A message its arguments do not fit (``logger.info("%s %s", 1)``): logging itself
+        would print a traceback to stderr and lose the line. The line is written with the
+        raw message, and a ``format_error`` field naming the error and the arguments."""
+        try:
+            message = str(record.msg)
+        except Exception:
+            message = "__could_not_encode__"
+        try:
+            args = repr(record.args)
+        except Exception:
+            args = "?"
+        if len(args) > _MAX_FORMAT_ARGS_REPR:
+            args = args[:_MAX_FORMAT_ARGS_REPR] + "..."
+        return message, "format_error", f"{type(exc).__name__}: {exc}; args={args}"
 
     def _exception_fields(
         self, record: logging.LogRecord, message_dict: dict[str, Any]
@@ -476,9 +515,14 @@ class JsonFormatter(logging.Formatter):
 
 
 def get_request_context() -> dict[str, Any]:
-    """A copy of the current request's context (empty outside a request)."""
+    """A copy of the current context (request, command or task; empty outside one),
+    without its private entries."""
     ctx = _context.get()
-    return dict(ctx) if ctx else {}
+    if not ctx:
+        return {}
+    if _PENDING in ctx:
+        _resolve_pending(ctx)
+    return {k: v for k, v in ctx.items() if not (isinstance(k, str) and k.startswith("_"))}
 
 
 @contextmanager
@@ -493,17 +537,70 @@ def bind_context(**fields: Any):
         _context.reset(token)
 
 
+# A context whose user is not known yet holds the Django request under this key; the
+# formatter calls _resolve_pending before writing a line (see _resolve_pending).
+_PENDING = "_pending"
+
+
+def _resolve_pending(ctx: dict[str, Any]) -> None:
+    """Fills ``user_id`` from the user a DRF view (or anything else) set on the request
+    since the context was made. DRF's ``Request.user`` setter assigns the user to the
+    Django request too, so the authenticated user is in ``request.__dict__``; a user that
+    is still an unevaluated ``SimpleLazyObject`` (session auth not consulted yet) is left
+    alone: evaluating it here would cost a session and a database query per line."""
+    request = ctx.get(_PENDING)
+    if request is None:
+        ctx.pop(_PENDING, None)
+        return
+    user = getattr(request, "__dict__", {}).get("user")
+    if user is None:
+        return
+    wrapped = getattr(user, "_wrapped", None)
+    if wrapped is not None:  # a SimpleLazyObject
+        from django.utils.functional import empty
+
+        if wrapped is empty:
+            return
+        user = wrapped
+    user_id = _user_id(user)
+    if user_id is not None:
+        ctx["user_id"] = user_id
+        ctx.pop(_PENDING, None)
+
+
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,200}")
+_LEVELS_DEFAULT = {2: logging.INFO, 3: logging.INFO, 4: logging.WARNING, 5: logging.ERROR}
 _SETTINGS_DEFAULTS: dict[str, Any] = {
     "REQUEST_ID_HEADER": "X-Request-ID",
+    "CORRELATION_ID_HEADER": "X-Correlation-ID",
     "ACCESS_LOG": True,
     "ACCESS_LOGGER": "django_fastcache.access",
+    "ACCESS_LEVELS": None,
+    "USER_AGENT_MAX_LENGTH": 256,
+    "LOG_QUERY_STRING": False,
+    "CONTEXT_HOOK": None,
+    "COMMAND_CONTEXT": True,
+    "CELERY_CONTEXT": True,
 }
+_CLIENT_IP_MAX_LENGTH = 200
 
 
-def _middleware_settings() -> dict[str, Any]:
+def _level(value: Any, option: str) -> int:
+    from django.core.exceptions import ImproperlyConfigured
+
+    if isinstance(value, str):
+        level = logging.getLevelName(value.upper())
+        if isinstance(level, int):
+            return level
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ImproperlyConfigured(f"FASTCACHE_LOG_CONTEXT[{option!r}]: {value!r} is not a level")
+
+
+def _log_settings() -> dict[str, Any]:
     from django.conf import settings
     from django.core.exceptions import ImproperlyConfigured
+    from django.utils.module_loading import import_string
 
     given = getattr(settings, "FASTCACHE_LOG_CONTEXT", {}) or {}
     if not isinstance(given, Mapping):
@@ -519,9 +616,54 @@ def _middleware_settings() -> dict[str, Any]:
         raise ImproperlyConfigured(
             "FASTCACHE_LOG_CONTEXT['REQUEST_ID_HEADER'] must be a header name"
         )
+    corr = conf["CORRELATION_ID_HEADER"]
+    if corr is not None and (not isinstance(corr, str) or not corr):
+        raise ImproperlyConfigured(
+            "FASTCACHE_LOG_CONTEXT['CORRELATION_ID_HEADER'] must be a header name or None"
+        )
     if not isinstance(conf["ACCESS_LOGGER"], str):
         raise ImproperlyConfigured("FASTCACHE_LOG_CONTEXT['ACCESS_LOGGER'] must be a logger name")
+    levels = dict(_LEVELS_DEFAULT)
+    if conf["ACCESS_LEVELS"] is not None:
+        if not isinstance(conf["ACCESS_LEVELS"], Mapping):
+            raise ImproperlyConfigured(
+                "FASTCACHE_LOG_CONTEXT['ACCESS_LEVELS'] must map a status class (1-5) or a "
+                "status code to a level"
+            )
+        for key, value in conf["ACCESS_LEVELS"].items():
+            if not isinstance(key, int) or not (1 <= key <= 5 or 100 <= key <= 599):
+                raise ImproperlyConfigured(
+                    f"FASTCACHE_LOG_CONTEXT['ACCESS_LEVELS']: {key!r} is neither a status "
+                    "class (1-5) nor a status code"
+                )
+            levels[key] = _level(value, "ACCESS_LEVELS")
+    conf["ACCESS_LEVELS"] = levels
+    ua_max = conf["USER_AGENT_MAX_LENGTH"]
+    if not isinstance(ua_max, int) or isinstance(ua_max, bool) or ua_max < 0:
+        raise ImproperlyConfigured(
+            "FASTCACHE_LOG_CONTEXT['USER_AGENT_MAX_LENGTH'] must be a non-negative int"
+        )
+    hook = conf["CONTEXT_HOOK"]
+    if isinstance(hook, str):
+        try:
+            hook = import_string(hook)
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                f"FASTCACHE_LOG_CONTEXT['CONTEXT_HOOK']: cannot import {conf['CONTEXT_HOOK']!r}: "
+                f"{exc}"
+            ) from exc
+    if hook is not None and not callable(hook):
+        raise ImproperlyConfigured(
+            "FASTCACHE_LOG_CONTEXT['CONTEXT_HOOK'] must be a callable or its dotted path"
+        )
+    conf["CONTEXT_HOOK"] = hook
+    rest = getattr(settings, "REST_FRAMEWORK", None) or {}
+    conf["NUM_PROXIES"] = rest.get("NUM_PROXIES") if isinstance(rest, Mapping) else None
     return conf
+
+
+# Kept for callers of the old name.
+_middleware_settings = _log_settings
 
 
 def _user_id(user: Any) -> Any:
@@ -530,13 +672,40 @@ def _user_id(user: Any) -> Any:
     return user.pk
 
 
+_query_redactor: Any = None
+
+
+def _redact_query(query: str) -> str:
+    """A query string with the values of secret-looking parameters replaced, by the default
+    key rule (the formatter's own redaction applies on top, with its settings)."""
+    global _query_redactor
+    if _query_redactor is None:
+        _query_redactor = JsonFormatter()._encoder
+    return _query_redactor.redact_string(query, True)
+
+
+def _response_size(response: Any) -> int | None:
+    if response is None:
+        return None
+    if getattr(response, "streaming", False):
+        length = response.get("Content-Length") if hasattr(response, "get") else None
+        return int(length) if length and length.isdigit() else None
+    content = getattr(response, "content", None)
+    return len(content) if isinstance(content, (bytes, bytearray)) else None
+
+
 class RequestContextMiddleware:
     """Puts ``request_id`` (the ``X-Request-ID`` header when it is well formed, else a new
-    one; echoed on the response), ``user_id``, ``method`` and ``path`` into a context
-    variable that ``JsonFormatter`` adds to every line written while the request runs, in
-    sync and async views alike, and writes one access-log line per request with ``status``
-    and ``duration_ms``. Place it after ``AuthenticationMiddleware`` to get ``user_id`` from
-    the start of the request; otherwise it is known only for the access-log line.
+    one; echoed on the response), ``correlation_id`` (from a configurable header, validated
+    the same way), ``user_id``, ``method`` and ``path`` into a context variable that
+    ``JsonFormatter`` adds to every line written while the request runs, in sync and async
+    views alike, and writes one access-log line per request with ``status``,
+    ``duration_ms``, ``client_ip``, ``user_agent`` and ``response_size``, at a level that
+    follows the status (2xx/3xx INFO, 4xx WARNING, 5xx ERROR by default).
+
+    ``user_id`` comes from ``request.user`` when the middleware runs after
+    ``AuthenticationMiddleware``; a user set later (DRF's token or session authentication
+    inside the view) is picked up by lines written after it, without authenticating again.
     """
 
     sync_capable = True
@@ -549,9 +718,15 @@ class RequestContextMiddleware:
         self._is_async = iscoroutinefunction(get_response)
         if self._is_async:
             markcoroutinefunction(self)
-        conf = _middleware_settings()
+        conf = _log_settings()
         self._header = conf["REQUEST_ID_HEADER"]
+        self._corr_header = conf["CORRELATION_ID_HEADER"]
         self._access = logging.getLogger(conf["ACCESS_LOGGER"]) if conf["ACCESS_LOG"] else None
+        self._levels = conf["ACCESS_LEVELS"]
+        self._ua_max = conf["USER_AGENT_MAX_LENGTH"]
+        self._log_query = bool(conf["LOG_QUERY_STRING"])
+        self._hook = conf["CONTEXT_HOOK"]
+        self._num_proxies = conf["NUM_PROXIES"]
 
     def _begin(self, request: Any) -> dict[str, Any]:
         incoming = request.headers.get(self._header)
@@ -560,32 +735,91 @@ class RequestContextMiddleware:
         else:
             request_id = uuid.uuid4().hex
         request.request_id = request_id
-        return {
+        ctx = {
             "request_id": request_id,
             "user_id": None,
             "method": request.method,
             "path": request.path,
         }
+        if self._corr_header:
+            corr = request.headers.get(self._corr_header)
+            ctx["correlation_id"] = corr if corr and _REQUEST_ID_RE.fullmatch(corr) else None
+        return ctx
 
-    def _end(self, ctx: dict[str, Any], response: Any, status: int, started: float) -> None:
+    def _bind_hook(self, request: Any, ctx: dict[str, Any]) -> None:
+        if self._hook is None:
+            return
+        extra = self._hook(request)
+        if extra:
+            if not isinstance(extra, Mapping):
+                raise TypeError(
+                    f"FASTCACHE_LOG_CONTEXT['CONTEXT_HOOK'] returned {type(extra).__name__}, "
+                    "not a mapping"
+                )
+            for key, value in extra.items():
+                ctx[key] = value
+
+    def _level_for(self, status: int) -> int:
+        levels = self._levels
+        if status in levels:
+            return levels[status]
+        return levels.get(status // 100, logging.INFO)
+
+    def _end(
+        self, request: Any, ctx: dict[str, Any], response: Any, status: int, started: float
+    ) -> None:
         if response is not None:
             response[self._header] = ctx["request_id"]
-        if self._access is not None and self._access.isEnabledFor(logging.INFO):
-            duration_ms = round((time.perf_counter() - started) * 1000.0, 3)
-            self._access.info(
-                '"%s %s" %s',
-                ctx["method"],
-                ctx["path"],
-                status,
-                extra={
-                    "request_id": ctx["request_id"],
-                    "user_id": ctx["user_id"],
-                    "method": ctx["method"],
-                    "path": ctx["path"],
-                    "status": status,
-                    "duration_ms": duration_ms,
-                },
-            )
+        if self._access is None:
+            return
+        level = self._level_for(status)
+        if not self._access.isEnabledFor(level):
+            return
+        duration_ms = round((time.perf_counter() - started) * 1000.0, 3)
+        from .limiter import get_ident
+
+        meta = request.META
+        client_ip = get_ident(request, self._num_proxies)
+        if isinstance(client_ip, str) and len(client_ip) > _CLIENT_IP_MAX_LENGTH:
+            client_ip = client_ip[:_CLIENT_IP_MAX_LENGTH]
+        agent = meta.get("HTTP_USER_AGENT")
+        if isinstance(agent, str) and len(agent) > self._ua_max:
+            agent = agent[: self._ua_max]
+        extra = {
+            **{k: v for k, v in ctx.items() if not (isinstance(k, str) and k.startswith("_"))},
+            "status": status,
+            "duration_ms": duration_ms,
+            "client_ip": client_ip,
+            "user_agent": agent,
+            "response_size": _response_size(response),
+        }
+        exc = ctx.get("_exception")
+        if exc is not None:
+            extra["exception"] = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        target = ctx["path"]
+        if self._log_query:
+            query = meta.get("QUERY_STRING", "")
+            extra["query"] = _redact_query(query) if query else ""
+            if query:
+                target = f"{target}?{extra['query']}"
+        # The traceback of an unhandled exception is logged once, by Django's own
+        # "django.request" logger (with this request's context); the access line names
+        # the exception without repeating it.
+        self._access.log(level, '"%s %s" %s', ctx["method"], target, status, extra=extra)
+
+    def process_exception(self, request: Any, exception: BaseException) -> None:
+        ctx = _context.get()
+        if ctx is not None and ctx.get("request_id") == getattr(request, "request_id", None):
+            ctx["_exception"] = exception
+        return None
+
+    def _finish_user(self, request: Any, ctx: dict[str, Any]) -> None:
+        if ctx["user_id"] is None:
+            if _PENDING in ctx:
+                _resolve_pending(ctx)
+            if ctx["user_id"] is None and hasattr(request, "user"):
+                ctx["user_id"] = _user_id(request.user)
+        ctx.pop(_PENDING, None)
 
     def __call__(self, request: Any) -> Any:
         if self._is_async:
@@ -594,16 +828,18 @@ class RequestContextMiddleware:
         ctx = self._begin(request)
         if hasattr(request, "user"):
             ctx["user_id"] = _user_id(request.user)
+        if ctx["user_id"] is None:
+            ctx[_PENDING] = request
+        self._bind_hook(request, ctx)
         token = _context.set(ctx)
         response = None
         try:
             response = self.get_response(request)
         finally:
-            if ctx["user_id"] is None and hasattr(request, "user"):
-                ctx["user_id"] = _user_id(request.user)
+            self._finish_user(request, ctx)
             status = response.status_code if response is not None else 500
             try:
-                self._end(ctx, response, status, started)
+                self._end(request, ctx, response, status, started)
             finally:
                 _context.reset(token)
         return response
@@ -613,16 +849,22 @@ class RequestContextMiddleware:
         ctx = self._begin(request)
         if hasattr(request, "auser"):
             ctx["user_id"] = await self._auser_id(request)
+        if ctx["user_id"] is None:
+            ctx[_PENDING] = request
+        self._bind_hook(request, ctx)
         token = _context.set(ctx)
         response = None
         try:
             response = await self.get_response(request)
         finally:
+            if ctx["user_id"] is None:
+                _resolve_pending(ctx)
             if ctx["user_id"] is None and hasattr(request, "auser"):
                 ctx["user_id"] = await self._auser_id(request)
+            ctx.pop(_PENDING, None)
             status = response.status_code if response is not None else 500
             try:
-                self._end(ctx, response, status, started)
+                self._end(request, ctx, response, status, started)
             finally:
                 _context.reset(token)
         return response
@@ -631,6 +873,57 @@ class RequestContextMiddleware:
     async def _auser_id(request: Any) -> Any:
         user = await request.auser()
         return _user_id(user)
+
+
+# --- management commands ------------------------------------------------------------------
+
+
+@contextmanager
+def command_context(name: str, **fields: Any):
+    """The context of a management command (or any job outside a request): ``command`` and
+    a ``run_id`` on every line written inside the block."""
+    token = _context.set({"command": name, "run_id": uuid.uuid4().hex, **fields})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def _install_command_context() -> None:
+    """Wraps ``BaseCommand.execute`` (once) so every management command runs inside a
+    ``command_context`` named after it, as ``manage.py`` and ``call_command`` name it."""
+    from django.core.management.base import BaseCommand
+
+    if getattr(BaseCommand.execute, "_fastcache_log", False):
+        return
+    original = BaseCommand.execute
+
+    def execute(self: Any, *args: Any, **options: Any) -> Any:
+        if _context.get() is not None and "command" in (_context.get() or {}):
+            return original(self, *args, **options)  # a command calling another
+        name = type(self).__module__.rsplit(".", 1)[-1]
+        with command_context(name):
+            return original(self, *args, **options)
+
+    execute._fastcache_log = True  # type: ignore[attr-defined]
+    execute.__wrapped__ = original  # type: ignore[attr-defined]
+    BaseCommand.execute = execute  # type: ignore[method-assign]
+
+
+def install_integrations() -> None:
+    """Called from the app's ``ready()``: the management-command context and, when Celery
+    is installed, the task context (each can be turned off in FASTCACHE_LOG_CONTEXT)."""
+    conf = _log_settings()
+    if conf["COMMAND_CONTEXT"]:
+        _install_command_context()
+    if conf["CELERY_CONTEXT"]:
+        try:
+            import celery  # noqa: F401
+        except ImportError:
+            return
+        from .log_celery import connect
+
+        connect()
 
 
 # --- structured events --------------------------------------------------------------------
@@ -658,6 +951,8 @@ def log_event(
     if not logger.isEnabledFor(levelno):
         return
     ctx = _context.get()
+    if ctx and _PENDING in ctx:
+        _resolve_pending(ctx)
     logger.log(
         levelno,
         event,

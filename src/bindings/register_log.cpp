@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <ctime>
 #include <memory>
 #include <optional>
 #include <string>
@@ -74,10 +75,10 @@ public:
     Encoder(bool ensure_ascii, std::optional<std::string> indent, py::object default_fn,
             py::dict fast_types, const std::vector<std::string>& redact_keys,
             unsigned redact_values, std::string redacted, std::string circular,
-            std::string too_deep, int max_depth)
+            std::string too_deep, int max_depth, const std::vector<std::string>& redact_words)
         : default_fn_(std::move(default_fn)),
           fast_types_(std::move(fast_types)),
-          keys_(redact_keys),
+          keys_(redact_keys, redact_words),
           value_patterns_(redact_values),
           redacted_(std::move(redacted)),
           circular_(std::move(circular)),
@@ -93,9 +94,9 @@ public:
 
     // python-json-logger's record-to-fields settings, computed once by the Python layer.
     void configure_record(py::dict templ, py::list required, py::dict rename, py::object skip,
-                          py::object context_var, py::object timestamp_key,
-                          py::list keep_missing, std::string prefix, bool needs_asctime,
-                          py::object noscan, py::object request_key) {
+                          py::object context_var, py::object timestamp_key, py::list keep_missing,
+                          std::string prefix, bool needs_asctime, py::object noscan,
+                          py::object request_key, py::object context_resolver) {
         template_ = std::move(templ);
         required_ = std::move(required);
         rename_ = std::move(rename);
@@ -107,6 +108,7 @@ public:
         needs_asctime_ = needs_asctime;
         noscan_ = std::move(noscan);
         request_key_ = std::move(request_key);
+        context_resolver_ = std::move(context_resolver);
         build_skip_table();
         configured_ = true;
     }
@@ -116,6 +118,27 @@ public:
             write_top(st, obj.ptr(), noscan.ptr());
             return finish(st);
         });
+    }
+
+    // `text` with what the value patterns find replaced (the query pattern with
+    // `bare_query` treats the text as a query string: "a=1&token=x").
+    py::str redact_string(py::str text, bool bare_query) {
+        std::vector<Span> spans;
+        with_units(text.ptr(), [&](auto* s, std::size_t n) {
+            redact::find_value_spans(s, n, value_patterns_, spans, &keys_, bare_query);
+        });
+        if (spans.empty()) return text;
+        py::list parts;
+        std::size_t pos = 0;
+        for (const Span& sp : spans) {
+            parts.append(text[py::slice(static_cast<Py_ssize_t>(pos),
+                                        static_cast<Py_ssize_t>(sp.begin), 1)]);
+            parts.append(py::str(redacted_));
+            pos = sp.end;
+        }
+        parts.append(
+            text[py::slice(static_cast<Py_ssize_t>(pos), PyUnicode_GET_LENGTH(text.ptr()), 1)]);
+        return py::str("").attr("join")(parts);
     }
 
     // python-json-logger's add_fields: fills `log_data` from the record.
@@ -150,22 +173,33 @@ public:
                 // that is PyUnicode_Format, without the Python frame.
                 message = has_args ? py::reinterpret_steal<py::object>(PyUnicode_Format(msg, args))
                                    : py::reinterpret_borrow<py::object>(msg);
-                if (!message) throw py::error_already_set();
             } else {
                 message = py::reinterpret_steal<py::object>(
                     PyObject_CallMethodNoArgs(rec, s_getMessage.ptr()));
-                if (!message) throw py::error_already_set();
+            }
+            if (!message) {
+                // A message whose arguments do not fit it ("%s %s" with one argument) is
+                // written anyway: the raw message, and the error beside it.
+                if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
+                py::error_already_set err;
+                py::tuple pair = py::reinterpret_borrow<py::object>(formatter).attr(
+                    s_message_failure)(record, err.value());
+                message = pair[0];
+                message_dict.attr("__setitem__")(pair[1], pair[2]);
             }
             set_record_attr(rec, rd, s_message.ptr(), message.ptr());
         }
         if (needs_asctime_) {
-            py::object fmt = py::reinterpret_borrow<py::object>(formatter);
-            py::object asctime = fmt.attr(s_formatTime)(record, fmt.attr(s_datefmt));
+            py::object asctime = format_time(formatter.ptr(), rd);
+            if (!asctime) {
+                py::object fmt = py::reinterpret_borrow<py::object>(formatter);
+                asctime = fmt.attr(s_formatTime)(record, fmt.attr(s_datefmt));
+            }
             set_record_attr(rec, rd, s_asctime.ptr(), asctime.ptr());
         }
         if (truthy(rd, s_exc_info) || truthy(rd, s_exc_text) || truthy(rd, s_stack_info)) {
-            message_dict = py::reinterpret_borrow<py::object>(formatter).attr(
-                s_exception_fields)(record, message_dict);
+            message_dict = py::reinterpret_borrow<py::object>(formatter).attr(s_exception_fields)(
+                record, message_dict);
         }
         py::dict log_data;
         fill(formatter.ptr(), log_data.ptr(), rec, rd, message_dict.ptr());
@@ -179,8 +213,12 @@ public:
 private:
     static inline py::handle s_msg, s_message, s_args, s_empty, s_getMessage, s_formatTime,
         s_datefmt, s_asctime, s_exc_info, s_exc_text, s_stack_info, s_exception_fields,
-        s_request_summary, s_timestamp_value, s_isoformat, s_int;
+        s_request_summary, s_timestamp_value, s_isoformat, s_int, s_message_failure, s_converter,
+        s_default_time_format, s_default_msec_format, s_created, s_msecs, s_pending_key;
     static inline PyObject* s_logrecord_type = nullptr;
+    static inline PyObject* s_base_formatTime = nullptr;
+    static inline PyObject* s_localtime = nullptr;
+    static inline PyObject* s_gmtime = nullptr;
 
 public:
     static void init_statics() {
@@ -200,6 +238,20 @@ public:
         s_timestamp_value = intern("_timestamp_value");
         s_isoformat = intern("isoformat");
         s_int = intern("int");
+        s_message_failure = intern("_message_failure");
+        s_converter = intern("converter");
+        s_default_time_format = intern("default_time_format");
+        s_default_msec_format = intern("default_msec_format");
+        s_created = intern("created");
+        s_msecs = intern("msecs");
+        s_pending_key = intern("_pending");
+        py::object time_mod = py::module_::import("time");
+        s_localtime = py::object(time_mod.attr("localtime")).release().ptr();
+        s_gmtime = py::object(time_mod.attr("gmtime")).release().ptr();
+        s_base_formatTime =
+            py::object(py::module_::import("logging").attr("Formatter").attr("formatTime"))
+                .release()
+                .ptr();
         PyDateTime_IMPORT;
         if (!PyDateTimeAPI) throw py::error_already_set();
         py::object logrecord = py::module_::import("logging").attr("LogRecord");
@@ -207,6 +259,126 @@ public:
     }
 
 private:
+    // logging.Formatter.formatTime in C++, for formatters that do not override it and
+    // whose converter is time.localtime or time.gmtime: the same libc calls Python's time
+    // module makes (localtime_r / gmtime_r, then strftime in the current locale, decoded
+    // as time.strftime decodes), so the text is identical. The strftime text is cached
+    // for the last second seen; a change of converter or format starts the cache again.
+    // Returns a null object when the Python method must run instead.
+    py::object format_time(PyObject* formatter, PyObject* rd) {
+        py::object method =
+            py::reinterpret_steal<py::object>(PyObject_GetAttr(formatter, s_formatTime.ptr()));
+        if (!method) throw py::error_already_set();
+        if (!PyMethod_Check(method.ptr()) ||
+            PyMethod_GET_FUNCTION(method.ptr()) != s_base_formatTime) {
+            return {};
+        }
+        py::object conv = getattr_or_throw(formatter, s_converter);
+        int kind = conv.ptr() == s_localtime ? 1 : conv.ptr() == s_gmtime ? 2 : 0;
+        if (!kind) return {};
+        PyObject* created = PyDict_GetItemWithError(rd, s_created.ptr());
+        if (!created) {
+            if (PyErr_Occurred()) throw py::error_already_set();
+            return {};
+        }
+        if (!PyFloat_CheckExact(created) && !PyLong_CheckExact(created)) return {};
+        double t = PyFloat_AsDouble(created);
+        if (t == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return {};
+        }
+        // time.localtime(float) floors, and refuses what does not fit a time_t.
+        if (!std::isfinite(t) || t < -9.2e18 || t > 9.2e18) return {};
+        const auto sec = static_cast<std::time_t>(std::floor(t));
+
+        py::object datefmt = getattr_or_throw(formatter, s_datefmt);
+        int has_datefmt = PyObject_IsTrue(datefmt.ptr());
+        if (has_datefmt < 0) throw py::error_already_set();
+        py::object fmt = has_datefmt ? datefmt : getattr_or_throw(formatter, s_default_time_format);
+        py::object msec_fmt;
+        if (!has_datefmt) {
+            msec_fmt = getattr_or_throw(formatter, s_default_msec_format);
+            int truthy_msec = PyObject_IsTrue(msec_fmt.ptr());
+            if (truthy_msec < 0) throw py::error_already_set();
+            if (!truthy_msec) msec_fmt = py::object();
+        }
+        py::object text = strftime_cached(sec, kind, fmt);
+        if (!text) return {};
+        if (!msec_fmt) return text;
+        PyObject* msecs = PyDict_GetItemWithError(rd, s_msecs.ptr());
+        if (!msecs) {
+            if (PyErr_Occurred()) throw py::error_already_set();
+            return {};
+        }
+        if (PyUnicode_CheckExact(msec_fmt.ptr()) && PyFloat_CheckExact(msecs) &&
+            PyUnicode_IS_ASCII(text.ptr()) &&
+            PyUnicode_CompareWithASCIIString(msec_fmt.ptr(), "%s,%03d") == 0) {
+            double ms = PyFloat_AS_DOUBLE(msecs);
+            if (ms >= 0.0 && ms < 1000.0) {
+                // "%03d" % msecs: int() of the float, zero-padded to three digits.
+                int v = static_cast<int>(ms);
+                Py_ssize_t n = PyUnicode_GET_LENGTH(text.ptr());
+                PyObject* out = PyUnicode_New(n + 4, 127);
+                if (!out) throw py::error_already_set();
+                char* p = static_cast<char*>(PyUnicode_DATA(out));
+                std::memcpy(p, PyUnicode_DATA(text.ptr()), static_cast<std::size_t>(n));
+                p[n] = ',';
+                p[n + 1] = static_cast<char>('0' + v / 100);
+                p[n + 2] = static_cast<char>('0' + v / 10 % 10);
+                p[n + 3] = static_cast<char>('0' + v % 10);
+                return py::reinterpret_steal<py::object>(out);
+            }
+        }
+        py::tuple args = py::make_tuple(text, py::reinterpret_borrow<py::object>(msecs));
+        PyObject* out = PyNumber_Remainder(msec_fmt.ptr(), args.ptr());
+        if (!out) throw py::error_already_set();
+        return py::reinterpret_steal<py::object>(out);
+    }
+
+    static py::object getattr_or_throw(PyObject* o, py::handle name) {
+        PyObject* v = PyObject_GetAttr(o, name.ptr());
+        if (!v) throw py::error_already_set();
+        return py::reinterpret_steal<py::object>(v);
+    }
+
+    py::object strftime_cached(std::time_t sec, int kind, const py::object& fmt) {
+        if (time_cache_.text && time_cache_.sec == sec && time_cache_.kind == kind &&
+            (time_cache_.fmt.ptr() == fmt.ptr() ||
+             (PyUnicode_CheckExact(fmt.ptr()) && PyUnicode_CheckExact(time_cache_.fmt.ptr()) &&
+              PyUnicode_Compare(fmt.ptr(), time_cache_.fmt.ptr()) == 0))) {
+            return time_cache_.text;
+        }
+        // Only formats that time.strftime passes to libc unchanged: exact str, ASCII (so
+        // the locale encoding is the identity), no NUL (which Python rejects).
+        if (!PyUnicode_CheckExact(fmt.ptr()) || !PyUnicode_IS_ASCII(fmt.ptr())) return {};
+        Py_ssize_t flen = PyUnicode_GET_LENGTH(fmt.ptr());
+        const char* f = static_cast<const char*>(PyUnicode_DATA(fmt.ptr()));
+        if (std::memchr(f, '\0', static_cast<std::size_t>(flen))) return {};
+        struct tm tm{};
+        if (kind == 1) {
+            if (!localtime_r(&sec, &tm)) return {};
+        } else {
+            if (!gmtime_r(&sec, &tm)) return {};  // tm_zone as libc names it, as time.gmtime
+        }
+        // time.strftime grows its buffer until the text fits or it reaches 256 times the
+        // format's length, and takes an empty result then as the answer.
+        std::string buf;
+        std::size_t len = 0;
+        for (std::size_t size = 1024;; size += size) {
+            buf.resize(size);
+            len = std::strftime(buf.data(), size, f, &tm);
+            if (len > 0 || size >= 256 * static_cast<std::size_t>(flen)) break;
+        }
+        PyObject* text = PyUnicode_DecodeLocaleAndSize(buf.data(), static_cast<Py_ssize_t>(len),
+                                                       "surrogateescape");
+        if (!text) throw py::error_already_set();
+        time_cache_.sec = sec;
+        time_cache_.kind = kind;
+        time_cache_.fmt = fmt;
+        time_cache_.text = py::reinterpret_steal<py::object>(text);
+        return time_cache_.text;
+    }
+
     void require_configured() const {
         if (!configured_) throw std::logic_error("Encoder.configure_record() was not called");
     }
@@ -263,6 +435,19 @@ private:
         while (PyDict_Next(src, &pos, &k, &v)) set(log_data, renamed(k), v);
     }
 
+    // Like merge_renamed, leaving out private (str keys starting with "_") entries.
+    void merge_public(PyObject* log_data, PyObject* src) {
+        PyObject *k, *v;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(src, &pos, &k, &v)) {
+            if (PyUnicode_Check(k) && PyUnicode_GET_LENGTH(k) > 0 &&
+                PyUnicode_READ_CHAR(k, 0) == '_') {
+                continue;
+            }
+            set(log_data, renamed(k), v);
+        }
+    }
+
     void fill(PyObject* formatter, PyObject* log_data, PyObject* rec, PyObject* rd,
               PyObject* message_dict) {
         if (!PyDict_Check(log_data)) throw py::type_error("log_data must be a dict");
@@ -284,7 +469,16 @@ private:
                 throw py::error_already_set();
             }
             py::object holder = py::reinterpret_steal<py::object>(ctx);
-            if (ctx && PyDict_Check(ctx)) merge_renamed(log_data, ctx);
+            if (ctx && PyDict_Check(ctx)) {
+                // Fields the context cannot know when it is made (the user a DRF view
+                // authenticates) are resolved when a line is written.
+                if (!context_resolver_.is_none()) {
+                    int pending = PyDict_Contains(ctx, s_pending_key.ptr());
+                    if (pending < 0) throw py::error_already_set();
+                    if (pending) context_resolver_(holder);
+                }
+                merge_public(log_data, ctx);
+            }
         }
         if (message_dict && message_dict != Py_None) {
             if (!PyDict_Check(message_dict)) throw py::type_error("message_dict must be a dict");
@@ -309,16 +503,16 @@ private:
                 int eq = PyObject_RichCompareBool(k, request_key_.ptr(), Py_EQ);
                 if (eq < 0) throw py::error_already_set();
                 if (eq) {
-                    replaced = py::reinterpret_borrow<py::object>(formatter)
-                                   .attr(s_request_summary)(py::handle(rec), py::handle(v));
+                    replaced = py::reinterpret_borrow<py::object>(formatter).attr(
+                        s_request_summary)(py::handle(rec), py::handle(v));
                     v = replaced.ptr();
                 }
             }
             set(log_data, has_rename ? renamed(k) : k, v);
         }
         if (!timestamp_key_.is_none()) {
-            py::object ts = py::reinterpret_borrow<py::object>(formatter)
-                                .attr(s_timestamp_value)(py::handle(rec));
+            py::object ts = py::reinterpret_borrow<py::object>(formatter).attr(s_timestamp_value)(
+                py::handle(rec));
             set(log_data, renamed(timestamp_key_.ptr()), ts.ptr());
         }
         for (py::handle field : keep_missing_) {
@@ -425,7 +619,7 @@ private:
         if (scan && value_patterns_) {
             st.spans.clear();
             with_units(o, [&](auto* s, std::size_t n) {
-                redact::find_value_spans(s, n, value_patterns_, st.spans);
+                redact::find_value_spans(s, n, value_patterns_, st.spans, &keys_);
             });
             if (!st.spans.empty()) {
                 with_units(o, [&](auto* s, std::size_t n) {
@@ -474,6 +668,19 @@ private:
         if (!enter(st, o)) return;
         py::object hold_seq = py::reinterpret_borrow<py::object>(o);
         st.writer.begin_array();
+        // A (key, value) pair whose key looks secret, as in a list of headers or
+        // dict.items(): the key stays, the value is redacted.
+        if (PySequence_Fast_GET_SIZE(o) == 2 && !keys_.empty()) {
+            PyObject* first = PySequence_Fast_GET_ITEM(o, 0);
+            if ((PyUnicode_Check(first) || PyBytes_Check(first)) && key_is_secret(first)) {
+                py::object hold = py::reinterpret_borrow<py::object>(first);
+                value(st, first, true);
+                st.writer.string_utf8_ascii(redacted_);
+                st.writer.end_array();
+                st.path.pop_back();
+                return;
+            }
+        }
         // Index access each time: a default function may mutate the list meanwhile.
         for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(o); ++i) {
             PyObject* item = PySequence_Fast_GET_ITEM(o, i);
@@ -486,6 +693,10 @@ private:
 
     bool key_is_secret(PyObject* k) {
         if (keys_.empty()) return false;
+        if (PyBytes_Check(k)) {
+            return keys_.matches(reinterpret_cast<const std::uint8_t*>(PyBytes_AS_STRING(k)),
+                                 static_cast<std::size_t>(PyBytes_GET_SIZE(k)));
+        }
         PyObject* cached = PyDict_GetItemWithError(key_cache_.ptr(), k);
         if (cached) return cached == Py_True;
         if (PyErr_Occurred()) throw py::error_already_set();
@@ -513,6 +724,7 @@ private:
                 secret = key_is_secret(kb);
             } else {
                 key_other(st, kb);
+                secret = PyBytes_Check(kb) && key_is_secret(kb);
             }
             if (secret) {
                 st.writer.string_utf8_ascii(redacted_);
@@ -592,18 +804,18 @@ private:
             n = json::format_iso_date(PyDateTime_GET_YEAR(o), PyDateTime_GET_MONTH(o),
                                       PyDateTime_GET_DAY(o), buf);
             buf[n++] = 'T';
-            n += json::format_iso_time(
-                PyDateTime_DATE_GET_HOUR(o), PyDateTime_DATE_GET_MINUTE(o),
-                PyDateTime_DATE_GET_SECOND(o), PyDateTime_DATE_GET_MICROSECOND(o), buf + n);
+            n += json::format_iso_time(PyDateTime_DATE_GET_HOUR(o), PyDateTime_DATE_GET_MINUTE(o),
+                                       PyDateTime_DATE_GET_SECOND(o),
+                                       PyDateTime_DATE_GET_MICROSECOND(o), buf + n);
         } else if (PyDate_CheckExact(o)) {
             n = json::format_iso_date(PyDateTime_GET_YEAR(o), PyDateTime_GET_MONTH(o),
                                       PyDateTime_GET_DAY(o), buf);
         } else if (PyTime_CheckExact(o)) {
             tz = PyDateTime_TIME_GET_TZINFO(o);
             if (tz != Py_None && tz != PyDateTime_TimeZone_UTC) return false;
-            n = json::format_iso_time(
-                PyDateTime_TIME_GET_HOUR(o), PyDateTime_TIME_GET_MINUTE(o),
-                PyDateTime_TIME_GET_SECOND(o), PyDateTime_TIME_GET_MICROSECOND(o), buf);
+            n = json::format_iso_time(PyDateTime_TIME_GET_HOUR(o), PyDateTime_TIME_GET_MINUTE(o),
+                                      PyDateTime_TIME_GET_SECOND(o),
+                                      PyDateTime_TIME_GET_MICROSECOND(o), buf);
         } else {
             return false;
         }
@@ -623,8 +835,8 @@ private:
         }
         unsigned long long low = PyLong_AsUnsignedLongLongMask(v.ptr());
         py::object sixty_four = py::reinterpret_steal<py::object>(PyLong_FromLong(64));
-        py::object hi_obj = py::reinterpret_steal<py::object>(
-            PyNumber_Rshift(v.ptr(), sixty_four.ptr()));
+        py::object hi_obj =
+            py::reinterpret_steal<py::object>(PyNumber_Rshift(v.ptr(), sixty_four.ptr()));
         if (!hi_obj) throw py::error_already_set();
         unsigned long long high = PyLong_AsUnsignedLongLong(hi_obj.ptr());
         if (high == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
@@ -651,9 +863,12 @@ private:
             if (!kind && PyErr_Occurred()) throw py::error_already_set();
             if (kind) {
                 long k = PyLong_AsLong(kind);
-                if (k == kIsoformat && !value_patterns_ && iso_fast(st, o)) return;
-                if (k == kUuid && !value_patterns_ && uuid_fast(st, o)) return;
-                if (k == kBase64 && !value_patterns_) {
+                // Dates, UUIDs and base64 text can hold no query parameter: only the other
+                // patterns need the text scanned.
+                const bool plain = (value_patterns_ & ~unsigned{redact::kQuery}) == 0;
+                if (k == kIsoformat && plain && iso_fast(st, o)) return;
+                if (k == kUuid && plain && uuid_fast(st, o)) return;
+                if (k == kBase64 && plain) {
                     base64(st, o);
                     return;
                 }
@@ -706,6 +921,13 @@ private:
     bool needs_asctime_ = false;
     py::object noscan_ = py::reinterpret_steal<py::object>(PyFrozenSet_New(nullptr));
     py::object request_key_ = py::none();
+    py::object context_resolver_ = py::none();
+    struct TimeCache {
+        std::time_t sec = 0;
+        int kind = 0;
+        py::object fmt;
+        py::object text;
+    } time_cache_;
     std::vector<PyObject*> skip_table_ = std::vector<PyObject*>(16, nullptr);
 };
 
@@ -717,34 +939,43 @@ void register_log(pybind11::module_& m) {
                         "JSON encoder and record formatter behind django_fastcache.log")
         .def(py::init<bool, std::optional<std::string>, py::object, py::dict,
                       const std::vector<std::string>&, unsigned, std::string, std::string,
-                      std::string, int>(),
-             py::arg("ensure_ascii"), py::arg("indent"), py::arg("default"),
-             py::arg("fast_types"), py::arg("redact_keys"), py::arg("redact_values"),
-             py::arg("redacted"), py::arg("circular"), py::arg("too_deep"),
-             py::arg("max_depth"))
+                      std::string, int, const std::vector<std::string>&>(),
+             py::arg("ensure_ascii"), py::arg("indent"), py::arg("default"), py::arg("fast_types"),
+             py::arg("redact_keys"), py::arg("redact_values"), py::arg("redacted"),
+             py::arg("circular"), py::arg("too_deep"), py::arg("max_depth"),
+             py::arg("redact_words") = std::vector<std::string>{})
         .def("configure_record", &Encoder::configure_record, py::arg("template"),
              py::arg("required"), py::arg("rename"), py::arg("skip"), py::arg("context_var"),
              py::arg("timestamp_key"), py::arg("keep_missing"), py::arg("prefix"),
-             py::arg("needs_asctime"), py::arg("noscan"), py::arg("request_key"))
+             py::arg("needs_asctime"), py::arg("noscan"), py::arg("request_key"),
+             py::arg("context_resolver") = py::none())
+        .def("redact_string", &Encoder::redact_string, py::arg("text"),
+             py::arg("bare_query") = false)
         .def("dumps", &Encoder::dumps, py::arg("obj"), py::arg("noscan") = py::none())
         .def("add_fields", &Encoder::add_fields, py::arg("formatter"), py::arg("log_data"),
              py::arg("record"), py::arg("message_dict"))
         .def("format", &Encoder::format, py::arg("formatter"), py::arg("record"));
-    m.def("format_float_repr", [](double v) {
-        if (!std::isfinite(v)) throw py::value_error("only finite floats have a repr here");
-        char buf[40];
-        return std::string(buf, json::format_double_repr(v, buf));
-    }, "Python's repr() of a finite float, computed by the C++ core (exposed for tests).");
-    m.def("find_redaction_spans", [](py::str s, unsigned patterns) {
-        std::vector<Span> spans;
-        with_units(s.ptr(), [&](auto* p, std::size_t n) {
-            redact::find_value_spans(p, n, patterns, spans);
-        });
-        std::vector<std::pair<std::size_t, std::size_t>> out;
-        for (auto& sp : spans) out.emplace_back(sp.begin, sp.end);
-        return out;
-    }, py::arg("text"), py::arg("patterns"),
-       "The [begin, end) spans the C++ core would redact (exposed for tests).");
+    m.def(
+        "format_float_repr",
+        [](double v) {
+            if (!std::isfinite(v)) throw py::value_error("only finite floats have a repr here");
+            char buf[40];
+            return std::string(buf, json::format_double_repr(v, buf));
+        },
+        "Python's repr() of a finite float, computed by the C++ core (exposed for tests).");
+    m.def(
+        "find_redaction_spans",
+        [](py::str s, unsigned patterns) {
+            std::vector<Span> spans;
+            with_units(s.ptr(), [&](auto* p, std::size_t n) {
+                redact::find_value_spans(p, n, patterns, spans);
+            });
+            std::vector<std::pair<std::size_t, std::size_t>> out;
+            for (auto& sp : spans) out.emplace_back(sp.begin, sp.end);
+            return out;
+        },
+        py::arg("text"), py::arg("patterns"),
+        "The [begin, end) spans the C++ core would redact (exposed for tests).");
 }
 
 }  // namespace fastcache::bindings

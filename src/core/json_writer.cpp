@@ -26,6 +26,9 @@ struct EscapeTable {
                 action[c] = 0;
             }
         }
+        // NEL is a line break to some readers (and U+2028/U+2029 below): escaped in both
+        // modes so a record always stays on one line.
+        action[0x85] = 1;
         action[static_cast<unsigned char>('"')] = '"';
         action[static_cast<unsigned char>('\\')] = '\\';
         action[static_cast<unsigned char>('\n')] = 'n';
@@ -40,8 +43,12 @@ const EscapeTable kEscapeAscii(true);
 const EscapeTable kEscapeUnicode(false);
 
 inline void append_u_escape(std::string& out, std::uint32_t unit) {
-    char buf[6] = {'\\', 'u', kHex[(unit >> 12) & 0xf], kHex[(unit >> 8) & 0xf],
-                   kHex[(unit >> 4) & 0xf], kHex[unit & 0xf]};
+    char buf[6] = {'\\',
+                   'u',
+                   kHex[(unit >> 12) & 0xf],
+                   kHex[(unit >> 8) & 0xf],
+                   kHex[(unit >> 4) & 0xf],
+                   kHex[unit & 0xf]};
     out.append(buf, 6);
 }
 
@@ -185,8 +192,8 @@ void append_base64url(const std::uint8_t* data, std::size_t n, std::string& out)
     out.reserve(out.size() + (n + 2) / 3 * 4);
     std::size_t i = 0;
     for (; i + 3 <= n; i += 3) {
-        std::uint32_t v = (std::uint32_t{data[i]} << 16) | (std::uint32_t{data[i + 1]} << 8) |
-                          data[i + 2];
+        std::uint32_t v =
+            (std::uint32_t{data[i]} << 16) | (std::uint32_t{data[i + 1]} << 8) | data[i + 2];
         char quad[4] = {kAlphabet[v >> 18], kAlphabet[(v >> 12) & 63], kAlphabet[(v >> 6) & 63],
                         kAlphabet[v & 63]};
         out.append(quad, 4);
@@ -339,8 +346,10 @@ void Writer::escape_run(const CharT* s, std::size_t n) {
             }
             continue;
         }
-        if (cp >= 0xd800 && cp <= 0xdfff) {
-            append_u_escape(out_, cp);  // a surrogate code point: never raw, see header
+        if ((cp >= 0xd800 && cp <= 0xdfff) || cp == 0x2028 || cp == 0x2029) {
+            // A surrogate code point (never raw, see header) or a Unicode line/paragraph
+            // separator, which line-oriented log readers would split a record at.
+            append_u_escape(out_, cp);
             continue;
         }
         if (opt_.ensure_ascii) {
@@ -373,8 +382,7 @@ void Writer::quoted_spans(const CharT* s, std::size_t n, const std::vector<Span>
     for (const Span& sp : spans) {
         assert(sp.begin >= pos && sp.end <= n && sp.begin <= sp.end);
         escape_run(s + pos, sp.begin - pos);
-        escape_run(reinterpret_cast<const std::uint8_t*>(replacement.data()),
-                   replacement.size());
+        escape_run(reinterpret_cast<const std::uint8_t*>(replacement.data()), replacement.size());
         pos = sp.end;
     }
     escape_run(s + pos, n - pos);

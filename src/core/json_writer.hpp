@@ -1,7 +1,8 @@
 // A streaming JSON writer whose output is byte-identical to Python's json.dumps for the
 // same values and settings (escaping, separators, indentation, float repr), except where
 // json.dumps emits invalid JSON: NaN/Infinity are written as null and lone surrogates are
-// always escaped.
+// always escaped; and where a record would not stay one line: U+0085, U+2028 and U+2029
+// are escaped with ensure_ascii=False too.
 #pragma once
 
 #include <cstddef>

@@ -34,7 +34,13 @@ inline bool is_token_char(CharT c) {
 inline char fold(std::uint32_t c) {
     if (c >= 'A' && c <= 'Z') return static_cast<char>(c - 'A' + 'a');
     if (c < 0x80) return static_cast<char>(c);
-    return '\x7f';  // non-ASCII never matches an ASCII needle
+    // The four non-ASCII letters that Python's case-insensitive regular expressions (and
+    // so Django's rule) match to an ASCII letter: the dotted and dotless I, the long S
+    // and the Kelvin sign.
+    if (c == 0x130 || c == 0x131) return 'i';
+    if (c == 0x17f) return 's';
+    if (c == 0x212a) return 'k';
+    return '\x7f';  // any other non-ASCII character never matches an ASCII needle
 }
 
 std::string fold_needle(const std::string& s) {
@@ -119,6 +125,52 @@ void find_bearer(const CharT* s, std::size_t n, std::vector<json::Span>& out) {
     }
 }
 
+// Query parameters: "?name=value" or "&name=value" (";" too, an old separator), the
+// value running to the next separator, fragment, quote, angle bracket or whitespace, so
+// a URL inside a sentence or a quoted access-log line ends where the URL ends.
+template <class CharT>
+inline bool ends_query_value(CharT ch) {
+    const auto c = static_cast<std::uint32_t>(ch);
+    return c <= 0x20 || c == 0x7f || c == 0x85 || c == 0xa0 || c == 0x2028 || c == 0x2029 ||
+           c == '&' || c == ';' || c == '#' || c == '"' || c == '\'' || c == '<' || c == '>' ||
+           c == '`';
+}
+template <class CharT>
+inline bool is_param_name(CharT c) {
+    return is_alnum(c) || c == '_' || c == '-' || c == '.' || c == '[' || c == ']' || c == '%';
+}
+
+template <class CharT>
+void find_query(const CharT* s, std::size_t n, const KeyMatcher& keys, bool bare,
+                std::vector<json::Span>& out) {
+    for (std::size_t i = 0; i < n; ++i) {
+        std::size_t name = 0;
+        if (bare && i == 0 && is_param_name(s[0])) {
+            name = 0;
+        } else if (s[i] == '?' || s[i] == '&' || s[i] == ';') {
+            name = i + 1;
+        } else {
+            continue;
+        }
+        std::size_t eq = name;
+        while (eq < n && is_param_name(s[eq])) ++eq;
+        if (eq == name || eq >= n || s[eq] != '=') continue;
+        std::size_t end = eq + 1;
+        while (end < n && !ends_query_value(s[end])) ++end;
+        if (end > eq + 1 && keys.matches(s + name, eq - name)) out.push_back({eq + 1, end});
+        i = end > i ? end - 1 : i;
+    }
+}
+
+template <class CharT>
+inline bool is_upper(CharT c) {
+    return c >= 'A' && c <= 'Z';
+}
+template <class CharT>
+inline bool is_lower(CharT c) {
+    return c >= 'a' && c <= 'z';
+}
+
 }  // namespace
 
 bool luhn_valid(const std::string& digits) {
@@ -136,15 +188,39 @@ bool luhn_valid(const std::string& digits) {
     return sum % 10 == 0;
 }
 
-KeyMatcher::KeyMatcher(const std::vector<std::string>& needles) {
+KeyMatcher::KeyMatcher(const std::vector<std::string>& needles,
+                       const std::vector<std::string>& words) {
     for (const auto& n : needles) {
         std::string f = fold_needle(n);
         if (!f.empty()) needles_.push_back(std::move(f));
+    }
+    for (const auto& w : words) {
+        std::string f;
+        for (unsigned char c : w) {
+            if (is_alnum(c)) f.push_back(fold(c));
+        }
+        if (!f.empty()) words_.push_back(std::move(f));
     }
 }
 
 template <class CharT>
 bool KeyMatcher::matches(const CharT* s, std::size_t n) const {
+    if (!words_.empty()) {
+        std::size_t i = 0;
+        while (i < n) {
+            while (i < n && !is_alnum(s[i])) ++i;
+            std::size_t start = i;
+            while (i < n && is_alnum(s[i]) && !(i > start && is_lower(s[i - 1]) && is_upper(s[i])))
+                ++i;
+            std::size_t len = i - start;
+            for (const auto& w : words_) {
+                if (w.size() != len) continue;
+                bool same = true;
+                for (std::size_t k = 0; k < len && same; ++k) same = fold(s[start + k]) == w[k];
+                if (same) return true;
+            }
+        }
+    }
     if (needles_.empty()) return false;
     char stack_buf[128];
     std::string heap_buf;
@@ -168,8 +244,9 @@ bool KeyMatcher::matches(const CharT* s, std::size_t n) const {
 
 template <class CharT>
 void find_value_spans(const CharT* s, std::size_t n, unsigned patterns,
-                      std::vector<json::Span>& out) {
+                      std::vector<json::Span>& out, const KeyMatcher* keys, bool bare_query) {
     std::size_t first = out.size();
+    if ((patterns & kQuery) && keys && !keys->empty()) find_query(s, n, *keys, bare_query, out);
     if (patterns & kCard) find_cards(s, n, out);
     if (patterns & kEmail) find_emails(s, n, out);
     if (patterns & kBearer) find_bearer(s, n, out);
@@ -192,10 +269,10 @@ template bool KeyMatcher::matches<std::uint8_t>(const std::uint8_t*, std::size_t
 template bool KeyMatcher::matches<std::uint16_t>(const std::uint16_t*, std::size_t) const;
 template bool KeyMatcher::matches<std::uint32_t>(const std::uint32_t*, std::size_t) const;
 template void find_value_spans<std::uint8_t>(const std::uint8_t*, std::size_t, unsigned,
-                                             std::vector<json::Span>&);
+                                             std::vector<json::Span>&, const KeyMatcher*, bool);
 template void find_value_spans<std::uint16_t>(const std::uint16_t*, std::size_t, unsigned,
-                                              std::vector<json::Span>&);
+                                              std::vector<json::Span>&, const KeyMatcher*, bool);
 template void find_value_spans<std::uint32_t>(const std::uint32_t*, std::size_t, unsigned,
-                                              std::vector<json::Span>&);
+                                              std::vector<json::Span>&, const KeyMatcher*, bool);
 
 }  // namespace fastcache::redact

@@ -24,6 +24,8 @@ def pytest_configure(config):
             "django.contrib.auth",
             "django.contrib.sessions",
             "django_fastcache",
+            "django_fastcache.orm",
+            "ormapp",
             *(["cache"] if DJANGO_SUITE else []),
         ],
         CACHES={"default": {"BACKEND": "django_fastcache.cache.FastCache"}},

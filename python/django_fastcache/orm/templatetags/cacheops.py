@@ -24,7 +24,9 @@ class _FragmentNode(template.Node):
         self.with_sample = with_sample
 
     def render(self, context):
-        values = [a.resolve(context) for a in self.args]
+        # Template strings are SafeStrings: keyed as plain str, as invalidate_fragment sees them.
+        values = [str(v) if isinstance(v, str) else v
+                  for v in (a.resolve(context) for a in self.args)]
         if self.with_sample:
             sample, timeout, name, *extra = values
             decorate = simple.cached_as(sample, timeout=timeout, extra=(name, *extra))

@@ -25,7 +25,7 @@ class Command(LabelCommand):
             elif len(parts) == 3:
                 model = apps.get_model(parts[0], parts[1])
                 try:
-                    obj = model._base_manager.get(pk=parts[2])
+                    obj = model._base_manager.nocache().get(pk=parts[2])
                 except (model.DoesNotExist, ValueError):
                     raise CommandError(f"{parts[0]}.{parts[1]} has no object with pk "
                                        f"{parts[2]!r}") from None

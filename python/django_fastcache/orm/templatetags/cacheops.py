@@ -25,7 +25,7 @@ class _FragmentNode(template.Node):
 
     def render(self, context):
         # Template strings are SafeStrings: keyed as plain str, as invalidate_fragment sees them.
-        values = [str(v) if isinstance(v, str) else v
+        values = [v[:] if isinstance(v, str) else v  # a slice is a plain str
                   for v in (a.resolve(context) for a in self.args)]
         if self.with_sample:
             sample, timeout, name, *extra = values

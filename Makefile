@@ -18,7 +18,7 @@ BUILD_FLAGS :=
 RUN_ENV :=
 endif
 
-.PHONY: all venv install test demo bench redis-server clean
+.PHONY: all venv install test demo bench redis-server postgresql clean
 
 all: test
 
@@ -50,7 +50,14 @@ redis-server:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) || \
 	  { echo "could not install redis-server"; exit 1; }; }
 
-test: install redis-server
+# The ORM cache's tests start their own PostgreSQL (initdb/pg_ctl) on a free port.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  echo "initdb not found: installing postgresql with apt-get"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) || \
+	  { echo "could not install postgresql"; exit 1; }; }
+
+test: install redis-server postgresql
 	$(RUN_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install

@@ -613,6 +613,18 @@ def test_local_get_and_cache_on_save(blog, reads, settings):
     assert reads.take() == ["hit"]  # stored by the save
 
 
+def _closing(fn):
+    def run():
+        from django.db import connection
+
+        try:
+            fn()
+        finally:
+            connection.close()  # a thread's own connection (PostgreSQL: drop it)
+
+    return run
+
+
 def test_lock_makes_one_caller_compute(blog, reads):
     calls = []
     gate = threading.Event()
@@ -624,7 +636,8 @@ def test_lock_makes_one_caller_compute(blog, reads):
         return "done"
 
     results = []
-    threads = [threading.Thread(target=lambda: results.append(slow())) for _ in range(4)]
+    threads = [threading.Thread(target=_closing(lambda: results.append(slow())))
+               for _ in range(4)]
     for th in threads:
         th.start()
     threading.Timer(0.3, gate.set).start()
@@ -640,7 +653,8 @@ def test_lock_makes_one_caller_compute(blog, reads):
     orig = query._orig["_fetch_all"]
     del orig
     out = []
-    ths = [threading.Thread(target=lambda: out.append(titles(real.all()))) for _ in range(3)]
+    ths = [threading.Thread(target=_closing(lambda: out.append(titles(real.all()))))
+           for _ in range(3)]
     for th in ths:
         th.start()
     for th in ths:

@@ -15,9 +15,7 @@ from django.core.management import call_command
 from django.db import transaction
 from django.db.models import Count, Q, Sum
 from django.template import Context, Template
-from django.test import RequestFactory, override_settings
-from ormapp.models import Author, Note, Post, Tag
-
+from django.test import RequestFactory
 from django_fastcache import decorators
 from django_fastcache.orm import (
     cache_invalidated,
@@ -26,13 +24,14 @@ from django_fastcache.orm import (
     cached_as,
     cached_view,
     cached_view_as,
+    conf,
     invalidate_all,
     invalidate_dict,
     invalidate_model,
     invalidate_obj,
     no_invalidation,
 )
-from django_fastcache.orm import conf
+from ormapp.models import Author, Note, Post, Tag
 
 PROFILES = {"ormapp.post": {"ops": "all", "timeout": 600},
             "ormapp.author": {"ops": ("get", "fetch"), "timeout": 300},

@@ -73,12 +73,23 @@ def _should(qs, op: str) -> bool:
 def query_key(qs, op: str, extra: str = "") -> str:
     """The cache key of ``qs`` under ``op``: its SQL, parameters, row shape, database
     (unless the profile is db_agnostic, cacheops' default) and ``extra``."""
-    sql, params = qs.query.get_compiler(qs.db).as_sql()
+    return key_and_compiler(qs, op, extra)[0]
+
+
+def query_dependencies(qs) -> dict:
+    """What ``qs`` reads, per table (tree.dependencies on its compiled form)."""
+    return dependencies(qs.query, key_and_compiler(qs, "deps")[1])
+
+
+def key_and_compiler(qs, op: str, extra: str = "") -> tuple:
+    compiler = qs.query.get_compiler(qs.db)
+    sql, params = compiler.as_sql()
     p = _profile(qs.model)
     db = "" if p is None or p["db_agnostic"] else qs.db
     it = qs._iterable_class
     text = f"{op}|{db}|{it.__qualname__}|{qs._fields}|{sql}|{params!r}|{extra}"
-    return "fastcache.orm.q:" + hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
+    digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return "fastcache.orm.q:" + digest, compiler
 
 
 def _settings(qs) -> tuple:
@@ -120,14 +131,14 @@ def _degrade(exc: Exception) -> None:
 
 def _cached(qs, op: str, compute, extra: str = ""):
     try:
-        key = query_key(qs, op, extra)
+        key, compiler = key_and_compiler(qs, op, extra)
     except EmptyResultSet:
         return compute()
     deps = None
     if connections[qs.db].in_atomic_block:
         dirty = dirty_tables(qs.db)
         if dirty:
-            deps = dependencies(qs.query)
+            deps = dependencies(qs.query, compiler)
             if dirty.intersection(deps):
                 return compute()  # the transaction reads its own writes, uncached
     try:
@@ -141,7 +152,7 @@ def _cached(qs, op: str, compute, extra: str = ""):
         return value
     cache_read.send(sender=qs.model, func=None, hit=False)
     if deps is None:
-        deps = dependencies(qs.query)
+        deps = dependencies(qs.query, compiler)
     timeout, lock = _settings(qs)
     try:
         tags, gens = prepare(cache, deps)
@@ -287,9 +298,9 @@ def cache_on_save(model, instance, profile: dict, using: str) -> None:
         qs = qs.order_by()
     qs.query.set_limits(high=MAX_GET_RESULTS)
     try:
-        key = query_key(qs, "fetch")
+        key, compiler = key_and_compiler(qs, "fetch")
         cache = get_cache()
-        tags, gens = prepare(cache, dependencies(qs.query))
+        tags, gens = prepare(cache, dependencies(qs.query, compiler))
         store(cache, key, [instance], tags, gens, _settings(qs)[0])
     except Exception as exc:  # noqa: BLE001
         _degrade(exc)

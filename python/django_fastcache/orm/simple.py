@@ -56,13 +56,14 @@ class _OrmCached(_Cached):
 
     def _prepare(self):
         if self._tags_all is None:
-            from .query import prepare, query_key
+            from .query import key_and_compiler, prepare
 
             deps: dict = {}
             keys = []
             for qs in self._samples:
-                keys.append(query_key(qs, "as"))
-                for table, dnf in dependencies(qs.query).items():
+                key, compiler = key_and_compiler(qs, "as")
+                keys.append(key)
+                for table, dnf in dependencies(qs.query, compiler).items():
                     deps[table] = list(dict.fromkeys([*deps.get(table, []), *dnf]))
             self._deps = deps
             self._sample_keys = stable_key(keys)

@@ -138,13 +138,31 @@ def _subquery_tables(expr, out: set, seen: set) -> None:
             _subquery_tables(v, out, seen)
 
 
-def dependencies(query: Query) -> dict[str, list]:
-    """{table: DNF} for every table ``query`` reads (after it was compiled, so that
-    select_related joins are in its alias map). A table joined under several aliases,
-    or reached through a subquery, depends whole."""
+def _cols(expr, out: set) -> None:
+    if isinstance(expr, Col):
+        out.add(expr.alias)
+        return
+    for s in getattr(expr, "get_source_expressions", lambda: [])():
+        if s is not None:
+            _cols(s, out)
+
+
+def dependencies(query: Query, compiler=None) -> dict[str, list]:
+    """{table: DNF} for every table ``query`` reads. Joins Django set up and trimmed stay
+    in the alias map with no references: only referenced aliases count, plus those the
+    compiled SELECT reads (select_related joins, pass the ``compiler`` that compiled it).
+    A table joined under several aliases, or reached through a subquery, depends whole."""
     deps: dict[str, list] = {}
     by_table: dict[str, list] = {}
+    used = {a for a, n in query.alias_refcount.items() if n > 0}
+    if query.alias_map:
+        used.add(query.base_table)
+    if compiler is not None and compiler.select:
+        for expr, _, _ in compiler.select:
+            _cols(expr, used)
     for alias, join in query.alias_map.items():
+        if alias not in used:
+            continue
         by_table.setdefault(join.table_name, []).append(alias)
     for table, aliases in by_table.items():
         deps[table] = [TRUE] if len(aliases) > 1 else _dnf(query.where, aliases[0])

@@ -16,7 +16,8 @@ import pickle
 
 from django.core.exceptions import EmptyResultSet, ImproperlyConfigured
 from django.db import connections, transaction
-from django.db.models import Manager, QuerySet
+from django.db.models import Manager, Model, QuerySet
+from django.db.models.base import ModelState
 from django.db.models.query import (
     MAX_GET_RESULTS,
     FlatValuesListIterable,
@@ -24,6 +25,7 @@ from django.db.models.query import (
     ValuesIterable,
     ValuesListIterable,
 )
+from django.db.models.signals import post_init, pre_init
 
 from .. import tags as _tags
 from . import conf
@@ -146,6 +148,7 @@ def lookup(cache, key):
 # Model.from_db on a hit: measured faster than unpickling instances (docs/orm.md).
 ROWS = "\x00fastcache.orm.rows"
 _attnames: dict = {}
+_MODEL_FROM_DB = Model.from_db.__func__
 
 
 def _fields_of(model) -> tuple:
@@ -170,9 +173,26 @@ def _as_rows(qs, objs: list):
 
 
 def _instances(model, db, rows) -> list:
+    """Instances from stored rows. As unpickling does, without calling ``__init__``
+    (which costs as much again): the field values go into ``__dict__`` and a fresh
+    ``_state`` says "loaded from ``db``". A model that overrides ``from_db`` or has
+    ``pre_init``/``post_init`` receivers (ImageField's dimensions) gets ``from_db``."""
     names = _fields_of(model)
-    from_db = model.from_db
-    return [from_db(db, names, row) for row in rows]
+    if (getattr(model.from_db, "__func__", None) is not _MODEL_FROM_DB
+            or pre_init.has_listeners(model) or post_init.has_listeners(model)):
+        return [model.from_db(db, names, row) for row in rows]
+    new = model.__new__
+    out = []
+    for row in rows:
+        obj = new(model)
+        d = obj.__dict__
+        d.update(zip(names, row, strict=True))
+        state = ModelState()
+        state.adding = False
+        state.db = db
+        d["_state"] = state
+        out.append(obj)
+    return out
 
 
 def _degrade(exc: Exception) -> None:

@@ -667,3 +667,67 @@ def test_disabled(blog, reads, settings):
     titles(Post.objects.filter(author=blog["a"]))
     Post.objects.filter(author=blog["a"]).count()
     assert reads.take() == []
+
+
+# ---------------------------------------------------------------------- keys and stored form
+
+def _querysets(a, b):
+    P = Post.objects
+    return [
+        P.filter(author=a), P.filter(author=b), P.filter(author_id=a.pk), P.filter(author=a)[:20],
+        P.filter(author=a)[:21], P.filter(author=a)[5:20], P.filter(author=a).order_by("-id"),
+        P.filter(author=a).reverse(), P.filter(pk__in=[1, 2]), P.filter(pk__in=[2, 1]),
+        P.filter(title="1"), P.filter(title=1), P.filter(views=1), P.filter(views=1.0),
+        P.filter(author__name="ann"), P.filter(author__name="bob"),
+        P.select_related("author").filter(author=a), P.only("title").filter(author=a),
+        P.defer("title").filter(author=a), P.filter(author=a).values("title"),
+        P.filter(author=a).values_list("title"), P.filter(author=a).values_list("title", flat=True),
+        P.filter(Q(author=a) | Q(category="news")), P.filter(Q(author=a) & Q(category="news")),
+        P.exclude(author=a), P.filter(author=a).distinct(), P.filter(title__startswith="a"),
+        P.filter(title__istartswith="a"), P.filter(tags__name="x"), P.filter(tags=None),
+        P.filter(author=a).order_by("title", "id"), P.filter(author=a).order_by("id", "title"),
+        P.filter(published=True), P.filter(published=False), P.all(), P.none(),
+        Author.objects.filter(posts__title="a1"), Author.objects.filter(name="a1"),
+    ]
+
+
+def test_structural_keys_match_the_sql(blog):
+    """Two querysets get the same structure key exactly when they compile to the same
+    SQL and parameters (the key stands in for compiling on every hit)."""
+    from django.core.exceptions import EmptyResultSet
+
+    from django_fastcache.orm.fingerprint import fingerprint
+
+    seen: dict = {}
+    covered = 0
+    for qs in _querysets(blog["a"], blog["b"]):
+        fp = fingerprint(qs)
+        try:
+            sql = qs.query.get_compiler(qs.db).as_sql()
+            sql = (sql[0], tuple(map(repr, sql[1])), qs._iterable_class, qs._fields)
+        except EmptyResultSet:
+            sql = None
+        if fp is None:
+            continue
+        covered += 1
+        if fp in seen:
+            assert seen[fp] == sql, qs.query
+        seen[fp] = sql
+    # (The converse need not hold: order_by("-id") and reverse() share SQL, not a key.)
+    assert covered >= 30 and len(seen) >= 28
+
+
+def test_hits_rebuild_working_instances(blog, reads):
+    a = blog["a"]
+    list(Post.objects.filter(author=a))
+    got = list(Post.objects.filter(author=a))
+    assert reads.take() == ["miss", "hit"]
+    p = got[0]
+    assert p == blog["p1"] and p._state.adding is False and p._state.db == "default"
+    assert p.author == a  # a related object loads
+    p.title = "edited"
+    p.save()  # an UPDATE, not an INSERT
+    assert Post.objects.nocache().count() == 3
+    assert Post.objects.get(pk=p.pk).title == "edited"
+    got[1].title = "mutated"  # a caller's change never reaches the cache
+    assert titles(Post.objects.filter(author=a)) == ["edited", "a2"]

@@ -29,6 +29,7 @@ from django.db.models.signals import post_init, pre_init
 
 from .. import tags as _tags
 from . import conf
+from .fingerprint import fingerprint
 from .invalidation import get_cache, invalidate_dicts, register
 from .signals import cache_read
 from .transaction import dirty_tables, in_atomic, mark_dirty, store_after_commit
@@ -80,14 +81,22 @@ def query_key(qs, op: str, extra: str = "") -> str:
 
 def query_dependencies(qs) -> dict:
     """What ``qs`` reads, per table (tree.dependencies on its compiled form)."""
-    return dependencies(qs.query, key_and_compiler(qs, "deps")[1])
+    return dependencies(qs.query, key_and_compiler(qs, "deps", compile_sql=True)[1])
 
 
-def key_and_compiler(qs, op: str, extra: str = "") -> tuple:
-    compiler = qs.query.get_compiler(qs.db)
-    sql, params = compiler.as_sql()
+def key_and_compiler(qs, op: str, extra: str = "", compile_sql: bool = False) -> tuple:
+    """(key, compiler): the compiler is None when the key came from the queryset's
+    structure (fingerprint.py), unless ``compile_sql``."""
     p = _profile(qs.model)
     db = "" if p is None or p["db_agnostic"] else qs.db
+    if not compile_sql:
+        fp = fingerprint(qs)
+        if fp is not None:
+            text = f"{op}|{db}|{fp!r}|{extra}"
+            digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
+            return "fastcache.orm.f:" + digest, None
+    compiler = qs.query.get_compiler(qs.db)
+    sql, params = compiler.as_sql()
     it = qs._iterable_class
     text = f"{op}|{db}|{it.__qualname__}|{qs._fields}|{sql}|{params!r}|{extra}"
     digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
@@ -195,6 +204,18 @@ def _instances(model, db, rows) -> list:
     return out
 
 
+def _deps(qs, compiler):
+    """tree.dependencies of ``qs``, compiling it if its key did not; None when it
+    matches nothing (EmptyResultSet)."""
+    if compiler is None:
+        try:
+            compiler = qs.query.get_compiler(qs.db)
+            compiler.as_sql()
+        except EmptyResultSet:
+            return None
+    return dependencies(qs.query, compiler)
+
+
 def _degrade(exc: Exception) -> None:
     if not conf.degrade_on_failure():
         raise exc
@@ -210,7 +231,9 @@ def _cached(qs, op: str, compute, extra: str = ""):
     if connections[qs.db].in_atomic_block:
         dirty = dirty_tables(qs.db)
         if dirty:
-            deps = dependencies(qs.query, compiler)
+            deps = _deps(qs, compiler)
+            if deps is None:
+                return compute()
             if dirty.intersection(deps):
                 return compute()  # the transaction reads its own writes, uncached
     try:
@@ -226,7 +249,9 @@ def _cached(qs, op: str, compute, extra: str = ""):
         return value
     cache_read.send(sender=qs.model, func=None, hit=False)
     if deps is None:
-        deps = dependencies(qs.query, compiler)
+        deps = _deps(qs, compiler)
+        if deps is None:
+            return compute()
     timeout, lock = _settings(qs)
     try:
         tags, gens = prepare(cache, deps)
@@ -373,8 +398,10 @@ def cache_on_save(model, instance, profile: dict, using: str) -> None:
         qs = qs.order_by()
     qs.query.set_limits(high=MAX_GET_RESULTS)
     try:
-        key, compiler = key_and_compiler(qs, "fetch")
+        key, compiler = key_and_compiler(qs, "fetch", compile_sql=False)
         cache = get_cache()
+        if compiler is None:
+            compiler = key_and_compiler(qs, "fetch", compile_sql=True)[1]
         tags, gens = prepare(cache, dependencies(qs.query, compiler))
         store(cache, key, [instance], tags, gens, _settings(qs)[0])
     except Exception as exc:  # noqa: BLE001

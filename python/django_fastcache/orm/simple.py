@@ -61,7 +61,7 @@ class _OrmCached(_Cached):
             deps: dict = {}
             keys = []
             for qs in self._samples:
-                key, compiler = key_and_compiler(qs, "as")
+                key, compiler = key_and_compiler(qs, "as", compile_sql=True)
                 keys.append(key)
                 for table, dnf in dependencies(qs.query, compiler).items():
                     deps[table] = list(dict.fromkeys([*deps.get(table, []), *dnf]))

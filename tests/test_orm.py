@@ -695,7 +695,6 @@ def test_structural_keys_match_the_sql(blog):
     """Two querysets get the same structure key exactly when they compile to the same
     SQL and parameters (the key stands in for compiling on every hit)."""
     from django.core.exceptions import EmptyResultSet
-
     from django_fastcache.orm.fingerprint import fingerprint
 
     seen: dict = {}

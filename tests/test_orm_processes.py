@@ -145,3 +145,40 @@ def test_differential_against_cacheops(clean_redis_server, tmp_path):
     diffs = [(i, a, b) for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b]
     assert not diffs, "\n".join(f"step {i}: ours {a} cacheops {b}" for i, a, b in diffs)
     assert sum(1 for r in ours if len(r) == 4 and r[3]) >= 10  # hits were compared
+
+
+@pytest.mark.django_db(transaction=True)
+def test_redis_down_degrades_or_raises(settings):
+    """CACHEOPS_DEGRADE_ON_FAILURE: with Redis gone, queries go to the database (True) or
+    the cache error propagates (False), as in cacheops."""
+    from django.core.cache import caches
+    from django_fastcache.orm.signals import cache_read
+    from ormapp.models import Author, Post
+    from redis_servers import RedisServer
+
+    hits = []
+    cache_read.connect(lambda sender, func, hit, **kw: hits.append(hit), weak=False,
+                       dispatch_uid="degrade")
+    with RedisServer() as server:
+        settings.CACHES = {**settings.CACHES, "ormredis": {
+            "BACKEND": "django_fastcache.cache.FastCache", "LOCATION": server.url,
+            "KEY_PREFIX": "degrade", "OPTIONS": {"IGNORE_EXCEPTIONS": False}}}
+        settings.FASTCACHE_ORM_CACHE = "ormredis"
+        settings.CACHEOPS = {"ormapp.*": {"ops": "all", "timeout": 60}}
+        settings.CACHEOPS_DEGRADE_ON_FAILURE = True
+        try:
+            a = Author.objects.create(name="x")
+            Post.objects.create(author=a, title="p")
+            for _ in range(2):
+                assert [p.title for p in Post.objects.filter(author=a)] == ["p"]
+            assert hits == [False, True]
+            server.kill()
+            assert [p.title for p in Post.objects.filter(author=a)] == ["p"]
+            settings.CACHEOPS_DEGRADE_ON_FAILURE = False
+            with pytest.raises(Exception) as info:
+                list(Post.objects.filter(author_id=a.pk, title="p"))
+            assert "onnect" in str(info.value) or "Redis" in type(info.value).__name__ \
+                or "onnection" in type(info.value).__name__
+        finally:
+            cache_read.disconnect(dispatch_uid="degrade")
+            caches["ormredis"].close()

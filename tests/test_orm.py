@@ -741,3 +741,28 @@ def test_hits_rebuild_working_instances(blog, reads):
     assert Post.objects.get(pk=p.pk).title == "edited"
     got[1].title = "mutated"  # a caller's change never reaches the cache
     assert titles(Post.objects.filter(author=a)) == ["edited", "a2"]
+
+
+def test_decorators_cached_view_in_a_rolled_back_transaction(blog):
+    from django.http import HttpResponse
+
+    rf = RequestFactory()
+    calls = []
+
+    @decorators.cached_view(60, tags=["news"])
+    def news(request):
+        calls.append(1)
+        return HttpResponse(",".join(sorted(Post.objects.nocache().filter(category="news")
+                                            .values_list("title", flat=True))))
+
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            Post.objects.nocache().filter(pk=blog["p1"].pk).update(title="rolled back")
+            assert news(rf.get("/news")).content == b"b1,rolled back"
+            raise RuntimeError
+    assert news(rf.get("/news")).content == b"a1,b1"
+    assert news(rf.get("/news")).content == b"a1,b1"
+    assert len(calls) == 2
+    with transaction.atomic():
+        assert news(rf.get("/n2")).content == b"a1,b1"
+    assert news(rf.get("/n2")).content == b"a1,b1" and len(calls) == 3  # stored at commit

@@ -314,6 +314,12 @@ class _TaggingCache:
         return default if value is _tags.MISS else value
 
     def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        # Inside atomic() (ATOMIC_REQUESTS): a snapshot, stored once everything commits.
+        if _txn.in_atomic():
+            snapshot, gens = pickle.dumps(value, pickle.HIGHEST_PROTOCOL), self._gens
+            _txn.store_after_commit(lambda: _tags.set_tagged(
+                self._cache, key, pickle.loads(snapshot), self._tags, gens, timeout, version))
+            return
         _tags.set_tagged(self._cache, key, value, self._tags, self._gens, timeout, version)
 
     def __getattr__(self, name):

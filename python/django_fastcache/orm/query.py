@@ -190,17 +190,18 @@ def _instances(model, db, rows) -> list:
     if (getattr(model.from_db, "__func__", None) is not _MODEL_FROM_DB
             or pre_init.has_listeners(model) or post_init.has_listeners(model)):
         return [model.from_db(db, names, row) for row in rows]
-    new = model.__new__
+    new, new_state = model.__new__, ModelState.__new__
+    state_dict = {"db": db, "adding": False}
     out = []
+    append = out.append
     for row in rows:
-        obj = new(model)
-        d = obj.__dict__
-        d.update(zip(names, row, strict=True))
-        state = ModelState()
-        state.adding = False
-        state.db = db
+        state = new_state(ModelState)
+        state.__dict__ = state_dict.copy()
+        d = dict(zip(names, row, strict=True))
         d["_state"] = state
-        out.append(obj)
+        obj = new(model)
+        obj.__dict__ = d
+        append(obj)
     return out
 
 

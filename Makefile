@@ -20,7 +20,7 @@ BUILD_FLAGS :=
 RUN_ENV :=
 endif
 
-.PHONY: all venv install lint test test-matrix demo bench redis-server clean
+.PHONY: all venv install lint test test-matrix demo bench redis-server postgresql clean
 
 all: test
 
@@ -60,7 +60,14 @@ lint: $(VENV)/.deps
 	find src tests/cpp \( -name '*.cpp' -o -name '*.hpp' -o -name '*.h' \) -print0 | \
 	  xargs -0 $(BIN)/clang-format --dry-run --Werror
 
-test: lint install redis-server
+# The ORM cache's tests start their own PostgreSQL (initdb/pg_ctl) on a free port.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  echo "initdb not found: installing postgresql with apt-get"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) || \
+	  { echo "could not install postgresql"; exit 1; }; }
+
+test: lint install redis-server postgresql
 	$(RUN_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The declared Pythons (3.10, 3.12, 3.13) and Django 4.2 LTS, each in its own venv; CI runs it

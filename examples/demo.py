@@ -152,6 +152,21 @@ def run_demo(site: Site, out=print) -> dict:
     facts["visits"] = visits
     out(f"GET /blog/visits/ twice -> visits {visits} (session in the cache, cached_db)")
 
+    out("\nQuery cache (django_fastcache.orm: .cache() and cached_as, cacheops' API):")
+    orm = facts["orm"] = []
+    for step in ("read", "read", "edit", "read", "read"):
+        if step == "edit":
+            status, _, _, ms = client("/blog/posts/2/edit/", {"title": "Second, edited"})
+            out(f"    POST /blog/posts/2/edit/ -> {status} ({ms:.1f} ms): invalidates the "
+                "queries that read post 2")
+            orm.append("edit")
+            continue
+        status, _, body, ms = client("/blog/posts/2/")
+        data = json.loads(body)
+        orm.append((data["query_cache"], data["title"]))
+        out(f"    GET /blog/posts/2/ -> {status} {ms:6.1f} ms  reads "
+            f"{'+'.join(data['query_cache'])}  title {data['title']!r}")
+
     out("\nThrottles (django_fastcache.throttling; rates anon 5/min, user 10/min, search 3/min):")
     for label, path, n, headers in (("anonymous", "/api/posts/", 7, None),
                                     ("user", "/api/me/", 12, auth),

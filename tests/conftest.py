@@ -1,5 +1,7 @@
 """Test settings: Django is configured here, once, before any test module is imported."""
 
+import os
+
 import django
 from django.conf import settings
 
@@ -7,6 +9,15 @@ import django_suite
 
 DJANGO_SUITE = False
 pytest_plugins = ["redis_fixtures"]
+
+
+def _database() -> dict:
+    # test_orm_pg.py runs the ORM cache's scenarios again on a PostgreSQL it started.
+    port = os.environ.get("ORM_TEST_PG_PORT")
+    if port:
+        return {"ENGINE": "django.db.backends.postgresql", "NAME": "postgres",
+                "USER": "postgres", "HOST": "127.0.0.1", "PORT": port}
+    return {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
 
 
 def pytest_configure(config):
@@ -18,12 +29,14 @@ def pytest_configure(config):
         DEBUG=False,
         SECRET_KEY="django-fastcache-tests-not-secret",
         USE_TZ=True,
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        DATABASES={"default": _database()},
         INSTALLED_APPS=[
             "django.contrib.contenttypes",
             "django.contrib.auth",
             "django.contrib.sessions",
             "django_fastcache",
+            "django_fastcache.orm",
+            "ormapp",
             *(["cache"] if DJANGO_SUITE else []),
         ],
         CACHES={"default": {"BACKEND": "django_fastcache.cache.FastCache"}},

@@ -32,6 +32,10 @@ def test_demo_tells_the_whole_story():
     assert "edit invalidated tags ['posts', 'author:1'] after the commit" in text
     assert "after the edit the list shows: 'Hello, edited'" in text
     assert "visits [1, 2]" in text
+    orm = [line.split("reads ")[1] for line in lines if line.startswith("    GET /blog/posts/2/")]
+    assert orm == ["miss+miss  title 'Caching, the easy part'",
+                   "hit+hit  title 'Caching, the easy part'",
+                   "miss+miss  title 'Second, edited'", "hit+hit  title 'Second, edited'"]
 
     def throttle(label):
         line = next(line for line in lines if line.strip().startswith(label + " "))

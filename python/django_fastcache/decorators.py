@@ -13,6 +13,7 @@ import functools
 import hashlib
 import inspect
 import logging
+import pickle
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -29,6 +30,7 @@ from django.utils.cache import has_vary_header, patch_vary_headers
 from django.utils.functional import SimpleLazyObject
 
 from . import tags as _tags
+from .orm import transaction as _txn
 
 __all__ = ["TaggedCacheMiddleware", "cached", "cached_view", "stable_key"]
 
@@ -206,12 +208,24 @@ class _Cached:
             return self._acall(args, kwargs)
         cache = self._cache()
         key, tags, tkeys = self.key_and_tags(args, kwargs)
+        if _txn.any_dirty():  # a transaction that has written reads its own writes
+            return self.func(*args, **kwargs)
         value, gens = _tags.get_tagged(cache, key, tags, self.version, tkeys)
         if value is not _tags.MISS:
             return value
         value = self.func(*args, **kwargs)
-        _tags.set_tagged(cache, key, value, tags, gens, self.timeout, self.version)
+        self._store(cache, key, value, tags, gens)
         return value
+
+    def _store(self, cache, key, value, tags, gens) -> None:
+        # Inside atomic(), only once everything commits: a value read from a transaction
+        # that rolls back must never be cached (the snapshot keeps later mutations out).
+        if _txn.in_atomic():
+            snapshot = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+            _txn.store_after_commit(lambda: _tags.set_tagged(
+                cache, key, pickle.loads(snapshot), tags, gens, self.timeout, self.version))
+        else:
+            _tags.set_tagged(cache, key, value, tags, gens, self.timeout, self.version)
 
     async def _acall(self, args, kwargs):
         cache = self._cache()
@@ -305,6 +319,12 @@ class _TaggingCache:
         return default if value is _tags.MISS else value
 
     def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        # Inside atomic() (ATOMIC_REQUESTS): a snapshot, stored once everything commits.
+        if _txn.in_atomic():
+            snapshot, gens = pickle.dumps(value, pickle.HIGHEST_PROTOCOL), self._gens
+            _txn.store_after_commit(lambda: _tags.set_tagged(
+                self._cache, key, pickle.loads(snapshot), self._tags, gens, timeout, version))
+            return
         _tags.set_tagged(self._cache, key, value, self._tags, self._gens, timeout, version)
 
     def __getattr__(self, name):

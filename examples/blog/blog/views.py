@@ -11,6 +11,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from django_fastcache.decorators import cached, cached_view
 from django_fastcache.management.commands.fastcache_stats import collect
+from django_fastcache.orm import cache_read, cached_as
 
 from .apps import post_tags
 from .models import Author, Post
@@ -26,7 +27,7 @@ def _list_tags(request):
 @cached_view(60, tags=_list_tags)
 def post_list(request):
     """``/blog/posts/?author_id=1``: cache_page semantics; refreshed when a post changes."""
-    posts = Post.objects.select_related("author")
+    posts = Post.objects.select_related("author").cache()  # the query too (django_fastcache.orm)
     if "author_id" in request.GET:
         posts = posts.filter(author_id=int(request.GET["author_id"]))
     time.sleep(RENDER_SECONDS)
@@ -63,6 +64,32 @@ def edit_post(request, post_id: int):
         post.body = changes.get("body", post.body)
         post.save()
     return JsonResponse({"edited": post.id, "tags": post_tags(post)})
+
+
+def post_detail(request, post_id: int):
+    """``/blog/posts/<id>/``: the post from the query cache (``.cache().get()``) and the
+    author's other titles from a ``cached_as`` function; both are invalidated by an
+    edit of that post (or of another post by the same author, for the titles), and by
+    nothing else. The response says whether each read was a query-cache hit."""
+    reads: list[str] = []
+
+    def on_read(sender, func, hit, **kwargs):
+        reads.append("hit" if hit else "miss")
+
+    cache_read.connect(on_read, weak=False, dispatch_uid=f"blog.detail.{id(reads)}")
+    try:
+        post = get_object_or_404(Post.objects.cache(), pk=post_id)
+        by_author = Post.objects.filter(author_id=post.author_id)
+
+        @cached_as(by_author, extra="titles")
+        def titles():
+            return list(by_author.nocache().order_by("id").values_list("title", flat=True))
+
+        others = titles()
+    finally:
+        cache_read.disconnect(dispatch_uid=f"blog.detail.{id(reads)}")
+    return JsonResponse({"id": post.id, "title": post.title, "author_titles": others,
+                         "query_cache": reads})
 
 
 def visits(request):

@@ -15,8 +15,13 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "django_fastcache",
+    "django_fastcache.orm",
     "blog",
 ]
+# django_fastcache.orm reads django-cacheops' settings. "ops": () caches nothing by itself:
+# the views opt in with .cache() and cached_as. Entries live in CACHES["default"].
+CACHEOPS = {"blog.post": {"ops": (), "timeout": 15 * 60},
+            "blog.author": {"ops": (), "timeout": 15 * 60}}
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

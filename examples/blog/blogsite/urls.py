@@ -3,6 +3,7 @@ from django.urls import path
 
 urlpatterns = [
     path("blog/posts/", views.post_list),
+    path("blog/posts/<int:post_id>/", views.post_detail),
     path("blog/posts/<int:post_id>/edit/", views.edit_post),
     path("blog/authors/<int:author_id>/", views.author_page),
     path("blog/visits/", views.visits),

@@ -1,0 +1,444 @@
+"""Queryset caching: ``QuerySet.cache()``, ``.nocache()``, ``.invalidated_update()`` and
+automatic caching of the ops a model's CACHEOPS profile names, installed on Django's
+``QuerySet`` and ``Manager`` at start-up (as django-cacheops does).
+
+A cached query's key is a digest of its SQL and parameters (plus the op and the row
+shape); its entry is stored under the generation counters of its dependencies
+(tree.py, invalidation.py), so a hit is one cache lookup plus one ``get_many`` of the
+counters, and a write anywhere invalidates it without a scan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+
+from django.core.exceptions import EmptyResultSet, ImproperlyConfigured
+from django.db import connections, transaction
+from django.db.models import Manager, Model, QuerySet
+from django.db.models.base import ModelState
+from django.db.models.query import (
+    MAX_GET_RESULTS,
+    FlatValuesListIterable,
+    ModelIterable,
+    ValuesIterable,
+    ValuesListIterable,
+)
+from django.db.models.signals import post_init, pre_init
+
+from .. import tags as _tags
+from . import conf
+from .fingerprint import fingerprint
+from .invalidation import get_cache, invalidate_dicts, register
+from .signals import cache_read
+from .transaction import dirty_tables, in_atomic, mark_dirty, store_after_commit
+from .tree import dependencies, query_tags
+
+__all__ = ["install"]
+
+logger = logging.getLogger("django_fastcache.orm")
+MISS = _tags.MISS
+_NOPROFILE = object()
+_CACHEABLE = (ModelIterable, ValuesIterable, ValuesListIterable, FlatValuesListIterable)
+_profiles: dict = {}
+_local_get: dict = {}
+_orig: dict = {}
+
+
+def forget_profiles() -> None:
+    _profiles.clear()
+    _local_get.clear()
+
+
+def _profile(model):
+    p = _profiles.get(model, _NOPROFILE)
+    if p is _NOPROFILE:
+        p = _profiles[model] = conf.model_profile(model)
+    return p
+
+
+def _ops(qs) -> frozenset:
+    ops = qs.__dict__.get("_cacheops")
+    if ops is not None:
+        return ops
+    p = _profile(qs.model)
+    return p["ops"] if p else frozenset()
+
+
+def _should(qs, op: str) -> bool:
+    if op not in _ops(qs) or not conf.enabled():
+        return False
+    q = qs.query
+    return not (q.select_for_update or qs._for_write)
+
+
+def query_key(qs, op: str, extra: str = "") -> str:
+    """The cache key of ``qs`` under ``op``: its SQL, parameters, row shape, database
+    (unless the profile is db_agnostic, cacheops' default) and ``extra``."""
+    return key_and_compiler(qs, op, extra)[0]
+
+
+def query_dependencies(qs) -> dict:
+    """What ``qs`` reads, per table (tree.dependencies on its compiled form)."""
+    return dependencies(qs.query, key_and_compiler(qs, "deps", compile_sql=True)[1])
+
+
+def key_and_compiler(qs, op: str, extra: str = "", compile_sql: bool = False) -> tuple:
+    """(key, compiler): the compiler is None when the key came from the queryset's
+    structure (fingerprint.py), unless ``compile_sql``."""
+    p = _profile(qs.model)
+    db = "" if p is None or p["db_agnostic"] else qs.db
+    if not compile_sql:
+        fp = fingerprint(qs)
+        if fp is not None:
+            text = f"{op}|{db}|{fp!r}|{extra}"
+            digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
+            return "fastcache.orm.f:" + digest, None
+    compiler = qs.query.get_compiler(qs.db)
+    sql, params = compiler.as_sql()
+    it = qs._iterable_class
+    text = f"{op}|{db}|{it.__qualname__}|{qs._fields}|{sql}|{params!r}|{extra}"
+    digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return "fastcache.orm.q:" + digest, compiler
+
+
+def _settings(qs) -> tuple:
+    p = _profile(qs.model) or {}
+    timeout = qs.__dict__.get("_cachetimeout")
+    lock = qs.__dict__.get("_cachelock")
+    return (p.get("timeout", 900) if timeout is None else timeout,
+            p.get("lock", False) if lock is None else lock)
+
+
+def prepare(cache, deps: dict) -> tuple:
+    """Registers the schemas of ``deps`` and reads their counters (in that order: a write
+    after the read then moves one of them). Returns (tags, gens); gens None when the
+    counters cannot be had."""
+    tags, schemas = query_tags(deps)
+    for table, new in schemas.items():
+        register(cache, table, new)
+    return tags, _tags.generations(cache, tags, create=True)
+
+
+def store(cache, key, value, tags, gens, timeout) -> None:
+    """Stores ``value`` under the counters read before it was computed; inside a
+    transaction, a snapshot of it, once everything commits."""
+    if gens is None:
+        return
+    if in_atomic():
+        snapshot = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        store_after_commit(lambda: _tags.set_tagged(cache, key, pickle.loads(snapshot), tags,
+                                                    gens, timeout))
+    else:
+        _tags.set_tagged(cache, key, value, tags, gens, timeout)
+
+
+def lookup(cache, key):
+    """The fresh value under ``key`` or MISS. The entry and each of its counters are read
+    with the backend's single-key read: on Redis that fills (and is served from) the
+    coherent L1, where ``get_many`` would ask Redis for the counters on every hit."""
+    get = cache._get
+    entry = get(key, MISS, None)
+    if type(entry) is not tuple or len(entry) != 4 or entry[0] != _tags.ENVELOPE:
+        return MISS
+    _, tags, gens, value = entry
+    if len(tags) != len(gens):
+        return MISS
+    for tag, gen in zip(tags, gens, strict=True):
+        if get(_tags.TAG_KEY_PREFIX + tag, None, None) != gen:
+            cache.delete(key)
+            return MISS
+    return value
+
+
+# Model instances are stored as rows of their concrete fields' values (a tuple of plain
+# values that the cache's L1 hands back without unpickling) and rebuilt with
+# Model.from_db on a hit: measured faster than unpickling instances (docs/orm.md).
+ROWS = "\x00fastcache.orm.rows"
+_attnames: dict = {}
+_MODEL_FROM_DB = Model.from_db.__func__
+
+
+def _fields_of(model) -> tuple:
+    names = _attnames.get(model)
+    if names is None:
+        names = _attnames[model] = tuple(f.attname for f in model._meta.concrete_fields)
+    return names
+
+
+def _rows_ok(qs) -> bool:
+    q = qs.query
+    return (qs._iterable_class is ModelIterable and not q.select_related and not q.annotations
+            and not q.extra_select and q.deferred_loading == (frozenset(), True)
+            and not qs._known_related_objects and not q.combinator)
+
+
+def _as_rows(qs, objs: list):
+    if not _rows_ok(qs):
+        return objs
+    names = _fields_of(qs.model)
+    return (ROWS, qs.db, [tuple([getattr(o, n) for n in names]) for o in objs])
+
+
+def _instances(model, db, rows) -> list:
+    """Instances from stored rows. As unpickling does, without calling ``__init__``
+    (which costs as much again): the field values go into ``__dict__`` and a fresh
+    ``_state`` says "loaded from ``db``". A model that overrides ``from_db`` or has
+    ``pre_init``/``post_init`` receivers (ImageField's dimensions) gets ``from_db``."""
+    names = _fields_of(model)
+    if (getattr(model.from_db, "__func__", None) is not _MODEL_FROM_DB
+            or pre_init.has_listeners(model) or post_init.has_listeners(model)):
+        return [model.from_db(db, names, row) for row in rows]
+    new, new_state = model.__new__, ModelState.__new__
+    state_dict = {"db": db, "adding": False}
+    out = []
+    append = out.append
+    for row in rows:
+        state = new_state(ModelState)
+        state.__dict__ = state_dict.copy()
+        d = dict(zip(names, row, strict=True))
+        d["_state"] = state
+        obj = new(model)
+        obj.__dict__ = d
+        append(obj)
+    return out
+
+
+def _deps(qs, compiler):
+    """tree.dependencies of ``qs``, compiling it if its key did not; None when it
+    matches nothing (EmptyResultSet)."""
+    if compiler is None:
+        try:
+            compiler = qs.query.get_compiler(qs.db)
+            compiler.as_sql()
+        except EmptyResultSet:
+            return None
+    return dependencies(qs.query, compiler)
+
+
+def _degrade(exc: Exception) -> None:
+    if not conf.degrade_on_failure():
+        raise exc
+    logger.warning("django_fastcache.orm: cache unavailable, querying the database (%s)", exc)
+
+
+def _cached(qs, op: str, compute, extra: str = ""):
+    try:
+        key, compiler = key_and_compiler(qs, op, extra)
+    except EmptyResultSet:
+        return compute()
+    deps = None
+    if connections[qs.db].in_atomic_block:
+        dirty = dirty_tables(qs.db)
+        if dirty:
+            deps = _deps(qs, compiler)
+            if deps is None:
+                return compute()
+            if dirty.intersection(deps):
+                return compute()  # the transaction reads its own writes, uncached
+    try:
+        cache = get_cache()
+        value = lookup(cache, key)
+    except Exception as exc:  # noqa: BLE001 - the failure policy is CACHEOPS_DEGRADE_ON_FAILURE
+        _degrade(exc)
+        return compute()
+    if value is not MISS:
+        cache_read.send(sender=qs.model, func=None, hit=True)
+        if type(value) is tuple and len(value) == 3 and value[0] == ROWS:
+            return _instances(qs.model, value[1], value[2])
+        return value
+    cache_read.send(sender=qs.model, func=None, hit=False)
+    if deps is None:
+        deps = _deps(qs, compiler)
+        if deps is None:
+            return compute()
+    timeout, lock = _settings(qs)
+    try:
+        tags, gens = prepare(cache, deps)
+    except Exception as exc:  # noqa: BLE001
+        _degrade(exc)
+        return compute()
+    if lock and gens is not None and not in_atomic():
+        got = cache.get_or_set(key, lambda: (_tags.ENVELOPE, tags, gens, compute()), timeout)
+        return got[3] if _tags.is_envelope(got) else got
+    value = compute()
+    try:
+        store(cache, key, _as_rows(qs, value) if op == "fetch" else value, tags, gens,
+              timeout)
+    except Exception as exc:  # noqa: BLE001
+        _degrade(exc)
+    return value
+
+
+# ---------------------------------------------------------------------- QuerySet methods
+
+def _clone(self, *args, **kwargs):
+    c = _orig["_clone"](self, *args, **kwargs)
+    d = self.__dict__
+    for name in ("_cacheops", "_cachetimeout", "_cachelock"):
+        if name in d:
+            c.__dict__[name] = d[name]
+    return c
+
+
+def cache(self, ops=None, timeout=None, lock=None):
+    """Caches this queryset's ``ops`` (default: all of get, fetch, count, aggregate,
+    exists) for ``timeout`` seconds (default: the model's profile); ``lock=True``: one
+    caller computes a missing result while the others wait for it."""
+    if _profile(self.model) is None:
+        raise ImproperlyConfigured(
+            f"caching is not enabled for {self.model._meta.label}: add it (or "
+            f"'{self.model._meta.app_label}.*') to CACHEOPS, with \"ops\": () if nothing "
+            "should be cached by default")
+    if ops is None or ops == "all":
+        ops = conf.ALL_OPS
+    elif isinstance(ops, str):
+        ops = frozenset((ops,))
+    ops = frozenset(ops)
+    unknown = ops - conf.ALL_OPS
+    if unknown:
+        raise ValueError(f"cache(): unknown ops {sorted(unknown)}; known: "
+                         f"{sorted(conf.ALL_OPS)}")
+    qs = self._chain()
+    qs.__dict__["_cacheops"] = ops
+    if timeout is not None:
+        qs.__dict__["_cachetimeout"] = timeout
+    if lock is not None:
+        qs.__dict__["_cachelock"] = lock
+    return qs
+
+
+def nocache(self):
+    """This queryset, never read from nor stored in the cache."""
+    if _profile(self.model) is None:
+        return self
+    qs = self._chain()
+    qs.__dict__["_cacheops"] = frozenset()
+    return qs
+
+
+def _fetch_all(self):
+    if (self._result_cache is None and self._iterable_class in _CACHEABLE
+            and _should(self, "fetch")):
+        self._result_cache = _cached(self, "fetch", lambda: list(self._iterable_class(self)))
+    _orig["_fetch_all"](self)
+
+
+def count(self):
+    if self._result_cache is None and _should(self, "count"):
+        return _cached(self, "count", lambda: _orig["count"](self))
+    return _orig["count"](self)
+
+
+def exists(self):
+    if self._result_cache is None and _should(self, "exists"):
+        return _cached(self, "exists", lambda: _orig["exists"](self))
+    return _orig["exists"](self)
+
+
+def aggregate(self, *args, **kwargs):
+    if _should(self, "aggregate"):
+        extra = repr((args, sorted(kwargs.items())))
+        return _cached(self, "aggregate", lambda: _orig["aggregate"](self, *args, **kwargs),
+                       extra)
+    return _orig["aggregate"](self, *args, **kwargs)
+
+
+def get(self, *args, **kwargs):
+    ops = _ops(self)
+    qs = self
+    if "get" in ops and conf.enabled():
+        p = _profile(self.model)
+        if (p and p["local_get"] and not args and not self.query.select_related
+                and not self.query.where.children):
+            # cacheops' local_get: simple gets kept in this process's memory, not
+            # invalidated by writes in other processes (only by this process's own).
+            try:
+                k = (self.model, tuple(sorted(kwargs.items())))
+                per_model = _local_get.setdefault(self.model._meta.concrete_model, {})
+                if k in per_model:
+                    return per_model[k]
+                obj = per_model[k] = _orig["get"](self, *args, **kwargs)
+                return obj
+            except TypeError:
+                pass  # an unhashable argument: the shared cache instead
+        if "fetch" not in ops:
+            qs = self._chain()
+            qs.__dict__["_cacheops"] = ops | {"fetch"}
+    return _orig["get"](qs, *args, **kwargs)
+
+
+def invalidated_update(self, **kwargs) -> int:
+    """``update(**kwargs)`` that invalidates the cached queries the updated rows matched
+    before and match after (``update()`` itself sends no signal and invalidates nothing)."""
+    model = self.model._meta.concrete_model
+    fields = [f.attname for f in model._meta.concrete_fields]
+    using = self.db
+    with transaction.atomic(using=using):
+        base = self.nocache()
+        if connections[using].features.has_select_for_update:
+            base = base.select_for_update()
+        before = list(base.values(*fields))
+        pks = [row[model._meta.pk.attname] for row in before]
+        rows = self.nocache().filter(pk__in=pks).update(**kwargs)
+        after = list(model._base_manager.using(using).nocache().filter(pk__in=pks)
+                     .values(*fields))
+        dicts = before + after
+        mark_dirty(using, [model._meta.db_table])
+        transaction.on_commit(lambda: invalidate_dicts(model, dicts, using), using=using)
+    return rows
+
+
+def cache_on_save(model, instance, profile: dict, using: str) -> None:
+    """After a commit: stores ``instance`` as the result of ``.get(<field>=<value>)``."""
+    field = "pk" if profile["cache_on_save"] is True else profile["cache_on_save"]
+    value = getattr(instance, field)
+    qs = model._default_manager.using(using).filter(**{field: value})
+    if qs.query.can_filter() and not qs.query.distinct_fields:
+        qs = qs.order_by()
+    qs.query.set_limits(high=MAX_GET_RESULTS)
+    try:
+        key, compiler = key_and_compiler(qs, "fetch", compile_sql=False)
+        cache = get_cache()
+        if compiler is None:
+            compiler = key_and_compiler(qs, "fetch", compile_sql=True)[1]
+        tags, gens = prepare(cache, dependencies(qs.query, compiler))
+        store(cache, key, [instance], tags, gens, _settings(qs)[0])
+    except Exception as exc:  # noqa: BLE001
+        _degrade(exc)
+
+
+def _local_saved(sender, **kwargs) -> None:
+    _local_get.pop(sender._meta.concrete_model, None)
+
+
+def _manager_proxy(name: str):
+    def method(self, *args, **kwargs):
+        return getattr(self.get_queryset(), name)(*args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+def install() -> None:
+    """Puts the methods above on Django's QuerySet and Manager (idempotent)."""
+    if _orig:
+        return
+    for name in ("_clone", "_fetch_all", "count", "exists", "aggregate", "get"):
+        _orig[name] = getattr(QuerySet, name)
+    QuerySet._clone = _clone
+    QuerySet._fetch_all = _fetch_all
+    QuerySet.count = count
+    QuerySet.exists = exists
+    QuerySet.aggregate = aggregate
+    QuerySet.get = get
+    QuerySet.cache = cache
+    QuerySet.nocache = nocache
+    QuerySet.invalidated_update = invalidated_update
+    for name in ("cache", "nocache", "invalidated_update"):
+        setattr(Manager, name, _manager_proxy(name))
+    from django.db.models.signals import post_delete, post_save
+
+    post_save.connect(_local_saved, dispatch_uid="fastcache.orm.local_get.save")
+    post_delete.connect(_local_saved, dispatch_uid="fastcache.orm.local_get.delete")

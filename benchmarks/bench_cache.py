@@ -311,7 +311,7 @@ def zipf_mix(url: str, seconds: float, processes: int = 4, rounds: int = 2) -> N
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork")
-    for name, factory in _zipf_factories(url).items():
+    for factory in _zipf_factories(url).values():
         cache = factory()
         keys = [f"z:{i}" for i in range(ZIPF_KEYS)]
         for i in range(0, ZIPF_KEYS, 1000):

@@ -20,7 +20,6 @@ from django.core.cache import caches  # noqa: E402
 from django.http import HttpResponse  # noqa: E402
 from django.test import RequestFactory  # noqa: E402
 from django.views.decorators.cache import cache_page  # noqa: E402
-
 from django_fastcache.cache import FastCache  # noqa: E402
 from django_fastcache.decorators import cached, cached_view  # noqa: E402
 

@@ -43,6 +43,7 @@ settings.configure(
 )
 django.setup()
 
+import django_fastcache  # noqa: E402
 import django_redis  # noqa: E402
 import redis  # noqa: E402
 import rest_framework  # noqa: E402
@@ -50,14 +51,12 @@ from django.contrib.auth.models import AnonymousUser  # noqa: E402
 from django.core.cache.backends.locmem import LocMemCache  # noqa: E402
 from django.core.cache.backends.redis import RedisCache  # noqa: E402
 from django.test import RequestFactory  # noqa: E402
+from django_fastcache import limiter, throttling  # noqa: E402
+from django_fastcache.cache import FastCache  # noqa: E402
 from django_redis.cache import RedisCache as DjangoRedisCache  # noqa: E402
 from redis_servers import RedisServer  # noqa: E402
 from rest_framework import throttling as drf  # noqa: E402
 from rest_framework.request import Request  # noqa: E402
-
-import django_fastcache  # noqa: E402
-from django_fastcache import limiter, throttling  # noqa: E402
-from django_fastcache.cache import FastCache  # noqa: E402
 
 
 def fake_timer(step):
@@ -138,7 +137,7 @@ def main():
 
         for history in (100, 10_000):
             for regime in ("allowed", "denied"):
-                def attrs():
+                def attrs(regime=regime, history=history):
                     if regime == "allowed":
                         # Limit 2H/hour, a clock of its own advancing 1h/H per check: H
                         # entries in the window.
@@ -152,7 +151,8 @@ def main():
                 redis_attrs = {"rate": "10000000/hour"} if regime == "allowed" else attrs()
                 small = history == 100
                 cases = [
-                    ("DRF, LocMemCache", drf.AnonRateThrottle, locmem, attrs(), 400 if small else 10),
+                    ("DRF, LocMemCache", drf.AnonRateThrottle, locmem, attrs(),
+                     400 if small else 10),
                     ("ours, in-process", throttling.AnonRateThrottle, embedded, attrs(), 4000),
                     ("DRF, django-redis", drf.AnonRateThrottle, dj_redis, attrs(),
                      100 if small else 10),

@@ -33,10 +33,9 @@ def run_checks(case: str, n: int) -> None:
     from django.contrib.auth.models import AnonymousUser
     from django.core.cache.backends.locmem import LocMemCache
     from django.test import RequestFactory
+    from django_fastcache import throttling
     from rest_framework import throttling as drf
     from rest_framework.request import Request
-
-    from django_fastcache import throttling
 
     base = throttling.AnonRateThrottle if case.startswith("ours") else drf.AnonRateThrottle
     clock = [1_699_920_000.0]

@@ -3,9 +3,8 @@
 import os
 
 import django
-from django.conf import settings
-
 import django_suite
+from django.conf import settings
 
 DJANGO_SUITE = False
 pytest_plugins = ["redis_fixtures"]
@@ -43,6 +42,7 @@ def pytest_configure(config):
         DEFAULT_AUTO_FIELD="django.db.models.AutoField",
         ROOT_URLCONF="urls",
         MIDDLEWARE=[],
-        TEMPLATES=[{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}],
+        TEMPLATES=[{"BACKEND": "django.template.backends.django.DjangoTemplates",
+                    "APP_DIRS": True}],
     )
     django.setup()

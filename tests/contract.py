@@ -14,7 +14,6 @@ import warnings
 
 import pytest
 from django.core.cache.backends.base import CacheKeyWarning
-
 from django_fastcache.errors import LockError, LockNotOwnedError
 
 SAMPLE_VALUES = [
@@ -52,7 +51,7 @@ def same(a, b) -> bool:
     if isinstance(a, float):
         return repr(a) == repr(b)
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if isinstance(a, (datetime.datetime, datetime.time)):

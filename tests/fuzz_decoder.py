@@ -47,7 +47,6 @@ from django.core.cache.backends.base import (  # noqa: E402
     default_key_func,
     memcache_key_warnings,
 )
-
 from django_fastcache._core import Codec  # noqa: E402
 from django_fastcache.cache import FastCache  # noqa: E402
 from django_fastcache.errors import DecodeError  # noqa: E402

@@ -7,11 +7,10 @@ import itertools
 import threading
 
 import pytest
+from contract import CacheContract, Point
 from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
-
-from contract import CacheContract, Point
 from django_fastcache.cache import FastCache
 from django_fastcache.errors import SerializationError
 

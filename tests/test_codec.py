@@ -14,12 +14,16 @@ import zlib
 import zoneinfo
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from contract import Point, same
 from django_fastcache._core import Codec
-from django_fastcache.errors import DecodeError, SerializationError, SignatureError, UnknownFormatError
+from django_fastcache.errors import (
+    DecodeError,
+    SerializationError,
+    SignatureError,
+    UnknownFormatError,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 KEY = b"k" * 32
 codec = Codec(signing_key=KEY, compress_min_bytes=64)
@@ -29,7 +33,8 @@ timezones = st.one_of(
     st.just(datetime.timezone.utc),
     st.builds(
         datetime.timezone,
-        st.timedeltas(min_value=datetime.timedelta(hours=-23), max_value=datetime.timedelta(hours=23)),
+        st.timedeltas(min_value=datetime.timedelta(hours=-23),
+                      max_value=datetime.timedelta(hours=23)),
     ),
     st.sampled_from(["Europe/Paris", "America/New_York", "Asia/Kolkata"]).map(zoneinfo.ZoneInfo),
 )

@@ -21,10 +21,9 @@ import zlib
 import lz4.frame
 import pytest
 import zstandard
+from contract import Point
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
-
-from contract import Point
 from django_fastcache import checks as fc_checks
 from django_fastcache._core import Codec
 from django_fastcache.cache import FastCache

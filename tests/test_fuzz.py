@@ -19,9 +19,8 @@ import time
 import zlib
 from pathlib import Path
 
-import pytest
-
 import fuzz_decoder
+import pytest
 from django_fastcache._core import Codec
 from django_fastcache.errors import DecodeError
 

@@ -13,8 +13,6 @@ from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpResponse
 from django.test import RequestFactory, override_settings
-from throttle_support import reset_limits
-
 from django_fastcache import limiter
 from django_fastcache.ratelimit import (
     UNSAFE,
@@ -25,6 +23,7 @@ from django_fastcache.ratelimit import (
     ratelimit,
     reset,
 )
+from throttle_support import reset_limits
 
 LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 

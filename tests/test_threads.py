@@ -13,7 +13,6 @@ import threading
 import time
 
 import pytest
-
 from django_fastcache.cache import FastCache
 
 THREADS = 8

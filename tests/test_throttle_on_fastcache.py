@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import AnonymousUser
 from django.test import override_settings
-from rest_framework.test import APIRequestFactory
-
 from django_fastcache.cache import FastCache
 from django_fastcache.throttling import AnonRateThrottle
+from rest_framework.test import APIRequestFactory
 
 factory = APIRequestFactory()
 

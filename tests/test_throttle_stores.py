@@ -18,16 +18,15 @@ from django.core.cache.backends.locmem import LocMemCache
 from django.core.cache.backends.redis import RedisCache
 from django.http import HttpRequest
 from django.test import override_settings
+from django_fastcache import limiter
+from django_fastcache.cache import FastCache
+from django_fastcache.throttling import AnonRateThrottle, UserRateThrottle
 from django_redis.cache import RedisCache as DjangoRedisCache
 from rest_framework import throttling as drf
 from rest_framework.response import Response
 from rest_framework.test import APIRequestFactory
 from rest_framework.views import APIView
 from throttle_support import reset_limits
-
-from django_fastcache import limiter
-from django_fastcache.cache import FastCache
-from django_fastcache.throttling import AnonRateThrottle, UserRateThrottle
 
 STORES = ["embedded", "fastcache-redis", "django-redis", "django-rediscache", "locmem"]
 KIND = {"embedded": "local", "fastcache-redis": "redis", "django-redis": "redis",

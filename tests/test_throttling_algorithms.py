@@ -8,10 +8,10 @@ import pathlib
 import random
 
 import pytest
-from throttle_support import ALGORITHMS, CODES, Model, redis_client
-
 from django_fastcache import _core, limiter
 from django_fastcache.limiter import RedisStore
+from throttle_support import ALGORITHMS, CODES, Model, redis_client
+
 from tests.redis_servers import RedisServer
 
 CASES = json.loads((pathlib.Path(__file__).parent / "throttle_cases.json").read_text())["cases"]

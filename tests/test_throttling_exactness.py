@@ -15,10 +15,10 @@ from django.contrib.auth.models import AnonymousUser
 from django.core.cache.backends.locmem import LocMemCache
 from django.core.cache.backends.redis import RedisCache
 from django.http import HttpRequest
-from rest_framework import throttling as drf
-from throttle_support import FakeRedisCache, redis_client, reset_limits
-
 from django_fastcache import limiter, throttling
+from rest_framework import throttling as drf
+from throttle_support import FakeRedisCache, redis_client
+
 from tests.redis_servers import RedisServer
 
 THREADS, CALLS, LIMIT = 32, 200, 100

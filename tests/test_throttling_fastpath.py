@@ -15,11 +15,11 @@ import pytest
 import redis
 from django.contrib.auth.models import AnonymousUser
 from django.test import override_settings
+from django_fastcache import _core, limiter, throttling
 from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 from throttle_support import CODES, FakeRedisCache, redis_client
 
-from django_fastcache import _core, limiter, throttling
 from tests.redis_servers import RedisServer
 
 S = 1_000_000

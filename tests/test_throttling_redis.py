@@ -12,12 +12,18 @@ import pytest
 from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest
 from django.test import override_settings
+from django_fastcache import limiter, throttling
 from rest_framework.response import Response
 from rest_framework.test import APIRequestFactory
 from rest_framework.views import APIView
-from throttle_support import FakeBreaker, FakeEmbeddedCache, FakeRedisCache, redis_client, reset_limits
+from throttle_support import (
+    FakeBreaker,
+    FakeEmbeddedCache,
+    FakeRedisCache,
+    redis_client,
+    reset_limits,
+)
 
-from django_fastcache import limiter, throttling
 from tests.redis_servers import RedisServer, require_binary
 
 POLICIES = {a: limiter.make_policy("5/10s", a) for a in limiter.ALGORITHMS}

@@ -8,12 +8,11 @@ from __future__ import annotations
 import pytest
 from django.core.cache.backends.locmem import LocMemCache
 from django.test import override_settings
+from django_fastcache import _core, limiter
+from django_fastcache.throttling import AnonRateThrottle
 from rest_framework.response import Response
 from rest_framework.test import APIRequestFactory
 from rest_framework.views import APIView
-
-from django_fastcache import _core, limiter
-from django_fastcache.throttling import AnonRateThrottle
 
 LOCAL = LocMemCache("throttle-table-tests", {})  # not a FastCache: checks run in-process
 S = 1_000_000

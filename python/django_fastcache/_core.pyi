@@ -114,8 +114,6 @@ class Engine:
     def clear(self) -> None: ...
 
 # --- log
-from collections.abc import Callable, Mapping
-from typing import Any
 
 class LogEncoder:
     """JSON encoder and record formatter behind django_fastcache.log.JsonFormatter."""

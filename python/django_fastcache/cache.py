@@ -30,8 +30,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from . import _bodies, _core
-from ._config import option_bool, option_choice, option_int, option_number
 from . import tags as _tags
+from ._config import option_bool, option_choice, option_int, option_number
 from .errors import LockError, LockNotOwnedError
 
 __all__ = ["FastCache", "LocalLock"]
@@ -166,7 +166,8 @@ def _signing_keys(options: dict, redis: bool) -> tuple[bytes, list[bytes]]:
 def _codec_options(options: dict, redis: bool = False) -> _core.Codec:
     serializer = option_choice(options, "SERIALIZER", _DEFAULTS["SERIALIZER"],
                                ("msgpack", "pickle", "json"))
-    pickle_mode = option_choice(options, "PICKLE", _DEFAULTS["PICKLE"], ("signed", "unsigned", "forbid"))
+    pickle_mode = option_choice(options, "PICKLE", _DEFAULTS["PICKLE"],
+                                ("signed", "unsigned", "forbid"))
     if serializer == "pickle" and pickle_mode == "forbid":
         raise ImproperlyConfigured(
             "FastCache OPTIONS['SERIALIZER'] = 'pickle' cannot go with OPTIONS['PICKLE'] = 'forbid'"
@@ -174,7 +175,8 @@ def _codec_options(options: dict, redis: bool = False) -> _core.Codec:
     protocol = option_int(options, "PICKLE_PROTOCOL", _DEFAULTS["PICKLE_PROTOCOL"], minimum=0)
     if protocol > pickle.HIGHEST_PROTOCOL:
         raise ImproperlyConfigured(
-            f"FastCache OPTIONS['PICKLE_PROTOCOL'] must be <= {pickle.HIGHEST_PROTOCOL}, not {protocol}"
+            f"FastCache OPTIONS['PICKLE_PROTOCOL'] must be <= {pickle.HIGHEST_PROTOCOL}, "
+            f"not {protocol}"
         )
     compressor = option_choice(options, "COMPRESSOR", _DEFAULTS["COMPRESSOR"],
                                tuple(_COMPRESS_LEVELS))
@@ -184,8 +186,8 @@ def _codec_options(options: dict, redis: bool = False) -> _core.Codec:
         except ImportError as exc:
             raise ImproperlyConfigured(
                 f"FastCache OPTIONS['COMPRESSOR'] = {compressor!r}: {exc}") from exc
-    compress_min = option_int(options, "COMPRESS_MIN_BYTES", _DEFAULTS["COMPRESS_MIN_BYTES"], minimum=0,
-                              allow_none=True)
+    compress_min = option_int(options, "COMPRESS_MIN_BYTES", _DEFAULTS["COMPRESS_MIN_BYTES"],
+                              minimum=0, allow_none=True)
     lowest, highest, default_level = _COMPRESS_LEVELS[compressor]
     level = option_int(options, "COMPRESS_LEVEL", default_level, minimum=lowest, allow_none=True)
     level = default_level if level is None else level
@@ -239,7 +241,8 @@ class FastCache(BaseCache):
         self._store, self._flights = self._shared_store(
             f"redis:{location!r}" if redis else self._location, store_options)
         self._get_or_set_wait = option_number(
-            options, "GET_OR_SET_WAIT", _DEFAULTS["GET_OR_SET_WAIT"], positive=False, allow_none=True)
+            options, "GET_OR_SET_WAIT", _DEFAULTS["GET_OR_SET_WAIT"], positive=False,
+            allow_none=True)
         reverse = options.get("REVERSE_KEY_FUNCTION")
         self._reverse_key = import_string(reverse) if isinstance(reverse, str) else reverse
         self._engine = _core.Engine(
@@ -301,7 +304,8 @@ class FastCache(BaseCache):
         bounds = {
             "max_bytes": option_int(options, "MAX_BYTES", _DEFAULTS["MAX_BYTES"], minimum=1),
             "max_entries": option_int(options, "MAX_ENTRIES", _DEFAULTS["MAX_ENTRIES"], minimum=1),
-            "cull_frequency": option_int(options, "CULL_FREQUENCY", _DEFAULTS["CULL_FREQUENCY"], minimum=0),
+            "cull_frequency": option_int(options, "CULL_FREQUENCY", _DEFAULTS["CULL_FREQUENCY"],
+                                         minimum=0),
             "shards": option_int(options, "SHARDS", _DEFAULTS["SHARDS"], minimum=1),
         }
         # Aliases sharing a LOCATION share its store when they agree on its bounds; an
@@ -737,7 +741,9 @@ class LocalLock:
         return self.cache.has_key(self.name, version=self.version)
 
     def owned(self) -> bool:
-        return self.token is not None and self.cache.get(self.name, version=self.version) == self.token
+        if self.token is None:
+            return False
+        return self.cache.get(self.name, version=self.version) == self.token
 
     def release(self) -> None:
         with self._release_lock:

@@ -120,7 +120,8 @@ def parse_rate(text: str) -> Rate:
         raise InvalidRate(f"rate must be a string like '100/minute', not {text!r}")
     m = _RATE_RE.fullmatch(text)
     if m is None:
-        raise InvalidRate(f"invalid rate {text!r}: expected '<count>/<period>', e.g. '100/minute' or '100/15m'")
+        raise InvalidRate(f"invalid rate {text!r}: expected '<count>/<period>', "
+                          "e.g. '100/minute' or '100/15m'")
     count, mult, unit = m.groups()
     seconds = _UNITS.get(unit.lower())
     if seconds is None:

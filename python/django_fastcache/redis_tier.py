@@ -27,8 +27,8 @@ from django.core.exceptions import ImproperlyConfigured
 from redis import exceptions as _rx
 
 from . import _core
-from .coherence import listener_for
 from ._ratelog import shared_log
+from .coherence import listener_for
 from .errors import DecodeError
 from .policy import FailurePolicy
 from .redis_client import RedisClients, ascan_keys, group_by_slot, key_slot, scan_keys

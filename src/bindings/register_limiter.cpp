@@ -39,8 +39,9 @@ LimiterConfig limiter_config(std::size_t max_bytes, unsigned shards) {
     unsigned rounded = 1;
     while (rounded < shards) rounded <<= 1;
     if (max_bytes < 1024 || max_bytes / rounded < 1024)
-        throw py::value_error("max_bytes must be at least 1024 per shard (shards rounded up to a "
-                              "power of two)");
+        throw py::value_error(
+            "max_bytes must be at least 1024 per shard (shards rounded up to a "
+            "power of two)");
     return LimiterConfig{max_bytes, shards};
 }
 

@@ -26,14 +26,14 @@ using namespace fastcache;
 static int g_passed = 0;
 static int g_failed = 0;
 
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        if (cond) {                                                                  \
-            ++g_passed;                                                              \
-        } else {                                                                     \
-            ++g_failed;                                                              \
-            std::printf("%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);     \
-        }                                                                            \
+#define CHECK(cond)                                                              \
+    do {                                                                         \
+        if (cond) {                                                              \
+            ++g_passed;                                                          \
+        } else {                                                                 \
+            ++g_failed;                                                          \
+            std::printf("%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
+        }                                                                        \
     } while (0)
 
 template <class T>
@@ -45,17 +45,17 @@ static std::string show(const T& v) {
     }
 }
 
-#define CHECK_EQ(a, b)                                                                      \
-    do {                                                                                    \
-        const auto va_ = (a);                                                               \
-        const auto vb_ = (b);                                                               \
-        if (va_ == vb_) {                                                                   \
-            ++g_passed;                                                                     \
-        } else {                                                                            \
-            ++g_failed;                                                                     \
-            std::printf("%s:%d: CHECK_EQ(%s, %s) failed: %s != %s\n", __FILE__, __LINE__, #a, \
-                        #b, show(va_).c_str(), show(vb_).c_str());                          \
-        }                                                                                   \
+#define CHECK_EQ(a, b)                                                                            \
+    do {                                                                                          \
+        const auto va_ = (a);                                                                     \
+        const auto vb_ = (b);                                                                     \
+        if (va_ == vb_) {                                                                         \
+            ++g_passed;                                                                           \
+        } else {                                                                                  \
+            ++g_failed;                                                                           \
+            std::printf("%s:%d: CHECK_EQ(%s, %s) failed: %s != %s\n", __FILE__, __LINE__, #a, #b, \
+                        show(va_).c_str(), show(vb_).c_str());                                    \
+        }                                                                                         \
     } while (0)
 
 // --- counted handles: every retain must be matched by exactly one release ------------------
@@ -210,7 +210,7 @@ static void test_replace_and_add() {
         CHECK_EQ(s.stats().bytes, entry_charge("a", Value{nullptr, 0, 20}));
 
         CHECK(!add_obj(s, objs, "a", kNever, 0.0, &b));  // live: untouched
-        CHECK_EQ(b->refs.load(), 0);                    // not kept
+        CHECK_EQ(b->refs.load(), 0);                     // not kept
         CHECK(get_obj(s, "a", 0.0) == a2);
 
         CHECK(add_obj(s, objs, "b", 5.0, 0.0, &b));
@@ -278,9 +278,8 @@ static void test_keys_and_erase_if() {
         CHECK_EQ(s.stats().expirations, 5u);
         CHECK_EQ(s.stats().entries, 16u);
 
-        const std::size_t n = s.erase_if(2.0, [](std::string_view k) {
-            return glob_match("user:1[0-9]", k);
-        });
+        const std::size_t n =
+            s.erase_if(2.0, [](std::string_view k) { return glob_match("user:1[0-9]", k); });
         CHECK_EQ(n, 10u);
         CHECK_EQ(s.stats().deletes, 10u);
         CHECK_EQ(s.keys(2.0).size(), 6u);
@@ -592,8 +591,8 @@ static void test_glob() {
     CHECK(!glob_match(pat, text));
     CHECK(glob_match(pat.substr(0, pat.size() - 1), text));
     CHECK(glob_match(pat, text + "b"));
-    const double ms = std::chrono::duration<double, std::milli>(
-                          std::chrono::steady_clock::now() - t0).count();
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     std::printf("glob: pathological pattern (%zu chars, text %zu) in %.1f ms\n", pat.size(),
                 text.size(), ms);
     CHECK(ms < 2000.0);
@@ -716,11 +715,12 @@ static void test_stress() {
         CHECK_EQ(refs, static_cast<long>(st.entries));  // the store's references only
         CHECK(st.evictions > 0);
         CHECK(st.expirations > 0);
-        std::printf("stress: %d threads x %d ops in %.2f s; hits %llu misses %llu sets %llu "
-                    "evictions %llu expirations %llu\n",
-                    kThreads, kOpsPerThread, secs, (unsigned long long)st.hits,
-                    (unsigned long long)st.misses, (unsigned long long)st.sets,
-                    (unsigned long long)st.evictions, (unsigned long long)st.expirations);
+        std::printf(
+            "stress: %d threads x %d ops in %.2f s; hits %llu misses %llu sets %llu "
+            "evictions %llu expirations %llu\n",
+            kThreads, kOpsPerThread, secs, (unsigned long long)st.hits,
+            (unsigned long long)st.misses, (unsigned long long)st.sets,
+            (unsigned long long)st.evictions, (unsigned long long)st.expirations);
     }
     long refs = 0;
     for (const Objs& o : objs) refs += o.live_refs();
@@ -793,9 +793,10 @@ static void test_hit_ratio_zipf() {
         }
         CHECK(s.stats().entries <= cap);
         const double hs = double(sieve_hits) / kRequests, hl = double(lru_hits) / kRequests;
-        std::printf("hit ratio: zipf(%.2f) %u keys, %d requests, cache %zu (%.0f%%): "
-                    "SIEVE %.4f  LRU %.4f  (miss ratio SIEVE/LRU %.3f)\n",
-                    kAlpha, kKeys, kRequests, cap, fraction * 100, hs, hl, (1 - hs) / (1 - hl));
+        std::printf(
+            "hit ratio: zipf(%.2f) %u keys, %d requests, cache %zu (%.0f%%): "
+            "SIEVE %.4f  LRU %.4f  (miss ratio SIEVE/LRU %.3f)\n",
+            kAlpha, kKeys, kRequests, cap, fraction * 100, hs, hl, (1 - hs) / (1 - hl));
         CHECK(hs >= hl);
     }
 }

@@ -6,7 +6,7 @@ throttles build on."""
 from __future__ import annotations
 
 import pytest
-from django.core.cache.backends.locmem import LocMemCache
+from django.core.cache.backends.dummy import DummyCache
 from django.test import override_settings
 from django_fastcache import _core, limiter
 from django_fastcache.throttling import AnonRateThrottle
@@ -14,7 +14,8 @@ from rest_framework.response import Response
 from rest_framework.test import APIRequestFactory
 from rest_framework.views import APIView
 
-LOCAL = LocMemCache("throttle-table-tests", {})  # not a FastCache: checks run in-process
+# A cache that holds nothing: its throttles count in this process's table (the one under test).
+LOCAL = DummyCache("throttle-table-tests", {})
 S = 1_000_000
 
 

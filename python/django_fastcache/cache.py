@@ -31,7 +31,9 @@ from django.utils.module_loading import import_string
 from . import _core
 from ._config import option_bool, option_choice, option_int, option_number
 from . import tags as _tags
+from .compat import RedisClientAdapter, translate_options
 from .errors import LockError, LockNotOwnedError
+from .structures import StructureCommands
 
 __all__ = ["FastCache", "LocalLock"]
 
@@ -150,7 +152,7 @@ def _codec_options(options: dict) -> _core.Codec:
     )
 
 
-class FastCache(BaseCache):
+class FastCache(StructureCommands, BaseCache):
     """A Django cache backend whose L1 tier is a C++ store in this process.
 
     ``CACHES = {"default": {"BACKEND": "django_fastcache.cache.FastCache"}}`` is all it
@@ -160,7 +162,8 @@ class FastCache(BaseCache):
     """
 
     def __init__(self, location: str, params: dict) -> None:
-        options = dict(params.get("OPTIONS") or {})
+        # django-redis's options and settings become ours (or are refused, naming ours).
+        options, _ = translate_options(params.get("OPTIONS") or {})
         redis = _is_redis(location, options)
         known = set(_DEFAULTS) | (set(_REDIS_ONLY) | _redis_options() if redis else set())
         unknown = sorted(set(options) - known)
@@ -183,6 +186,13 @@ class FastCache(BaseCache):
         self._get_or_set_wait = option_number(
             options, "GET_OR_SET_WAIT", _DEFAULTS["GET_OR_SET_WAIT"], positive=False, allow_none=True)
         reverse = options.get("REVERSE_KEY_FUNCTION")
+        top = params.get("REVERSE_KEY_FUNCTION")  # where django-redis reads it
+        if top is not None:
+            if reverse is not None and reverse != top:
+                raise ImproperlyConfigured(
+                    "FastCache got two REVERSE_KEY_FUNCTIONs (CACHES entry and its OPTIONS); "
+                    "keep one")
+            reverse = top
         self._reverse_key = import_string(reverse) if isinstance(reverse, str) else reverse
         self._engine = _core.Engine(
             store=self._store,
@@ -326,13 +336,22 @@ class FastCache(BaseCache):
             return _tags.resolve(self, key, value, default, version)
         return value
 
-    def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None, tags=None) -> None:
+    def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None, tags=None, nx=False,
+            xx=False) -> bool:
+        """Django's set; also django-redis's ``nx`` (only if missing: ``add``) and ``xx``
+        (only if present). True if stored (as django-redis), False if not, or if Redis
+        was unreachable and IGNORE_EXCEPTIONS dropped the write."""
         if tags is not None:
             value = _tags.envelope(self, tags, value)
             if value is None:  # tag counters unreachable: an entry we could not invalidate
                 self._cache.delete(key, version)
-                return
-        self._cache.set(key, value, timeout, version)
+                return False
+        if nx:
+            return self._cache.add(key, value, timeout, version)
+        if xx:
+            return self._set_xx(key, value, timeout, version)
+        stored = self._cache.set(key, value, timeout, version)
+        return True if stored is None else stored
 
     def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None, tags=None) -> bool:
         if tags is not None:
@@ -363,10 +382,24 @@ class FastCache(BaseCache):
             data = {k: _tags.envelope(self, tags, v, gens) for k, v in data.items()}
         return self._cache.set_many(data, timeout, version)
 
-    def delete_many(self, keys, version=None) -> None:
-        self._cache.delete_many(keys, version)
+    def delete_many(self, keys, version=None) -> int:
+        """Django's delete_many; returns how many keys existed (as django-redis does)."""
+        keys = list(keys)
+        if self._tier is not None:
+            return self._tier.delete_many(keys, version) or 0
+        found = sum(1 for k in keys if self._engine.has_key(k, version))
+        self._engine.delete_many(keys, version)
+        return found
 
-    def incr(self, key, delta=1, version=None):
+    def incr(self, key, delta=1, version=None, ignore_key_check=False):
+        """Django's incr; ``ignore_key_check=True`` (django-redis) starts a missing key at
+        0, stored without expiry, instead of raising ValueError."""
+        try:
+            return self._cache.incr(key, delta, version)
+        except ValueError:
+            if not ignore_key_check:
+                raise
+        self.add(key, 0, None, version)  # NX: a concurrent creator's value stands
         return self._cache.incr(key, delta, version)
 
     def decr(self, key, delta=1, version=None):
@@ -404,6 +437,22 @@ class FastCache(BaseCache):
     def close(self, **kwargs) -> None:
         """Nothing to release: the L1 store lives as long as the process, and Redis
         connections stay pooled across requests (as with Django's RedisCache)."""
+
+    @property
+    def client(self) -> RedisClientAdapter:
+        """django-redis's ``cache.client``: ``cache.client.get_client(write=True)`` is the
+        redis-py client (single node, Sentinel or Cluster)."""
+        return RedisClientAdapter(self)
+
+    def _set_xx(self, key, value, timeout, version) -> bool:
+        if self._tier is not None:
+            return self._ds_set_xx(key, value, timeout, version)
+        # The embedded default: one process, so check-then-set under the key's flight lock.
+        with self._flights.hold(self._engine.make_key(key, version), None):
+            if not self._engine.has_key(key, version):
+                return False
+            self._engine.set(key, value, timeout, version)
+            return True
 
     def get_client(self, key=None, write: bool = True):
         """The redis-py client (django-redis's name), for commands this API lacks."""
@@ -534,11 +583,17 @@ class FastCache(BaseCache):
         return None if ms == -1 else ms
 
     def expire(self, key, timeout, version=None) -> bool:
-        """Sets a new timeout in seconds (None: never expire). False if the key is missing."""
+        """Sets a new timeout in seconds (None: never expire; DEFAULT_TIMEOUT: the cache's
+        TIMEOUT). False if the key is missing."""
+        if timeout is DEFAULT_TIMEOUT:
+            timeout = self.default_timeout
         when = None if timeout is None else self._cache.now() + timeout
         return self._cache.expire_at(key, when, version)
 
     def pexpire(self, key, timeout, version=None) -> bool:
+        """As :meth:`expire`, in milliseconds (DEFAULT_TIMEOUT: the cache's TIMEOUT)."""
+        if timeout is DEFAULT_TIMEOUT:
+            return self.expire(key, timeout, version)
         return self.expire(key, None if timeout is None else timeout / 1000.0, version)
 
     def expire_at(self, key, when: datetime | float, version=None) -> bool:

@@ -426,7 +426,8 @@ class RedisTier:
 
     # ------------------------------------------------------------------ writes
 
-    def set(self, key, value, timeout, version=None) -> None:
+    def set(self, key, value, timeout, version=None) -> bool:
+        """True once stored; with a timeout <= 0, whether a key was deleted (django-redis)."""
         data = self.engine.dumps(value)
         k = self.engine.key(key, version)
         seconds = self._seconds(timeout)
@@ -434,8 +435,7 @@ class RedisTier:
         ok = False
         try:
             if seconds is not None and seconds <= 0:
-                self.policy.run(self._write, "DEL", k, write=True)
-                return
+                return bool(self.policy.run(self._write, "DEL", k, write=True, default=0))
             px = None if seconds is None else _px(seconds)
             if px is None:
                 ok = self.policy.run(self._write, "SET", k, data, write=True, default=False)
@@ -447,6 +447,7 @@ class RedisTier:
                 self._wrote(k, token, value, len(data), px)
             else:
                 self._changed(k)
+        return bool(ok)
 
     def add(self, key, value, timeout, version=None) -> bool:
         data = self.engine.dumps(value)
@@ -516,10 +517,9 @@ class RedisTier:
         finally:
             self._changed(k)
 
-    def delete_many(self, keys: Iterable, version=None) -> None:
+    def delete_many(self, keys: Iterable, version=None) -> int:
         finals = self.engine.keys_of(list(keys), version)
-        if finals:
-            self._delete_finals(finals)
+        return self._delete_finals(finals) if finals else 0
 
     def _delete_finals(self, finals: list[str]) -> int:
         def unlink() -> int:

@@ -1,0 +1,220 @@
+"""Coming from django-redis: its OPTIONS and ``DJANGO_REDIS_*`` settings translated to
+FastCache's, its ``get_redis_connection`` and the ``cache.client`` object third-party code
+reaches for.
+
+:func:`translate_options` runs when a ``FastCache`` is built: a django-redis option with a
+direct equivalent becomes ours (and the ``fastcache.I301`` system check says which one to
+write instead), one without is refused with an ``ImproperlyConfigured`` that names what
+to use. See docs/cache.md, "Migrating from django-redis".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+__all__ = ["RedisClientAdapter", "get_redis_connection", "translate_options"]
+
+#: django-redis SERIALIZER paths -> our SERIALIZER names.
+SERIALIZERS = {
+    "django_redis.serializers.pickle.PickleSerializer": "pickle",
+    "django_redis.serializers.json.JSONSerializer": "json",
+    "django_redis.serializers.msgpack.MSGPackSerializer": "msgpack",
+}
+#: django-redis COMPRESSOR paths -> our COMPRESSOR names.
+COMPRESSORS = {
+    "django_redis.compressors.identity.IdentityCompressor": "none",
+    "django_redis.compressors.zlib.ZlibCompressor": "zlib",
+    "django_redis.compressors.zstd.ZStdCompressor": "zstd",
+    "django_redis.compressors.lz4.Lz4Compressor": "lz4",
+}
+_CLIENTS_ACCEPTED = ("django_redis.client.DefaultClient", "django_redis.client.default.DefaultClient")
+_CLIENTS_REFUSED = {
+    "django_redis.client.ShardClient": (
+        "FastCache does no client-side sharding: use Redis Cluster (LOCATION "
+        "'redis+cluster://host:port' or OPTIONS['CLUSTER'] = True) and drop CLIENT_CLASS"),
+    "django_redis.client.HerdClient": (
+        "FastCache's get_or_set() already protects against stampedes (a lease in Redis, "
+        "OPTIONS['GET_OR_SET_LOCK_TIMEOUT']): drop CLIENT_CLASS"),
+    "django_redis.client.SentinelClient": (
+        "give FastCache OPTIONS['SENTINELS'] = [(host, port), ...] and "
+        "OPTIONS['SENTINEL_SERVICE'] = '<service>' with LOCATION 'redis:///<db>', and drop "
+        "CLIENT_CLASS"),
+}
+_PARSERS_ACCEPTED = (
+    "redis.connection.HiredisParser", "redis.connection._HiredisParser",
+    "redis._parsers.HiredisParser", "redis._parsers._HiredisParser",
+    "redis.connection.PythonParser", "redis._parsers.PythonParser",
+    "redis.connection._RESP2Parser", "redis._parsers._RESP2Parser",
+)
+
+
+def _refuse(name: str, value: Any, instead: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(f"FastCache does not take django-redis's {name} = {value!r}: "
+                                f"{instead}")
+
+
+def translate_options(options: Mapping[str, Any], settings: Any = None,
+                      ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """``options`` (a CACHES entry's OPTIONS) with django-redis's options and settings
+    replaced by FastCache's; also the list of ``(theirs, ours)`` translations made, for
+    the system check. ``settings``: Django's (read here, never at import time)."""
+    if settings is None:
+        from django.conf import settings
+    out = dict(options)
+    notes: list[tuple[str, str]] = []
+
+    def note(theirs: str, ours: str) -> None:
+        notes.append((theirs, ours))
+
+    client = out.pop("CLIENT_CLASS", None)
+    if client is not None:
+        if client in _CLIENTS_ACCEPTED:
+            note(f"OPTIONS['CLIENT_CLASS'] = {client!r}", "nothing (remove it: the client is "
+                 "built in, for a single node, Sentinel or Cluster)")
+        else:
+            raise _refuse("OPTIONS['CLIENT_CLASS']", client, _CLIENTS_REFUSED.get(
+                client, "FastCache has one built-in client; remove CLIENT_CLASS"))
+
+    for name, table, what in (("SERIALIZER", SERIALIZERS, "serializer"),
+                              ("COMPRESSOR", COMPRESSORS, "compressor")):
+        value = out.get(name)
+        if isinstance(value, str) and "." in value:
+            if value not in table:
+                raise _refuse(f"OPTIONS[{name!r}]", value,
+                              f"set OPTIONS[{name!r}] to one of FastCache's {what}s: "
+                              + ", ".join(repr(v) for v in sorted(set(table.values()))))
+            out[name] = table[value]
+            note(f"OPTIONS[{name!r}] = {value!r}", f"OPTIONS[{name!r}] = {table[value]!r}")
+
+    pool = out.pop("CONNECTION_POOL_KWARGS", None)
+    if pool is not None:
+        if not isinstance(pool, Mapping):
+            raise _refuse("OPTIONS['CONNECTION_POOL_KWARGS']", pool, "it must be a dict")
+        pool = dict(pool)
+        if "max_connections" in pool:
+            out["MAX_CONNECTIONS"] = pool.pop("max_connections")
+            note("OPTIONS['CONNECTION_POOL_KWARGS']['max_connections']",
+                 "OPTIONS['MAX_CONNECTIONS']")
+        if pool:
+            kwargs = dict(out.get("CONNECTION_KWARGS") or {})
+            kwargs.update(pool)
+            out["CONNECTION_KWARGS"] = kwargs
+            note("OPTIONS['CONNECTION_POOL_KWARGS']", "OPTIONS['CONNECTION_KWARGS']")
+
+    if "PASSWORD" in out:
+        raise _refuse("OPTIONS['PASSWORD']", "***", "put the password in LOCATION "
+                      "('redis://:password@host:6379/0' or 'redis://user:password@...')")
+
+    parser = out.pop("PARSER_CLASS", None)
+    if parser is not None:
+        if parser not in _PARSERS_ACCEPTED:
+            raise _refuse("OPTIONS['PARSER_CLASS']", parser, "redis-py picks its parser "
+                          "(hiredis when installed: pip install django-fastcache[redis]); "
+                          "remove PARSER_CLASS")
+        note(f"OPTIONS['PARSER_CLASS'] = {parser!r}",
+             "nothing (remove it: hiredis is used whenever it is installed)")
+
+    for name, where in (("LOG_IGNORED_EXCEPTIONS", "OPTIONS['LOG_IGNORED_EXCEPTIONS']"),
+                        ("DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS",
+                         "settings.DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS")):
+        value = _take(out, settings, name)
+        if value is None:
+            continue
+        if value is True:
+            note(where, "nothing (FastCache always logs ignored Redis errors, at most one "
+                 "line per OPTIONS['ERROR_LOG_INTERVAL'] seconds, to 'django_fastcache.redis')")
+        elif value is False:
+            out.setdefault("ERROR_LOG_INTERVAL", 3600.0)
+            note(where + " = False", "OPTIONS['ERROR_LOG_INTERVAL'] (seconds between log "
+                 "lines about ignored Redis errors; 3600 here)")
+        else:
+            raise _refuse(where, value, "it must be True or False")
+
+    for name, where in (("CLOSE_CONNECTION", "OPTIONS['CLOSE_CONNECTION']"),
+                        ("DJANGO_REDIS_CLOSE_CONNECTION", "settings.DJANGO_REDIS_CLOSE_CONNECTION")):
+        value = _take(out, settings, name)
+        if value is None:
+            continue
+        if value is False:
+            note(where + " = False", "nothing (connections stay pooled across requests)")
+        else:
+            raise _refuse(where, value, "FastCache keeps Redis connections pooled across "
+                          "requests (close() is a no-op); remove it")
+
+    ignore = getattr(settings, "DJANGO_REDIS_IGNORE_EXCEPTIONS", None)
+    if ignore is not None and "IGNORE_EXCEPTIONS" not in out:
+        out["IGNORE_EXCEPTIONS"] = ignore
+        note("settings.DJANGO_REDIS_IGNORE_EXCEPTIONS", "OPTIONS['IGNORE_EXCEPTIONS'] "
+             "(FastCache's default is True: a Redis outage is served as misses)")
+    if getattr(settings, "DJANGO_REDIS_SCAN_ITERSIZE", None) is not None:
+        note("settings.DJANGO_REDIS_SCAN_ITERSIZE",
+             "nothing (keys()/iter_keys()/delete_pattern() scan in batches of 500)")
+    logger = getattr(settings, "DJANGO_REDIS_LOGGER", None)
+    if logger is not None and logger != "django_fastcache.redis" and not _django_redis_in_use(settings):
+        raise _refuse("settings.DJANGO_REDIS_LOGGER", logger, "FastCache logs to the "
+                      "'django_fastcache.redis' logger; configure that one in LOGGING")
+    return out, notes
+
+
+def _take(options: dict, settings: Any, name: str) -> Any:
+    """An OPTIONS entry (removed from ``options``), or a ``DJANGO_REDIS_*`` setting."""
+    if name.startswith("DJANGO_REDIS_"):
+        return getattr(settings, name, None)
+    return options.pop(name, None)
+
+
+def _django_redis_in_use(settings: Any) -> bool:
+    """Whether another CACHES entry still uses django-redis (whose settings those are)."""
+    return any(str(conf.get("BACKEND", "")).startswith("django_redis.")
+               for conf in getattr(settings, "CACHES", {}).values())
+
+
+class RedisClientAdapter:
+    """``cache.client``, with the methods of django-redis's ``DefaultClient`` that
+    third-party code calls: ``get_client(write=True)`` returns the redis-py client
+    (``redis.Redis``, the Sentinel primary or replica client, ``redis.cluster.RedisCluster``),
+    ``make_key``, ``encode``/``decode`` (this cache's codec) and ``reverse_key``."""
+
+    def __init__(self, cache) -> None:
+        self._backend = cache
+
+    def get_client(self, write: bool = True, tried: list[int] | None = None):
+        tier = self._backend._tier
+        if tier is None:
+            raise ImproperlyConfigured(
+                "cache.client.get_client() needs a FastCache with a Redis LOCATION; the "
+                "embedded default has no Redis client")
+        return tier.clients.client(write=write)
+
+    def get_client_with_index(self, write: bool = True, tried: list[int] | None = None):
+        return self.get_client(write=write), 0
+
+    def make_key(self, key, version=None, prefix=None) -> str:
+        if prefix is None:
+            return self._backend.make_key(key, version)
+        version = self._backend.version if version is None else version
+        return self._backend.key_func(key, prefix, version)
+
+    def encode(self, value) -> bytes:
+        return self._backend._engine.dumps(value)
+
+    def decode(self, value):
+        return self._backend._engine.loads(value if isinstance(value, bytes) else str(value).encode())
+
+    def reverse_key(self, key: str) -> str:
+        return self._backend._user_key(key)
+
+
+def get_redis_connection(alias: str = "default", write: bool = True):
+    """The redis-py client of ``caches[alias]`` (django-redis's helper of the same name):
+    the primary for ``write=True``, a replica (when configured) otherwise."""
+    from django.core.cache import caches
+
+    client = getattr(caches[alias], "client", None)
+    if client is None or not hasattr(client, "get_client"):
+        raise NotImplementedError(
+            f"caches[{alias!r}] ({type(caches[alias]).__name__}) has no Redis client")
+    return client.get_client(write)

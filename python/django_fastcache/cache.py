@@ -606,7 +606,13 @@ class FastCache(StructureCommands, BaseCache):
         return self.expire_at(key, when if isinstance(when, datetime) else when / 1000.0, version)
 
     def persist(self, key, version=None) -> bool:
-        return self._cache.expire_at(key, None, version)
+        """Removes the key's timeout; True only if it had one (Redis PERSIST, as
+        django-redis answers)."""
+        if self._tier is not None:
+            k = self._engine.key(key, version)
+            return bool(self._ds_run("persist", "persist", k, write=True, default=0,
+                                     changed=(k,)))
+        return self._cache.pttl(key, version) >= 0 and self._cache.expire_at(key, None, version)
 
     def _pattern(self, search: str, version) -> str:
         prefix = _glob_escape(self.key_prefix)

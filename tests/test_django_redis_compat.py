@@ -229,7 +229,7 @@ def test_same_results_as_django_redis(scenario, fastcache, django_redis_cache):
     expected = scenario(django_redis_cache)
     got = scenario(fastcache)
     assert len(got) == len(expected)
-    for i, (ours, theirs) in enumerate(zip(got, expected)):
+    for i, (ours, theirs) in enumerate(zip(got, expected, strict=True)):
         assert typed(ours) == typed(theirs), f"call #{i} of {scenario.__name__}"
 
 

@@ -11,7 +11,8 @@ from django.conf import settings
 from django.core import checks
 from django.utils.module_loading import import_string
 
-__all__ = ["check_caches", "check_django_redis_options", "check_sessions", "check_throttle_caches", "is_shared"]
+__all__ = ["check_caches", "check_django_redis_options", "check_sessions",
+           "check_throttle_caches", "is_shared"]
 
 _SESSION_ENGINES = ("django.contrib.sessions.backends.cache",
                     "django.contrib.sessions.backends.cached_db")
@@ -65,7 +66,8 @@ def check_caches(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
 
 
 @checks.register(checks.Tags.caches)
-def check_django_redis_options(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_django_redis_options(app_configs: Any = None,
+                               **kwargs: Any) -> list[checks.CheckMessage]:
     """fastcache.I301: a django-redis option or setting that FastCache translated; names
     what to write instead. (Options it cannot translate fail at start-up.)"""
     from django.core.exceptions import ImproperlyConfigured

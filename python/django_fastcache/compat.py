@@ -30,7 +30,8 @@ COMPRESSORS = {
     "django_redis.compressors.zstd.ZStdCompressor": "zstd",
     "django_redis.compressors.lz4.Lz4Compressor": "lz4",
 }
-_CLIENTS_ACCEPTED = ("django_redis.client.DefaultClient", "django_redis.client.default.DefaultClient")
+_CLIENTS_ACCEPTED = ("django_redis.client.DefaultClient",
+                     "django_redis.client.default.DefaultClient")
 _CLIENTS_REFUSED = {
     "django_redis.client.ShardClient": (
         "FastCache does no client-side sharding: use Redis Cluster (LOCATION "
@@ -42,6 +43,14 @@ _CLIENTS_REFUSED = {
         "give FastCache OPTIONS['SENTINELS'] = [(host, port), ...] and "
         "OPTIONS['SENTINEL_SERVICE'] = '<service>' with LOCATION 'redis:///<db>', and drop "
         "CLIENT_CLASS"),
+}
+# CONNECTION_POOL_KWARGS entries that are options of their own here.
+_POOL_KWARGS = {
+    "max_connections": "MAX_CONNECTIONS",
+    "socket_timeout": "SOCKET_TIMEOUT",
+    "socket_connect_timeout": "SOCKET_CONNECT_TIMEOUT",
+    "health_check_interval": "HEALTH_CHECK_INTERVAL",
+    "retry_on_timeout": "RETRY_ON_TIMEOUT",
 }
 _PARSERS_ACCEPTED = (
     "redis.connection.HiredisParser", "redis.connection._HiredisParser",
@@ -94,10 +103,10 @@ def translate_options(options: Mapping[str, Any], settings: Any = None,
         if not isinstance(pool, Mapping):
             raise _refuse("OPTIONS['CONNECTION_POOL_KWARGS']", pool, "it must be a dict")
         pool = dict(pool)
-        if "max_connections" in pool:
-            out["MAX_CONNECTIONS"] = pool.pop("max_connections")
-            note("OPTIONS['CONNECTION_POOL_KWARGS']['max_connections']",
-                 "OPTIONS['MAX_CONNECTIONS']")
+        for kwarg, ours in _POOL_KWARGS.items():
+            if kwarg in pool:
+                out[ours] = pool.pop(kwarg)
+                note(f"OPTIONS['CONNECTION_POOL_KWARGS'][{kwarg!r}]", f"OPTIONS[{ours!r}]")
         if pool:
             kwargs = dict(out.get("CONNECTION_KWARGS") or {})
             kwargs.update(pool)
@@ -134,7 +143,8 @@ def translate_options(options: Mapping[str, Any], settings: Any = None,
             raise _refuse(where, value, "it must be True or False")
 
     for name, where in (("CLOSE_CONNECTION", "OPTIONS['CLOSE_CONNECTION']"),
-                        ("DJANGO_REDIS_CLOSE_CONNECTION", "settings.DJANGO_REDIS_CLOSE_CONNECTION")):
+                        ("DJANGO_REDIS_CLOSE_CONNECTION",
+                         "settings.DJANGO_REDIS_CLOSE_CONNECTION")):
         value = _take(out, settings, name)
         if value is None:
             continue
@@ -153,7 +163,8 @@ def translate_options(options: Mapping[str, Any], settings: Any = None,
         note("settings.DJANGO_REDIS_SCAN_ITERSIZE",
              "nothing (keys()/iter_keys()/delete_pattern() scan in batches of 500)")
     logger = getattr(settings, "DJANGO_REDIS_LOGGER", None)
-    if logger is not None and logger != "django_fastcache.redis" and not _django_redis_in_use(settings):
+    if (logger is not None and logger != "django_fastcache.redis"
+            and not _django_redis_in_use(settings)):
         raise _refuse("settings.DJANGO_REDIS_LOGGER", logger, "FastCache logs to the "
                       "'django_fastcache.redis' logger; configure that one in LOGGING")
     return out, notes
@@ -202,7 +213,9 @@ class RedisClientAdapter:
         return self._backend._engine.dumps(value)
 
     def decode(self, value):
-        return self._backend._engine.loads(value if isinstance(value, bytes) else str(value).encode())
+        if not isinstance(value, bytes):  # an int as a redis-py reply may hold it
+            value = str(value).encode()
+        return self._backend._engine.loads(value)
 
     def reverse_key(self, key: str) -> str:
         return self._backend._user_key(key)

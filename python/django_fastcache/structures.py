@@ -190,7 +190,8 @@ class StructureCommands:
         return int(self._ds_run("srem", "srem", k, *encoded, write=True, default=0, changed=(k,)))
 
     def scard(self, key, version=None) -> int:
-        return int(self._ds_run("scard", "scard", self._ds_key(key, version), write=False, default=0))
+        return int(self._ds_run("scard", "scard", self._ds_key(key, version), write=False,
+                                default=0))
 
     def sismember(self, key, member, version=None) -> bool:
         return bool(self._ds_run("sismember", "sismember", self._ds_key(key, version),
@@ -234,7 +235,8 @@ class StructureCommands:
                            self._ds_keys(keys, version_keys))
 
     def sinterstore(self, dest, *keys, version=None) -> int:
-        return self._ds_store("sinterstore", self._ds_key(dest, version), self._ds_keys(keys, version))
+        return self._ds_store("sinterstore", self._ds_key(dest, version),
+                              self._ds_keys(keys, version))
 
     def sunionstore(self, destination, *keys, version=None) -> int:
         return self._ds_store("sunionstore", self._ds_key(destination, version),
@@ -385,8 +387,9 @@ class StructureCommands:
 
     def zrevrank(self, key, value, withscore: bool = False, version=None):
         """The 0-based rank by descending score. Not in django-redis."""
-        return self._ds_run("zrevrank", "zrevrank", self._ds_key(key, version), self._ds_dumps(value),
-                         withscore=withscore, write=False, default=None)
+        return self._ds_run("zrevrank", "zrevrank", self._ds_key(key, version),
+                            self._ds_dumps(value), withscore=withscore, write=False,
+                            default=None)
 
     def zscore(self, key, value, version=None) -> float | None:
         return self._ds_run("zscore", "zscore", self._ds_key(key, version), self._ds_dumps(value),

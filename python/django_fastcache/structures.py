@@ -94,6 +94,21 @@ class StructureCommands:
                 for k in changed:
                     tier.engine.l1_invalidate(k)
 
+    def _ds_cmd(self, command: str, *args, write: bool, default: Any,
+                changed: tuple[str, ...] = ()):
+        """One raw command on the tier's own connection path (a held connection on a
+        single node or Sentinel primary; redis-py's client otherwise), through the failure
+        policy. Only for commands whose reply means the same raw or through redis-py's
+        callbacks once passed through int()/bool()/float()/iteration."""
+        tier = self._ds_tier(command)
+        try:
+            return tier.policy.run(tier._write if write else tier._read, *args, write=write,
+                                   default=default)
+        finally:
+            if changed and tier.l1:
+                for k in changed:
+                    tier.engine.l1_invalidate(k)
+
     def _ds_key(self, key, version=None) -> str:
         return self._engine.key(key, version)
 
@@ -141,16 +156,19 @@ class StructureCommands:
         """Sets ``field`` (and/or every field of ``mapping``) of the hash; the number of
         fields added. Fields are stored as given (str, bytes, numbers), values encoded."""
         k = self._ds_key(key, version)
-        encoded = None if mapping is None else {f: self._ds_dumps(v) for f, v in mapping.items()}
-        kwargs: dict[str, Any] = {"mapping": encoded}
-        if field is not None:
-            kwargs.update(key=field, value=self._ds_dumps(value))
-        return int(self._ds_run("hset", "hset", k, write=True, default=0, changed=(k,), **kwargs))
+        pairs: list = [] if field is None else [field, self._ds_dumps(value)]
+        for f, v in (mapping or {}).items():
+            pairs += (f, self._ds_dumps(v))
+        if not pairs:  # as redis-py refuses it
+            from redis.exceptions import DataError
+
+            raise DataError("'hset' with no key value pairs")
+        return int(self._ds_cmd("hset", "HSET", k, *pairs, write=True, default=0, changed=(k,)))
 
     def hget(self, key, field, default=None, version=None):
         """The value of ``field`` (decoded), or ``default``. Not in django-redis."""
-        raw = self._ds_run("hget", "hget", self._ds_key(key, version), field, write=False,
-                        default=None)
+        raw = self._ds_cmd("hget", "HGET", self._ds_key(key, version), field, write=False,
+                           default=None)
         return default if raw is None else self._ds_loads(raw)
 
     def hgetall(self, key, version=None) -> dict:
@@ -163,18 +181,20 @@ class StructureCommands:
     def hdel(self, key, *fields, version=None) -> int:
         """Removes ``fields``; how many existed."""
         k = self._ds_key(key, version)
-        return int(self._ds_run("hdel", "hdel", k, *fields, write=True, default=0, changed=(k,)))
+        return int(self._ds_cmd("hdel", "HDEL", k, *fields, write=True, default=0, changed=(k,)))
 
     def hlen(self, key, version=None) -> int:
-        return int(self._ds_run("hlen", "hlen", self._ds_key(key, version), write=False, default=0))
+        return int(self._ds_cmd("hlen", "HLEN", self._ds_key(key, version), write=False,
+                                default=0))
 
     def hkeys(self, key, version=None) -> list[str]:
-        found = self._ds_run("hkeys", "hkeys", self._ds_key(key, version), write=False, default=[])
+        found = self._ds_cmd("hkeys", "HKEYS", self._ds_key(key, version), write=False,
+                             default=[])
         return [f.decode() if isinstance(f, bytes) else f for f in found]
 
     def hexists(self, key, field, version=None) -> bool:
-        return bool(self._ds_run("hexists", "hexists", self._ds_key(key, version), field,
-                              write=False, default=False))
+        return bool(self._ds_cmd("hexists", "HEXISTS", self._ds_key(key, version), field,
+                                 write=False, default=False))
 
     # ------------------------------------------------------------------ sets
 
@@ -182,20 +202,20 @@ class StructureCommands:
         """Adds ``members``; how many were new."""
         k = self._ds_key(key, version)
         encoded = [self._ds_dumps(m) for m in members]
-        return int(self._ds_run("sadd", "sadd", k, *encoded, write=True, default=0, changed=(k,)))
+        return int(self._ds_cmd("sadd", "SADD", k, *encoded, write=True, default=0, changed=(k,)))
 
     def srem(self, key, *members, version=None) -> int:
         k = self._ds_key(key, version)
         encoded = [self._ds_dumps(m) for m in members]
-        return int(self._ds_run("srem", "srem", k, *encoded, write=True, default=0, changed=(k,)))
+        return int(self._ds_cmd("srem", "SREM", k, *encoded, write=True, default=0, changed=(k,)))
 
     def scard(self, key, version=None) -> int:
-        return int(self._ds_run("scard", "scard", self._ds_key(key, version), write=False,
+        return int(self._ds_cmd("scard", "SCARD", self._ds_key(key, version), write=False,
                                 default=0))
 
     def sismember(self, key, member, version=None) -> bool:
-        return bool(self._ds_run("sismember", "sismember", self._ds_key(key, version),
-                              self._ds_dumps(member), write=False, default=False))
+        return bool(self._ds_cmd("sismember", "SISMEMBER", self._ds_key(key, version),
+                                 self._ds_dumps(member), write=False, default=False))
 
     def smismember(self, key, *members, version=None) -> list[bool]:
         encoded = [self._ds_dumps(m) for m in members]
@@ -204,8 +224,8 @@ class StructureCommands:
         return [False] * len(members) if found is None else [bool(v) for v in found]
 
     def smembers(self, key, version=None) -> set:
-        found = self._ds_run("smembers", "smembers", self._ds_key(key, version), write=False,
-                          default=())
+        found = self._ds_cmd("smembers", "SMEMBERS", self._ds_key(key, version), write=False,
+                             default=())
         return {self._ds_loads(raw) for raw in found}
 
     def _ds_combine(self, command: str, keys, version) -> set:
@@ -311,11 +331,18 @@ class StructureCommands:
         score with ``incr`` (None if ``nx``/``xx`` stopped it)."""
         k = self._ds_key(key, version)
         encoded = {self._ds_dumps(m): score for m, score in mapping.items()}
+        if encoded and not (nx or xx or ch or incr or gt or lt):
+            args: list = []
+            for member, score in encoded.items():
+                args += (score, member)
+            return int(self._ds_cmd("zadd", "ZADD", k, *args, write=True, default=0,
+                                    changed=(k,)))
         return self._ds_run("zadd", "zadd", k, encoded, nx=nx, xx=xx, ch=ch, incr=incr, gt=gt,
                          lt=lt, write=True, default=None if incr else 0, changed=(k,))
 
     def zcard(self, key, version=None) -> int:
-        return self._ds_run("zcard", "zcard", self._ds_key(key, version), write=False, default=0)
+        return int(self._ds_cmd("zcard", "ZCARD", self._ds_key(key, version), write=False,
+                                default=0))
 
     def zcount(self, key, min, max, version=None) -> int:  # noqa: A002 (django-redis's names)
         return self._ds_run("zcount", "zcount", self._ds_key(key, version), min, max, write=False,
@@ -323,8 +350,9 @@ class StructureCommands:
 
     def zincrby(self, key, amount: float, value, version=None) -> float | None:
         k = self._ds_key(key, version)
-        return self._ds_run("zincrby", "zincrby", k, amount, self._ds_dumps(value), write=True,
-                         default=None, changed=(k,))
+        score = self._ds_cmd("zincrby", "ZINCRBY", k, amount, self._ds_dumps(value),
+                             write=True, default=None, changed=(k,))
+        return None if score is None else float(score)
 
     def _ds_zpop(self, command: str, key, count, version):
         k = self._ds_key(key, version)
@@ -392,8 +420,9 @@ class StructureCommands:
                             default=None)
 
     def zscore(self, key, value, version=None) -> float | None:
-        return self._ds_run("zscore", "zscore", self._ds_key(key, version), self._ds_dumps(value),
-                         write=False, default=None)
+        score = self._ds_cmd("zscore", "ZSCORE", self._ds_key(key, version),
+                             self._ds_dumps(value), write=False, default=None)
+        return None if score is None else float(score)
 
     def zmscore(self, key, *values, version=None) -> list[float | None]:
         """The scores of ``values`` (None for non-members). Not in django-redis."""
@@ -404,7 +433,8 @@ class StructureCommands:
     def zrem(self, key, *values, version=None) -> int:
         k = self._ds_key(key, version)
         encoded = [self._ds_dumps(v) for v in values]
-        return self._ds_run("zrem", "zrem", k, *encoded, write=True, default=0, changed=(k,))
+        return int(self._ds_cmd("zrem", "ZREM", k, *encoded, write=True, default=0,
+                                changed=(k,)))
 
     def zremrangebyscore(self, key, min, max, version=None) -> int:  # noqa: A002
         k = self._ds_key(key, version)

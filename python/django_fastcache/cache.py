@@ -382,9 +382,12 @@ class FastCache(StructureCommands, BaseCache):
             data = {k: _tags.envelope(self, tags, v, gens) for k, v in data.items()}
         return self._cache.set_many(data, timeout, version)
 
-    def delete_many(self, keys, version=None) -> int:
-        """Django's delete_many; returns how many keys existed (as django-redis does)."""
+    def delete_many(self, keys, version=None) -> int | None:
+        """Django's delete_many; returns how many keys existed (as django-redis does), or
+        None for no keys at all (Django's own test suite requires None there)."""
         keys = list(keys)
+        if not keys:
+            return None
         if self._tier is not None:
             return self._tier.delete_many(keys, version) or 0
         found = sum(1 for k in keys if self._engine.has_key(k, version))

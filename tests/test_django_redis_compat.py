@@ -539,3 +539,43 @@ def test_hget_and_hgetall_extend_django_redis(fastcache):
     assert fastcache.zrevrank("z", "a") == 1
     assert fastcache.zmscore("z", "a", "nope") == [1.0, None]
     assert fastcache.zremrangebyrank("z", 0, 0) == 1 and fastcache.zrange("z", 0, -1) == ["b"]
+
+
+# ---------------------------------------------------------------------- hostile data, threads
+
+def test_members_other_programs_wrote_are_served_as_missing(fastcache, caplog):
+    """Bytes this codec cannot read (a raw client, another language) are skipped and
+    logged, as ``get`` serves them as a miss; the readable members still come back."""
+    raw = fastcache.client.get_client(write=True)
+    fastcache.sadd("s", "ok")
+    raw.sadd(fastcache.make_key("s"), b"\xff\xfe garbage")
+    assert fastcache.smembers("s") == {"ok"}
+    assert fastcache.scard("s") == 2
+    assert set(fastcache.sscan_iter("s")) == {"ok"}
+    fastcache.hset("h", "good", 1)
+    raw.hset(fastcache.make_key("h"), "bad", b"\xff\x00")
+    assert fastcache.hget("h", "bad", default="d") == "d"
+    assert fastcache.hgetall("h") == {"good": 1}
+    raw.zadd(fastcache.make_key("z"), {b"\xff": 5, fastcache.client.encode("m"): 1})
+    assert fastcache.zrange("z", 0, -1) == ["m"]
+    assert fastcache.zrange("z", 0, -1, withscores=True) == [("m", 1.0)]
+    assert fastcache.zpopmax("z") is None  # popped the unreadable member
+    assert fastcache.zpopmin("z") == ("m", 1.0)
+    assert "cannot be read" in caplog.text
+
+
+def test_concurrent_writers_lose_nothing(fastcache):
+    def work(n):
+        for i in range(100):
+            fastcache.sadd("s", (n, i))
+            fastcache.zincrby("z", 1, "m")
+            fastcache.hset("h", f"{n}:{i}", i)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert fastcache.scard("s") == 800
+    assert fastcache.zscore("z", "m") == 800.0
+    assert fastcache.hlen("h") == 800

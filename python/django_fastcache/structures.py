@@ -23,15 +23,19 @@ These commands need a Redis ``LOCATION``: on the embedded default they raise
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from .errors import CrossSlotError
+from .errors import CrossSlotError, DecodeError
 
 __all__ = ["StructureCommands"]
+
+logger = logging.getLogger("django_fastcache.redis")
+_UNREADABLE = object()
 
 
 def _glob(pattern: str | bytes) -> re.Pattern:
@@ -130,11 +134,28 @@ class StructureCommands:
     def _ds_dumps(self, value) -> bytes:
         return self._engine.dumps(value)
 
-    def _ds_loads(self, raw) -> Any:
-        return self._engine.loads(raw)
+    def _ds_loads(self, raw, default: Any = None) -> Any:
+        """A member or hash value; ``default`` (logged) for bytes this codec cannot read,
+        written by some other program: served as missing, as ``get`` serves them."""
+        try:
+            return self._engine.loads(raw)
+        except DecodeError as exc:
+            logger.warning("cache %r: a data-structure member or value cannot be read "
+                           "(%s): served as missing", self.key_prefix, exc)
+            return default
+
+    def _ds_set(self, raws) -> set:
+        out = {self._ds_loads(raw, _UNREADABLE) for raw in raws}
+        out.discard(_UNREADABLE)
+        return out
+
+    def _ds_list(self, raws) -> list:
+        return [v for v in (self._ds_loads(raw, _UNREADABLE) for raw in raws)
+                if v is not _UNREADABLE]
 
     def _ds_pairs(self, pairs) -> list[tuple[Any, Any]]:
-        return [(self._engine.loads(member), score) for member, score in pairs]
+        out = [(self._ds_loads(member, _UNREADABLE), score) for member, score in pairs]
+        return [pair for pair in out if pair[0] is not _UNREADABLE]
 
     def _ds_set_xx(self, key, value, timeout, version) -> bool:
         """``set(..., xx=True)`` on Redis: SET XX; True if the key existed and was
@@ -169,14 +190,15 @@ class StructureCommands:
         """The value of ``field`` (decoded), or ``default``. Not in django-redis."""
         raw = self._ds_cmd("hget", "HGET", self._ds_key(key, version), field, write=False,
                            default=None)
-        return default if raw is None else self._ds_loads(raw)
+        return default if raw is None else self._ds_loads(raw, default)
 
     def hgetall(self, key, version=None) -> dict:
         """Every field (as str) and its value (decoded). Not in django-redis."""
         found = self._ds_run("hgetall", "hgetall", self._ds_key(key, version), write=False,
                           default={})
-        return {(f.decode() if isinstance(f, bytes) else f): self._ds_loads(v)
-                for f, v in found.items()}
+        out = {(f.decode() if isinstance(f, bytes) else f): self._ds_loads(v, _UNREADABLE)
+               for f, v in found.items()}
+        return {f: v for f, v in out.items() if v is not _UNREADABLE}
 
     def hdel(self, key, *fields, version=None) -> int:
         """Removes ``fields``; how many existed."""
@@ -226,13 +248,13 @@ class StructureCommands:
     def smembers(self, key, version=None) -> set:
         found = self._ds_cmd("smembers", "SMEMBERS", self._ds_key(key, version), write=False,
                              default=())
-        return {self._ds_loads(raw) for raw in found}
+        return self._ds_set(found)
 
     def _ds_combine(self, command: str, keys, version) -> set:
         finals = self._ds_keys(keys, version)
         self._ds_one_slot(command, finals)
         found = self._ds_run(command, command, *finals, write=False, default=())
-        return {self._ds_loads(raw) for raw in found}
+        return self._ds_set(found)
 
     def sdiff(self, *keys, version=None) -> set:
         """Members of the first set that are in none of the others."""
@@ -279,7 +301,7 @@ class StructureCommands:
         if found is None:
             return None if count is None else set()
         if isinstance(found, list):
-            return {self._ds_loads(raw) for raw in found}
+            return self._ds_set(found)
         return self._ds_loads(found)
 
     def srandmember(self, key, count: int | None = None, version=None):
@@ -290,7 +312,7 @@ class StructureCommands:
         if found is None:
             return None if count is None else []
         if isinstance(found, list):
-            return [self._ds_loads(raw) for raw in found]
+            return self._ds_list(found)
         return self._ds_loads(found)
 
     def sscan(self, key, match: str | None = None, count: int | None = 10, version=None) -> set:
@@ -301,9 +323,9 @@ class StructureCommands:
         pattern pickled, which matches next to nothing)."""
         _cursor, found = self._ds_run("sscan", "sscan", self._ds_key(key, version), 0, None, count,
                                    write=False, default=(0, []))
-        members = (self._ds_loads(raw) for raw in found)
+        members = self._ds_set(found)
         if match is None:
-            return set(members)
+            return members
         rx = _glob(match)
         return {m for m in members if isinstance(m, str) and rx.fullmatch(m)}
 
@@ -319,7 +341,9 @@ class StructureCommands:
             cursor, found = tier.policy.run(tier.clients.client(write=False).sscan, k,
                                             cursor or 0, None, count, default=(0, []))
             for raw in found:
-                member = self._ds_loads(raw)
+                member = self._ds_loads(raw, _UNREADABLE)
+                if member is _UNREADABLE:
+                    continue
                 if rx is None or (isinstance(member, str) and rx.fullmatch(member)):
                     yield member
 
@@ -360,7 +384,9 @@ class StructureCommands:
         if not found:
             return None if count is None else []
         pairs = self._ds_pairs(found)
-        return pairs[0] if count is None else pairs
+        if count is None:
+            return pairs[0] if pairs else None
+        return pairs
 
     def zpopmax(self, key, count: int | None = None, version=None):
         """Removes and returns the (member, score) with the highest score (None if empty),
@@ -375,7 +401,7 @@ class StructureCommands:
             return []
         if withscores:
             return self._ds_pairs(found)
-        return [self._ds_loads(raw) for raw in found]
+        return self._ds_list(found)
 
     def zrange(self, key, start: int, end: int, desc: bool = False, withscores: bool = False,
                score_cast_func=float, version=None) -> list:

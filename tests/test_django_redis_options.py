@@ -146,6 +146,15 @@ def test_django_redis_settings():
     assert translate_options({}, still) == ({}, [])
 
 
+def test_django_redis_settings_leave_the_embedded_default_alone(settings):
+    settings.DJANGO_REDIS_IGNORE_EXCEPTIONS = False
+    settings.DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = False
+    assert translate_options({}, settings, redis=False) == ({}, [])
+    FastCache("compat-embedded-settings", {})  # no IGNORE_EXCEPTIONS forced on it
+    cache = FastCache("redis://127.0.0.1:1/0", {})
+    assert cache._tier.policy.ignore_exceptions is False
+
+
 def test_backend_builds_from_a_django_redis_entry():
     cache = FastCache("redis://127.0.0.1:1/0", {"OPTIONS": {
         "CLIENT_CLASS": "django_redis.client.DefaultClient",

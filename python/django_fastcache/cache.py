@@ -163,8 +163,9 @@ class FastCache(StructureCommands, BaseCache):
 
     def __init__(self, location: str, params: dict) -> None:
         # django-redis's options and settings become ours (or are refused, naming ours).
-        options, _ = translate_options(params.get("OPTIONS") or {})
+        options = dict(params.get("OPTIONS") or {})
         redis = _is_redis(location, options)
+        options, _ = translate_options(options, redis=redis)
         known = set(_DEFAULTS) | (set(_REDIS_ONLY) | _redis_options() if redis else set())
         unknown = sorted(set(options) - known)
         if unknown:

@@ -79,7 +79,11 @@ def check_django_redis_options(app_configs: Any = None,
         if conf.get("BACKEND") != "django_fastcache.cache.FastCache":
             continue
         try:
-            _, notes = translate_options(conf.get("OPTIONS") or {}, settings)
+            from .cache import _is_redis
+
+            options = dict(conf.get("OPTIONS") or {})
+            _, notes = translate_options(options, settings,
+                                         redis=_is_redis(conf.get("LOCATION", ""), options))
         except ImproperlyConfigured:
             continue  # raised, with its message, when the cache is built
         for theirs, ours in notes:

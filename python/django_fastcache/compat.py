@@ -65,11 +65,13 @@ def _refuse(name: str, value: Any, instead: str) -> ImproperlyConfigured:
                                 f"{instead}")
 
 
-def translate_options(options: Mapping[str, Any], settings: Any = None,
+def translate_options(options: Mapping[str, Any], settings: Any = None, *, redis: bool = True,
                       ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """``options`` (a CACHES entry's OPTIONS) with django-redis's options and settings
     replaced by FastCache's; also the list of ``(theirs, ours)`` translations made, for
-    the system check. ``settings``: Django's (read here, never at import time)."""
+    the system check. ``settings``: Django's (read here, never at import time).
+    ``redis=False`` (the embedded default): the global ``DJANGO_REDIS_*`` settings, which
+    only concern Redis, are left alone."""
     if settings is None:
         from django.conf import settings
     out = dict(options)
@@ -126,6 +128,8 @@ def translate_options(options: Mapping[str, Any], settings: Any = None,
         note(f"OPTIONS['PARSER_CLASS'] = {parser!r}",
              "nothing (remove it: hiredis is used whenever it is installed)")
 
+    if not redis:
+        settings = _NO_SETTINGS
     for name, where in (("LOG_IGNORED_EXCEPTIONS", "OPTIONS['LOG_IGNORED_EXCEPTIONS']"),
                         ("DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS",
                          "settings.DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS")):
@@ -168,6 +172,13 @@ def translate_options(options: Mapping[str, Any], settings: Any = None,
         raise _refuse("settings.DJANGO_REDIS_LOGGER", logger, "FastCache logs to the "
                       "'django_fastcache.redis' logger; configure that one in LOGGING")
     return out, notes
+
+
+class _NoSettings:
+    CACHES: dict = {}
+
+
+_NO_SETTINGS = _NoSettings()
 
 
 def _take(options: dict, settings: Any, name: str) -> Any:

@@ -52,7 +52,8 @@ def s_set_nx_xx(c):
     return [c.set("k", 1, nx=True), c.set("k", 2, nx=True), c.get("k"),
             c.set("k", "x", xx=True), c.set("absent", 1, xx=True), c.get("k"), c.get("absent"),
             c.set("k", 5, timeout=0, nx=True), c.get("k"), c.set("k", 6, timeout=-1),
-            c.get("k"), c.set("m", {"a": [1, 2]}), c.get("m"), c.ttl("m")]
+            c.get("k"), c.set("gone", 1, timeout=0), c.get("gone"),
+            c.set("m", {"a": [1, 2]}), c.get("m"), c.ttl("m")]
 
 
 def s_add(c):
@@ -579,3 +580,13 @@ def test_concurrent_writers_lose_nothing(fastcache):
     assert fastcache.scard("s") == 800
     assert fastcache.zscore("z", "m") == 800.0
     assert fastcache.hlen("h") == 800
+
+
+def test_difference_touch_none_on_a_key_without_expiry(fastcache, django_redis_cache):
+    """``touch(key, None)`` answers whether the key exists (Django's contract, as
+    LocMemCache answers); django-redis answers PERSIST's reply, False for a key that
+    had no expiry."""
+    for c in (fastcache, django_redis_cache):
+        c.set("k", 1, timeout=None)
+    assert fastcache.touch("k", None) is True
+    assert django_redis_cache.touch("k", None) is False

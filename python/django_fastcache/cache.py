@@ -351,8 +351,15 @@ class FastCache(StructureCommands, BaseCache):
             return self._cache.add(key, value, timeout, version)
         if xx:
             return self._set_xx(key, value, timeout, version)
-        stored = self._cache.set(key, value, timeout, version)
-        return True if stored is None else stored
+        if self._tier is not None:
+            return self._cache.set(key, value, timeout, version)
+        if timeout is not DEFAULT_TIMEOUT and timeout is not None and timeout <= 0:
+            # As on Redis (and django-redis): the key is deleted; True if there was one.
+            had = self._engine.has_key(key, version)
+            self._engine.set(key, value, timeout, version)
+            return had
+        self._engine.set(key, value, timeout, version)
+        return True
 
     def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None, tags=None) -> bool:
         if tags is not None:

@@ -85,7 +85,7 @@ class StructureCommands:
         return tier
 
     def _ds_run(self, command: str, method: str, *args, write: bool, default: Any,
-             changed: tuple[str, ...] = (), **kwargs):
+                changed: tuple[str, ...] = (), **kwargs):
         """``client.<method>(*args, **kwargs)`` through the failure policy; afterwards the
         L1 copies of the ``changed`` final keys are dropped (also when it failed)."""
         tier = self._ds_tier(command)
@@ -102,8 +102,8 @@ class StructureCommands:
                 changed: tuple[str, ...] = ()):
         """One raw command on the tier's own connection path (a held connection on a
         single node or Sentinel primary; redis-py's client otherwise), through the failure
-        policy. Only for commands whose reply means the same raw or through redis-py's
-        callbacks once passed through int()/bool()/float()/iteration."""
+        policy. Only for commands whose raw reply and redis-py's parsed one mean the same
+        once passed through int(), bool(), float() or iterated (the callers do that)."""
         tier = self._ds_tier(command)
         try:
             return tier.policy.run(tier._write if write else tier._read, *args, write=write,
@@ -195,7 +195,7 @@ class StructureCommands:
     def hgetall(self, key, version=None) -> dict:
         """Every field (as str) and its value (decoded). Not in django-redis."""
         found = self._ds_run("hgetall", "hgetall", self._ds_key(key, version), write=False,
-                          default={})
+                             default={})
         out = {(f.decode() if isinstance(f, bytes) else f): self._ds_loads(v, _UNREADABLE)
                for f, v in found.items()}
         return {f: v for f, v in out.items() if v is not _UNREADABLE}
@@ -242,7 +242,7 @@ class StructureCommands:
     def smismember(self, key, *members, version=None) -> list[bool]:
         encoded = [self._ds_dumps(m) for m in members]
         found = self._ds_run("smismember", "smismember", self._ds_key(key, version), *encoded,
-                          write=False, default=None)
+                             write=False, default=None)
         return [False] * len(members) if found is None else [bool(v) for v in found]
 
     def smembers(self, key, version=None) -> set:
@@ -269,12 +269,12 @@ class StructureCommands:
     def _ds_store(self, command: str, dest: str, sources: list[str]) -> int:
         self._ds_one_slot(command, [dest, *sources])
         return int(self._ds_run(command, command, dest, *sources, write=True, default=0,
-                             changed=(dest,)))
+                                changed=(dest,)))
 
     def sdiffstore(self, dest, *keys, version_dest=None, version_keys=None) -> int:
         """Stores ``sdiff(*keys)`` in ``dest`` (replacing it); its size."""
         return self._ds_store("sdiffstore", self._ds_key(dest, version_dest),
-                           self._ds_keys(keys, version_keys))
+                              self._ds_keys(keys, version_keys))
 
     def sinterstore(self, dest, *keys, version=None) -> int:
         return self._ds_store("sinterstore", self._ds_key(dest, version),
@@ -282,7 +282,7 @@ class StructureCommands:
 
     def sunionstore(self, destination, *keys, version=None) -> int:
         return self._ds_store("sunionstore", self._ds_key(destination, version),
-                           self._ds_keys(keys, version))
+                              self._ds_keys(keys, version))
 
     def smove(self, source, destination, member, version=None) -> bool:
         """Moves ``member`` from ``source`` to ``destination``; False if it was not in
@@ -291,7 +291,7 @@ class StructureCommands:
         src, dst = self._ds_key(source, version), self._ds_key(destination, version)
         self._ds_one_slot("smove", [src, dst])
         return bool(self._ds_run("smove", "smove", src, dst, self._ds_dumps(member), write=True,
-                              default=False, changed=(src, dst)))
+                                 default=False, changed=(src, dst)))
 
     def spop(self, key, count: int | None = None, version=None):
         """Removes and returns a random member (None if empty), or a set of up to
@@ -308,7 +308,7 @@ class StructureCommands:
         """A random member (None if empty), or a list of ``count`` of them (with repeats
         when ``count`` is negative)."""
         found = self._ds_run("srandmember", "srandmember", self._ds_key(key, version), count,
-                          write=False, default=None)
+                             write=False, default=None)
         if found is None:
             return None if count is None else []
         if isinstance(found, list):
@@ -322,7 +322,7 @@ class StructureCommands:
         members are stored encoded, so Redis cannot match them (django-redis sends the
         pattern pickled, which matches next to nothing)."""
         _cursor, found = self._ds_run("sscan", "sscan", self._ds_key(key, version), 0, None, count,
-                                   write=False, default=(0, []))
+                                      write=False, default=(0, []))
         members = self._ds_set(found)
         if match is None:
             return members
@@ -362,7 +362,7 @@ class StructureCommands:
             return int(self._ds_cmd("zadd", "ZADD", k, *args, write=True, default=0,
                                     changed=(k,)))
         return self._ds_run("zadd", "zadd", k, encoded, nx=nx, xx=xx, ch=ch, incr=incr, gt=gt,
-                         lt=lt, write=True, default=None if incr else 0, changed=(k,))
+                            lt=lt, write=True, default=None if incr else 0, changed=(k,))
 
     def zcard(self, key, version=None) -> int:
         return int(self._ds_cmd("zcard", "ZCARD", self._ds_key(key, version), write=False,
@@ -370,7 +370,7 @@ class StructureCommands:
 
     def zcount(self, key, min, max, version=None) -> int:  # noqa: A002 (django-redis's names)
         return self._ds_run("zcount", "zcount", self._ds_key(key, version), min, max, write=False,
-                         default=0)
+                            default=0)
 
     def zincrby(self, key, amount: float, value, version=None) -> float | None:
         k = self._ds_key(key, version)
@@ -406,38 +406,38 @@ class StructureCommands:
     def zrange(self, key, start: int, end: int, desc: bool = False, withscores: bool = False,
                score_cast_func=float, version=None) -> list:
         found = self._ds_run("zrange", "zrange", self._ds_key(key, version), start, end, desc=desc,
-                          withscores=withscores, score_cast_func=score_cast_func, write=False,
-                          default=[])
+                             withscores=withscores, score_cast_func=score_cast_func, write=False,
+                             default=[])
         return self._ds_members(found, withscores)
 
     def zrevrange(self, key, start: int, end: int, withscores: bool = False,
                   score_cast_func=float, version=None) -> list:
         found = self._ds_run("zrevrange", "zrevrange", self._ds_key(key, version), start, end,
-                          withscores=withscores, score_cast_func=score_cast_func, write=False,
-                          default=[])
+                             withscores=withscores, score_cast_func=score_cast_func, write=False,
+                             default=[])
         return self._ds_members(found, withscores)
 
     def zrangebyscore(self, key, min, max, start: int | None = None,  # noqa: A002
                       num: int | None = None, withscores: bool = False, score_cast_func=float,
                       version=None) -> list:
         found = self._ds_run("zrangebyscore", "zrangebyscore", self._ds_key(key, version), min, max,
-                          start=start, num=num, withscores=withscores,
-                          score_cast_func=score_cast_func, write=False, default=[])
+                             start=start, num=num, withscores=withscores,
+                             score_cast_func=score_cast_func, write=False, default=[])
         return self._ds_members(found, withscores)
 
     def zrevrangebyscore(self, key, max, min, start: int | None = None,  # noqa: A002
                          num: int | None = None, withscores: bool = False,
                          score_cast_func=float, version=None) -> list:
         found = self._ds_run("zrevrangebyscore", "zrevrangebyscore", self._ds_key(key, version),
-                          max, min, start=start, num=num, withscores=withscores,
-                          score_cast_func=score_cast_func, write=False, default=[])
+                             max, min, start=start, num=num, withscores=withscores,
+                             score_cast_func=score_cast_func, write=False, default=[])
         return self._ds_members(found, withscores)
 
     def zrank(self, key, value, withscore: bool = False, version=None):
         """The 0-based rank by ascending score, None if not a member (``[rank, score]``
         with ``withscore``, Redis 7.2+)."""
         return self._ds_run("zrank", "zrank", self._ds_key(key, version), self._ds_dumps(value),
-                         withscore=withscore, write=False, default=None)
+                            withscore=withscore, write=False, default=None)
 
     def zrevrank(self, key, value, withscore: bool = False, version=None):
         """The 0-based rank by descending score. Not in django-redis."""
@@ -453,7 +453,7 @@ class StructureCommands:
     def zmscore(self, key, *values, version=None) -> list[float | None]:
         """The scores of ``values`` (None for non-members). Not in django-redis."""
         found = self._ds_run("zmscore", "zmscore", self._ds_key(key, version),
-                          [self._ds_dumps(v) for v in values], write=False, default=None)
+                             [self._ds_dumps(v) for v in values], write=False, default=None)
         return [None] * len(values) if found is None else found
 
     def zrem(self, key, *values, version=None) -> int:
@@ -465,10 +465,10 @@ class StructureCommands:
     def zremrangebyscore(self, key, min, max, version=None) -> int:  # noqa: A002
         k = self._ds_key(key, version)
         return self._ds_run("zremrangebyscore", "zremrangebyscore", k, min, max, write=True,
-                         default=0, changed=(k,))
+                            default=0, changed=(k,))
 
     def zremrangebyrank(self, key, start: int, end: int, version=None) -> int:
         """Removes the members ranked ``start``..``end``. Not in django-redis."""
         k = self._ds_key(key, version)
         return self._ds_run("zremrangebyrank", "zremrangebyrank", k, start, end, write=True,
-                         default=0, changed=(k,))
+                            default=0, changed=(k,))

@@ -590,3 +590,48 @@ def test_difference_touch_none_on_a_key_without_expiry(fastcache, django_redis_c
         c.set("k", 1, timeout=None)
     assert fastcache.touch("k", None) is True
     assert django_redis_cache.touch("k", None) is False
+
+
+_FORK_CHILD = """
+import os, sys, threading
+import django
+from django.conf import settings
+settings.configure(SECRET_KEY="x")
+django.setup()
+from django_fastcache.cache import FastCache
+
+cache = FastCache(sys.argv[1], {"KEY_PREFIX": "forked"})
+stop = threading.Event()
+
+def busy():
+    i = 0
+    while not stop.is_set():
+        cache.sadd("busy", i)
+        cache.zincrby("zbusy", 1, "m")
+        i += 1
+
+t = threading.Thread(target=busy)
+t.start()
+codes = []
+for _ in range(5):
+    pid = os.fork()
+    if pid == 0:  # the child: a thread of the parent was mid-call on a shared connection
+        ok = cache.sadd("child", os.getpid()) == 1 and os.getpid() in cache.smembers("child")
+        ok = ok and cache.hset("h", str(os.getpid()), 1) == 1 and cache.scard("busy") > 0
+        os._exit(0 if ok else 1)
+    codes.append(os.waitpid(pid, 0)[1])
+stop.set()
+t.join()
+assert codes == [0] * 5, codes
+assert cache.scard("child") == 5 and cache.hlen("h") == 5
+print("ok")
+"""
+
+
+def test_fork_while_another_thread_is_mid_call(clean_redis_server):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _FORK_CHILD, clean_redis_server.url],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -45,6 +45,15 @@ def seconds(ms):
     return ms if ms in (None, 0) else (ms + 500) // 1000
 
 
+def raised(call):
+    """The name of the exception ``call`` raises (None if it returns)."""
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - the name is what is compared
+        return type(exc).__name__ + (": WRONGTYPE" if "WRONGTYPE" in str(exc) else "")
+    return None
+
+
 # ---------------------------------------------------------------------- scenarios
 # Each takes a cache and returns what its calls returned, in order.
 
@@ -138,7 +147,9 @@ def s_hash(c):
             c.hset("h", "f4", 4, mapping={"f5": (5,)}), c.hlen("h"), sorted(c.hkeys("h")),
             c.hexists("h", "f1"), c.hexists("h", "nope"), c.hdel("h", "f1"), c.hdel("h", "f1"),
             c.hlen("h"), c.hlen("missing"), c.hkeys("missing"), c.hexists("missing", "f"),
-            c.hdel("missing", "f"), c.ttl("h"), c.expire("h", 50), c.ttl("h")]
+            c.hdel("missing", "f"), c.ttl("h"), c.expire("h", 50), c.ttl("h"),
+            raised(lambda: c.get("h")), raised(lambda: c.sadd("h", 1)), c.has_key("h"),
+            c.delete("h"), c.hlen("h")]
 
 
 def s_sets(c):
@@ -156,7 +167,10 @@ def s_sets(c):
             c.sscan("{g}a"), sorted(c.sscan_iter("{g}a"), key=repr),
             c.sscan("{g}missing"), list(c.sscan_iter("{g}missing")),
             c.srandmember("{g}missing"), c.srandmember("{g}missing", 2),
-            c.spop("{g}missing"), c.spop("{g}missing", 2), c.ttl("{g}a")]
+            c.spop("{g}missing"), c.spop("{g}missing", 2), c.ttl("{g}a"),
+            raised(lambda: c.get("{g}a")), raised(lambda: c.incr("{g}a")),
+            raised(lambda: c.zadd("{g}a", {"x": 1})), c.set("{g}i", "plain"),
+            c.get("{g}i"), raised(lambda: c.smembers("{g}i"))]
 
 
 def s_set_random(c):
@@ -191,7 +205,8 @@ def s_zsets(c):
             c.zrem("z", "new", "nope"), c.zremrangebyscore("z", 9, 10), c.zrange("z", 0, -1),
             c.zpopmax("z"), c.zpopmin("z"), c.zpopmax("z", 5), c.zpopmin("z"),
             c.zpopmin("z", 2), c.zcard("z"), c.zpopmax("missing"), c.zpopmin("missing", 2),
-            c.zrem("missing", "a"), c.zremrangebyscore("missing", 0, 1)]
+            c.zrem("missing", "a"), c.zremrangebyscore("missing", 0, 1),
+            raised(lambda: c.get("z")), c.delete("z")]
 
 
 SCENARIOS = [s_set_nx_xx, s_add, s_incr_ignore_key_check, s_incr_missing_raises,

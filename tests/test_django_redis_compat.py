@@ -650,3 +650,12 @@ def test_fork_while_another_thread_is_mid_call(clean_redis_server):
     result = subprocess.run([sys.executable, "-c", _FORK_CHILD, clean_redis_server.url],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_difference_hset_of_none_stores_none(fastcache, django_redis_cache):
+    """``hset(key, field, None)``: FastCache stores None (any value ``set`` takes can be a
+    hash value); django-redis passes None to redis-py, which refuses it."""
+    assert fastcache.hset("h", "f", None) == 1
+    assert fastcache.hexists("h", "f") and fastcache.hget("h", "f", default="d") is None
+    with pytest.raises(redis.exceptions.DataError):
+        django_redis_cache.hset("h", "f", None)

@@ -306,9 +306,12 @@ def test_get_redis_connection_on_other_backends_is_not_implemented(settings):
     import django_fastcache
 
     settings.CACHES = {"default": {
-        "BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "embedded": {"BACKEND": "django_fastcache.cache.FastCache"}}
     with pytest.raises(NotImplementedError, match="no Redis client"):
         django_fastcache.get_redis_connection()
+    with pytest.raises(NotImplementedError, match="no Redis client"):
+        django_fastcache.get_redis_connection("embedded")
 
 
 # ---------------------------------------------------------------------- the embedded default

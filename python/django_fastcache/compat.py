@@ -237,8 +237,11 @@ def get_redis_connection(alias: str = "default", write: bool = True):
     the primary for ``write=True``, a replica (when configured) otherwise."""
     from django.core.cache import caches
 
-    client = getattr(caches[alias], "client", None)
-    if client is None or not hasattr(client, "get_client"):
+    cache = caches[alias]
+    client = getattr(cache, "client", None)
+    # NotImplementedError, as django-redis raises for a backend without Redis, so callers
+    # that fall back on it keep working (the embedded FastCache has no Redis client).
+    if client is None or not hasattr(client, "get_client") or getattr(cache, "_tier", 1) is None:
         raise NotImplementedError(
             f"caches[{alias!r}] ({type(caches[alias]).__name__}) has no Redis client")
     return client.get_client(write)

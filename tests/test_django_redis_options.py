@@ -105,6 +105,23 @@ def test_connection_pool_kwargs_become_our_options():
                                           "OPTIONS['CONNECTION_KWARGS']"]
 
 
+def test_client_and_pool_classes():
+    assert translate({"REDIS_CLIENT_CLASS": "redis.client.Redis",
+                      "CONNECTION_POOL_CLASS": "redis.connection.ConnectionPool",
+                      "REPLICA_READ_ONLY": True})[0] == {}
+    assert translate({"REDIS_CLIENT_KWARGS": {"health_check_interval": 5}})[0] == \
+        {"HEALTH_CHECK_INTERVAL": 5}
+    for name in ("REDIS_CLIENT_CLASS", "CONNECTION_POOL_CLASS", "CONNECTION_FACTORY"):
+        with pytest.raises(ImproperlyConfigured, match="CONNECTION_KWARGS"):
+            translate({name: "myapp.Custom"})
+    with pytest.raises(ImproperlyConfigured, match="never writes to a replica"):
+        translate({"REPLICA_READ_ONLY": False})
+    with pytest.raises(ImproperlyConfigured, match="DJANGO_REDIS_CONNECTION_FACTORY"):
+        translate({}, DJANGO_REDIS_CONNECTION_FACTORY="myapp.Factory")
+    with pytest.raises(ImproperlyConfigured, match="LOCATION"):
+        translate({"USERNAME": "app"})
+
+
 def test_password_is_refused_naming_location_without_echoing_it():
     with pytest.raises(ImproperlyConfigured, match="LOCATION") as caught:
         translate({"PASSWORD": "hunter2"})

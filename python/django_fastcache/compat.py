@@ -100,24 +100,55 @@ def translate_options(options: Mapping[str, Any], settings: Any = None, *, redis
             out[name] = table[value]
             note(f"OPTIONS[{name!r}] = {value!r}", f"OPTIONS[{name!r}] = {table[value]!r}")
 
-    pool = out.pop("CONNECTION_POOL_KWARGS", None)
-    if pool is not None:
+    for name in ("CONNECTION_POOL_KWARGS", "REDIS_CLIENT_KWARGS"):
+        pool = out.pop(name, None)
+        if pool is None:
+            continue
         if not isinstance(pool, Mapping):
-            raise _refuse("OPTIONS['CONNECTION_POOL_KWARGS']", pool, "it must be a dict")
+            raise _refuse(f"OPTIONS[{name!r}]", pool, "it must be a dict")
         pool = dict(pool)
         for kwarg, ours in _POOL_KWARGS.items():
             if kwarg in pool:
                 out[ours] = pool.pop(kwarg)
-                note(f"OPTIONS['CONNECTION_POOL_KWARGS'][{kwarg!r}]", f"OPTIONS[{ours!r}]")
+                note(f"OPTIONS[{name!r}][{kwarg!r}]", f"OPTIONS[{ours!r}]")
         if pool:
             kwargs = dict(out.get("CONNECTION_KWARGS") or {})
             kwargs.update(pool)
             out["CONNECTION_KWARGS"] = kwargs
-            note("OPTIONS['CONNECTION_POOL_KWARGS']", "OPTIONS['CONNECTION_KWARGS']")
+            note(f"OPTIONS[{name!r}]", "OPTIONS['CONNECTION_KWARGS']")
+
+    for name, defaults in (("CONNECTION_POOL_CLASS", ("redis.connection.ConnectionPool",
+                                                      "redis.ConnectionPool")),
+                           ("REDIS_CLIENT_CLASS", ("redis.client.Redis", "redis.Redis")),
+                           ("CONNECTION_FACTORY", ("django_redis.pool.ConnectionFactory",))):
+        value = out.pop(name, None)
+        if value is None:
+            continue
+        if value not in defaults:
+            raise _refuse(f"OPTIONS[{name!r}]", value, "FastCache builds its redis-py clients "
+                          "and pools itself (single node, Sentinel, Cluster); pass keyword "
+                          "arguments through OPTIONS['CONNECTION_KWARGS'] and remove it")
+        note(f"OPTIONS[{name!r}] = {value!r}", "nothing (remove it: redis-py's default)")
+    factory = getattr(settings, "DJANGO_REDIS_CONNECTION_FACTORY", None) if redis else None
+    if factory is not None and factory != "django_redis.pool.ConnectionFactory" \
+            and not _django_redis_in_use(settings):
+        raise _refuse("settings.DJANGO_REDIS_CONNECTION_FACTORY", factory, "FastCache builds "
+                      "its redis-py clients itself; pass keyword arguments through "
+                      "OPTIONS['CONNECTION_KWARGS']")
+
+    replica = out.pop("REPLICA_READ_ONLY", None)
+    if replica is True:
+        note("OPTIONS['REPLICA_READ_ONLY'] = True", "nothing (writes always go to the primary)")
+    elif replica is not None:
+        raise _refuse("OPTIONS['REPLICA_READ_ONLY']", replica, "FastCache never writes to a "
+                      "replica; remove it")
 
     if "PASSWORD" in out:
         raise _refuse("OPTIONS['PASSWORD']", "***", "put the password in LOCATION "
                       "('redis://:password@host:6379/0' or 'redis://user:password@...')")
+    if "USERNAME" in out:
+        raise _refuse("OPTIONS['USERNAME']", out["USERNAME"], "put the user name in LOCATION "
+                      "('redis://user:password@host:6379/0')")
 
     parser = out.pop("PARSER_CLASS", None)
     if parser is not None:

@@ -29,8 +29,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from . import _core
-from ._config import option_bool, option_choice, option_int, option_number
 from . import tags as _tags
+from ._config import option_bool, option_choice, option_int, option_number
 from .compat import RedisClientAdapter, translate_options
 from .errors import LockError, LockNotOwnedError
 from .structures import StructureCommands

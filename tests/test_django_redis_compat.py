@@ -7,6 +7,10 @@ runs on that node too (with and without the L1), on a 3-master Cluster and on a 
 set, and must answer exactly as django-redis did. Multi-key set commands use hash-tagged
 keys (``{g}a``) so that on the Cluster they share a slot. Where FastCache differs on
 purpose, the test says so in its name and asserts FastCache's behaviour.
+
+Needs django-redis 7.0+ (its sorted-set commands), which needs Django 5.2+; the pyproject
+``test`` extra says ``django-redis>=6.0`` so that the Django 4.2 entry of the test matrix
+(which does not run this module) still installs.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def _glob(pattern: str | bytes) -> re.Pattern:
 
 
 class StructureCommands:
-    """Hash, set and sorted-set commands (django-redis 6+ names and signatures), mixed
+    """Hash, set and sorted-set commands (django-redis 7 names and signatures), mixed
     into :class:`~django_fastcache.cache.FastCache`. Thread-safe as the backend is."""
 
     # ------------------------------------------------------------------ plumbing

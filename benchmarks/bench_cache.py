@@ -9,10 +9,12 @@ FastCache's per-call latency while that server is stopped (the circuit breaker o
 Then the coherent L1 in front of that Redis: a hot-key read against django-redis and the
 embedded L1, and a Zipf(0.99) read/write mix over 100,000 keys (1% writes) from 4
 processes, FastCache against django-redis (throughput, hit ratio), interleaved and repeated.
-Prints ns/op (best of several repeats) per operation and value, and each alternative's
-time as a multiple of FastCache's (">1x" means FastCache is faster). Methods are called on
-the backend instance, not through ``django.core.cache.cache`` (a proxy whose per-call
-lookup costs microseconds), as a hot loop in an application should.
+Then django-redis's hash, set and sorted-set commands, FastCache against django-redis
+(``--structures``: that table alone). Prints ns/op (best of several repeats) per operation
+and value, and each alternative's time as a multiple of FastCache's (">1x" means FastCache
+is faster). Methods are called on the backend instance, not through
+``django.core.cache.cache`` (a proxy whose per-call lookup costs microseconds), as a hot
+loop in an application should.
 """
 
 from __future__ import annotations
@@ -94,6 +96,64 @@ def operations(cache, value, many: bool = False) -> dict[str, Callable[[], objec
         ops["set_many (100)"] = lambda: cache.set_many(data)
     ops["incr"] = lambda: cache.incr("counter")
     return ops
+
+
+def structure_operations(cache) -> dict[str, Callable[[], object]]:
+    """django-redis's hash, set and sorted-set commands: one round trip each."""
+    member = (7, "x" * 40)  # set members must be hashable once decoded
+    members = [f"m{i}" for i in range(10)]
+    cache.delete_many(["h", "s", "z"])
+    cache.hset("h", mapping={f"f{i}": i for i in range(10)})
+    cache.sadd("s", *members)
+    cache.zadd("z", {m: i for i, m in enumerate(members)})
+    return {
+        "hset": lambda: cache.hset("h", "f0", member),
+        "hexists": lambda: cache.hexists("h", "f1"),
+        "hkeys (10)": lambda: cache.hkeys("h"),
+        "sadd": lambda: cache.sadd("s", member),
+        "sismember": lambda: cache.sismember("s", "m3"),
+        "smembers (10)": lambda: cache.smembers("s"),
+        "scard": lambda: cache.scard("s"),
+        "zadd": lambda: cache.zadd("z", {"m3": 3}),
+        "zincrby": lambda: cache.zincrby("z", 1, "m4"),
+        "zscore": lambda: cache.zscore("z", "m5"),
+        "zrange (10)": lambda: cache.zrange("z", 0, -1, withscores=True),
+    }
+
+
+def run_structures(url: str, budget: float) -> None:
+    from django_fastcache.cache import FastCache
+    from django_redis.cache import RedisCache as DjangoRedisCache
+
+    made = {
+        "FastCache": FastCache(url, {"TIMEOUT": 3600, "KEY_PREFIX": "sfc"}),
+        "django-redis": DjangoRedisCache(url, {"TIMEOUT": 3600, "KEY_PREFIX": "sdr"}),
+    }
+    ops = {name: structure_operations(cache) for name, cache in made.items()}
+    results: dict[tuple[str, str, str], float] = {}
+    # Interleaved rounds, best of each: a busy machine slows one backend's run, not its row.
+    for _ in range(5):
+        for op in ops["FastCache"]:
+            for name in made:
+                t = measure(ops[name][op], budget / 5)
+                results[("struct", op, name)] = min(results.get(("struct", op, name), t), t)
+    print("\nHash, set and sorted-set commands (one round trip each; FastCache with its L1 on)")
+    print_table(results, list(made), unit=1000.0, unit_name="us")
+    # The client's own CPU per call (time.process_time: this process only), which a busy
+    # machine inflates far less than wall time: what each library adds to the round trip.
+    cpu: dict[tuple[str, str, str], float] = {}
+    calls = max(200, int(20_000 * budget))
+    for _ in range(5):
+        for op in ops["FastCache"]:
+            for name in made:
+                fn = ops[name][op]
+                start = time.process_time()
+                for _ in range(calls):
+                    fn()
+                t = (time.process_time() - start) / calls * 1e9
+                cpu[("struct", op, name)] = min(cpu.get(("struct", op, name), t), t)
+    print("\nThe same, client CPU time per call (this process only)")
+    print_table(cpu, list(made), unit=1000.0, unit_name="us")
 
 
 def measure(fn: Callable[[], object], budget: float) -> float:
@@ -348,6 +408,8 @@ def main() -> None:
     where.add_argument("--redis", metavar="URL", help="use this Redis (its database is "
                        "flushed) instead of starting one; no 'Redis down' row then")
     where.add_argument("--no-redis", action="store_true", help="the L1 table only")
+    parser.add_argument("--structures", action="store_true",
+                        help="only the hash/set/sorted-set table (needs Redis)")
     args = parser.parse_args()
     budget = 0.02 if args.quick else 0.2
     setup_django()
@@ -357,9 +419,10 @@ def main() -> None:
     print(f"Python {platform.python_version()}, Django {django.get_version()}, {versions}, "
           f"{platform.machine()}, {os.cpu_count()} CPUs")
 
-    print("\nEmbedded default (in-process) against LocMemCache")
-    made = {name: factory() for name, factory in backends().items()}
-    print_table(run_table(made, budget), list(made))
+    if not args.structures:
+        print("\nEmbedded default (in-process) against LocMemCache")
+        made = {name: factory() for name, factory in backends().items()}
+        print_table(run_table(made, budget), list(made))
     if args.no_redis:
         return
 
@@ -371,6 +434,9 @@ def main() -> None:
         import redis
 
         redis.Redis.from_url(url).flushdb()
+        if args.structures:
+            run_structures(url, budget)
+            return
         print(f"\nRedis (one round trip each; redis-server {_server_version(url)} at {url})")
         made = {name: factory() for name, factory in redis_backends(url).items()}
         results = run_table(made, budget, many=True)
@@ -378,6 +444,7 @@ def main() -> None:
         print_targets(results)
         hot_key(url, budget)
         zipf_mix(url, 1.0 if args.quick else 3.0)
+        run_structures(url, budget)
         if server is not None:
             p50, p99, stats = redis_down(url, server)
             print(f"\nRedis down (server stopped, breaker {stats['breaker_state']}): "

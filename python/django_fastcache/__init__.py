@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .errors import (
     ConnectionInterrupted,
+    ConnectionTimeout,
     DecodeError,
     FastCacheError,
     SerializationError,
@@ -22,12 +23,24 @@ try:
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0+unknown"
 
+
+
+def get_redis_connection(alias: str = "default", write: bool = True):
+    """The redis-py client behind ``caches[alias]`` (django-redis's helper of the same
+    name): ``write=True`` for the primary. Imports Django only when called."""
+    from .compat import get_redis_connection as get
+
+    return get(alias, write)
+
+
 __all__ = [
     "ConnectionInterrupted",
+    "ConnectionTimeout",
     "DecodeError",
     "FastCacheError",
     "SerializationError",
     "SignatureError",
     "UnknownFormatError",
     "__version__",
+    "get_redis_connection",
 ]

@@ -32,7 +32,9 @@ from django.utils.module_loading import import_string
 from . import _bodies, _core
 from . import tags as _tags
 from ._config import option_bool, option_choice, option_int, option_number
+from .compat import RedisClientAdapter, translate_options
 from .errors import LockError, LockNotOwnedError
+from .structures import StructureCommands
 
 __all__ = ["FastCache", "LocalLock"]
 
@@ -210,7 +212,7 @@ def _codec_options(options: dict, redis: bool = False) -> _core.Codec:
     )
 
 
-class FastCache(BaseCache):
+class FastCache(StructureCommands, BaseCache):
     """A Django cache backend whose L1 tier is a C++ store in this process.
 
     ``CACHES = {"default": {"BACKEND": "django_fastcache.cache.FastCache"}}`` is all it
@@ -220,8 +222,10 @@ class FastCache(BaseCache):
     """
 
     def __init__(self, location: str, params: dict) -> None:
+        # django-redis's options and settings become ours (or are refused, naming ours).
         options = dict(params.get("OPTIONS") or {})
         redis = _is_redis(location, options)
+        options, _ = translate_options(options, redis=redis)
         known = set(_DEFAULTS) | (set(_REDIS_ONLY) | _redis_options() if redis else set())
         unknown = sorted(set(options) - known)
         if unknown:
@@ -244,6 +248,13 @@ class FastCache(BaseCache):
             options, "GET_OR_SET_WAIT", _DEFAULTS["GET_OR_SET_WAIT"], positive=False,
             allow_none=True)
         reverse = options.get("REVERSE_KEY_FUNCTION")
+        top = params.get("REVERSE_KEY_FUNCTION")  # where django-redis reads it
+        if top is not None:
+            if reverse is not None and reverse != top:
+                raise ImproperlyConfigured(
+                    "FastCache got two REVERSE_KEY_FUNCTIONs (CACHES entry and its OPTIONS); "
+                    "keep one")
+            reverse = top
         self._reverse_key = import_string(reverse) if isinstance(reverse, str) else reverse
         self._engine = _core.Engine(
             store=self._store,
@@ -386,13 +397,29 @@ class FastCache(BaseCache):
             return _tags.resolve(self, key, value, default, version)
         return value
 
-    def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None, tags=None) -> None:
+    def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None, tags=None, nx=False,
+            xx=False) -> bool:
+        """Django's set; also django-redis's ``nx`` (only if missing: ``add``) and ``xx``
+        (only if present). True if stored (as django-redis), False if not, or if Redis
+        was unreachable and IGNORE_EXCEPTIONS dropped the write."""
         if tags is not None:
             value = _tags.envelope(self, tags, value)
             if value is None:  # tag counters unreachable: an entry we could not invalidate
                 self._cache.delete(key, version)
-                return
-        self._cache.set(key, value, timeout, version)
+                return False
+        if nx:
+            return self._cache.add(key, value, timeout, version)
+        if xx:
+            return self._set_xx(key, value, timeout, version)
+        if self._tier is not None:
+            return self._cache.set(key, value, timeout, version)
+        if timeout is not DEFAULT_TIMEOUT and timeout is not None and timeout <= 0:
+            # As on Redis (and django-redis): the key is deleted; True if there was one.
+            had = self._engine.has_key(key, version)
+            self._engine.set(key, value, timeout, version)
+            return had
+        self._engine.set(key, value, timeout, version)
+        return True
 
     def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None, tags=None) -> bool:
         if tags is not None:
@@ -423,10 +450,27 @@ class FastCache(BaseCache):
             data = {k: _tags.envelope(self, tags, v, gens) for k, v in data.items()}
         return self._cache.set_many(data, timeout, version)
 
-    def delete_many(self, keys, version=None) -> None:
-        self._cache.delete_many(keys, version)
+    def delete_many(self, keys, version=None) -> int | None:
+        """Django's delete_many; returns how many keys existed (as django-redis does), or
+        None for no keys at all (Django's own test suite requires None there)."""
+        keys = list(keys)
+        if not keys:
+            return None
+        if self._tier is not None:
+            return self._tier.delete_many(keys, version) or 0
+        found = sum(1 for k in keys if self._engine.has_key(k, version))
+        self._engine.delete_many(keys, version)
+        return found
 
-    def incr(self, key, delta=1, version=None):
+    def incr(self, key, delta=1, version=None, ignore_key_check=False):
+        """Django's incr; ``ignore_key_check=True`` (django-redis) starts a missing key at
+        0, stored without expiry, instead of raising ValueError."""
+        try:
+            return self._cache.incr(key, delta, version)
+        except ValueError:
+            if not ignore_key_check:
+                raise
+        self.add(key, 0, None, version)  # NX: a concurrent creator's value stands
         return self._cache.incr(key, delta, version)
 
     def decr(self, key, delta=1, version=None):
@@ -470,6 +514,22 @@ class FastCache(BaseCache):
     def close(self, **kwargs) -> None:
         """Nothing to release: the L1 store lives as long as the process, and Redis
         connections stay pooled across requests (as with Django's RedisCache)."""
+
+    @property
+    def client(self) -> RedisClientAdapter:
+        """django-redis's ``cache.client``: ``cache.client.get_client(write=True)`` is the
+        redis-py client (single node, Sentinel or Cluster)."""
+        return RedisClientAdapter(self)
+
+    def _set_xx(self, key, value, timeout, version) -> bool:
+        if self._tier is not None:
+            return self._ds_set_xx(key, value, timeout, version)
+        # The embedded default: one process, so check-then-set under the key's flight lock.
+        with self._flights.hold(self._engine.make_key(key, version), None):
+            if not self._engine.has_key(key, version):
+                return False
+            self._engine.set(key, value, timeout, version)
+            return True
 
     def get_client(self, key=None, write: bool = True):
         """The redis-py client (django-redis's name), for commands this API lacks."""
@@ -608,11 +668,17 @@ class FastCache(BaseCache):
         return None if ms == -1 else ms
 
     def expire(self, key, timeout, version=None) -> bool:
-        """Sets a new timeout in seconds (None: never expire). False if the key is missing."""
+        """Sets a new timeout in seconds (None: never expire; DEFAULT_TIMEOUT: the cache's
+        TIMEOUT). False if the key is missing."""
+        if timeout is DEFAULT_TIMEOUT:
+            timeout = self.default_timeout
         when = None if timeout is None else self._cache.now() + timeout
         return self._cache.expire_at(key, when, version)
 
     def pexpire(self, key, timeout, version=None) -> bool:
+        """As :meth:`expire`, in milliseconds (DEFAULT_TIMEOUT: the cache's TIMEOUT)."""
+        if timeout is DEFAULT_TIMEOUT:
+            return self.expire(key, timeout, version)
         return self.expire(key, None if timeout is None else timeout / 1000.0, version)
 
     def expire_at(self, key, when: datetime | float, version=None) -> bool:
@@ -625,7 +691,13 @@ class FastCache(BaseCache):
         return self.expire_at(key, when if isinstance(when, datetime) else when / 1000.0, version)
 
     def persist(self, key, version=None) -> bool:
-        return self._cache.expire_at(key, None, version)
+        """Removes the key's timeout; True only if it had one (Redis PERSIST, as
+        django-redis answers)."""
+        if self._tier is not None:
+            k = self._engine.key(key, version)
+            return bool(self._ds_run("persist", "persist", k, write=True, default=0,
+                                     changed=(k,)))
+        return self._cache.pttl(key, version) >= 0 and self._cache.expire_at(key, None, version)
 
     def _pattern(self, search: str, version) -> str:
         prefix = _glob_escape(self.key_prefix)

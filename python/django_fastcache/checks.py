@@ -12,8 +12,8 @@ from django.core import checks
 from django.utils.module_loading import import_string
 
 __all__ = [
-    "check_caches", "check_sessions", "check_throttle_caches", "check_throttle_proxies",
-    "check_unsigned_pickle", "is_shared",
+    "check_caches", "check_django_redis_options", "check_sessions", "check_throttle_caches",
+    "check_throttle_proxies", "check_unsigned_pickle", "is_shared",
 ]
 
 _SESSION_ENGINES = ("django.contrib.sessions.backends.cache",
@@ -64,6 +64,36 @@ def check_caches(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
                 "mix with every other user of the database, and cache.clear() runs FLUSHDB.",
                 hint=f"Set CACHES[{alias!r}]['KEY_PREFIX'] to a name for this site.",
                 id="fastcache.W201"))
+    return out
+
+
+@checks.register(checks.Tags.caches)
+def check_django_redis_options(app_configs: Any = None,
+                               **kwargs: Any) -> list[checks.CheckMessage]:
+    """fastcache.I301: a django-redis option or setting that FastCache translated; names
+    what to write instead. (Options it cannot translate fail at start-up.)"""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from .compat import translate_options
+
+    out: list[checks.CheckMessage] = []
+    for alias, conf in getattr(settings, "CACHES", {}).items():
+        if conf.get("BACKEND") != "django_fastcache.cache.FastCache":
+            continue
+        try:
+            from .cache import _is_redis
+
+            options = dict(conf.get("OPTIONS") or {})
+            _, notes = translate_options(options, settings,
+                                         redis=_is_redis(conf.get("LOCATION", ""), options))
+        except ImproperlyConfigured:
+            continue  # raised, with its message, when the cache is built
+        for theirs, ours in notes:
+            out.append(checks.Info(
+                f"CACHES[{alias!r}]: django-redis's {theirs} is translated; FastCache "
+                f"equivalent: {ours}.",
+                hint="Write FastCache's form in settings to silence this message.",
+                id="fastcache.I301"))
     return out
 
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from .errors import ConnectionInterrupted
+from .errors import interrupted
 
 __all__ = [
     "TIMEOUT_ERRORS",
@@ -302,7 +302,7 @@ class FailurePolicy:
             if write and self.ignore_exceptions:
                 self.dropped_writes += 1
         if not self.ignore_exceptions:
-            raise ConnectionInterrupted(
+            raise interrupted(
                 f"cache {self.name!r}: Redis unavailable, circuit breaker open "
                 f"(last error: {self.last_error!r})")
         return default
@@ -338,7 +338,7 @@ class FailurePolicy:
                 "cache %r: circuit breaker opened after %d consecutive Redis errors (last: %r)",
                 self.name, self.breaker.failure_threshold, exc)
         if not self.ignore_exceptions:
-            raise ConnectionInterrupted(f"cache {self.name!r}: Redis error: {exc}") from exc
+            raise interrupted(f"cache {self.name!r}: Redis error: {exc}", exc) from exc
         return default
 
     def stats(self) -> dict[str, Any]:

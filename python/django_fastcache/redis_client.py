@@ -474,11 +474,18 @@ class RedisClients:
         return random.choice(clients.replicas)
 
     def _build_sync(self) -> _ClientSet:
-        with self._lock:
+        with self._fork_safe_lock():
             self._check_fork()
             if self._sync is None:
                 self._sync = self._make(asyncio_=False)
             return self._sync
+
+    def _fork_safe_lock(self) -> threading.Lock:
+        """The lock, replaced first in a forked child: a thread of the parent may have held
+        it at the fork, and that thread does not exist here to release it."""
+        if self._pid != os.getpid():
+            self._lock = threading.Lock()
+        return self._lock
 
     def _check_fork(self) -> None:
         """Under ``self._lock``: a fork that bypassed ``os.register_at_fork`` hooks (none
@@ -514,7 +521,7 @@ class RedisClients:
         return random.choice(clients.replicas)
 
     def _build_async(self, loop: asyncio.AbstractEventLoop) -> _ClientSet:
-        with self._lock:
+        with self._fork_safe_lock():
             self._check_fork()
             clients = self._async.get(loop)
             if clients is not None:

@@ -532,13 +532,16 @@ class RedisTier:
                         self._wrote(k, token, value, len(blob), plan.px)
                     else:
                         self._changed(k)
+        if ok and not plan.stores:  # a timeout <= 0 deletes: whether a key went (django-redis)
+            return any(replies)
         return ok
 
-    def set(self, key, value, timeout, version=None) -> None:
-        self._drive(self._write_op(self._set_plan(key, value, timeout, version)))
+    def set(self, key, value, timeout, version=None) -> bool:
+        """True once stored; with a timeout <= 0, whether a key was deleted (django-redis)."""
+        return self._drive(self._write_op(self._set_plan(key, value, timeout, version)))
 
-    async def aset(self, key, value, timeout, version=None) -> None:
-        await self._adrive(self._write_op(self._set_plan(key, value, timeout, version)))
+    async def aset(self, key, value, timeout, version=None) -> bool:
+        return await self._adrive(self._write_op(self._set_plan(key, value, timeout, version)))
 
     def set_many(self, data: dict, timeout, version=None) -> list:
         if not data:
@@ -589,10 +592,10 @@ class RedisTier:
     async def adelete(self, key, version=None) -> bool:
         return await self._adrive(self._delete_op([self.engine.key(key, version)]))
 
-    def delete_many(self, keys: Iterable, version=None) -> None:
+    def delete_many(self, keys: Iterable, version=None) -> int:
+        """How many of the keys existed (django-redis)."""
         finals = self.engine.keys_of(list(keys), version)
-        if finals:
-            self._drive(self._delete_op(finals))
+        return int(self._drive(self._delete_op(finals))) if finals else 0
 
     async def adelete_many(self, keys: Iterable, version=None) -> None:
         finals = self.engine.keys_of(list(keys), version)

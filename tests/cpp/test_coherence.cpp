@@ -20,38 +20,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "check.hpp"
 #include "core/coherence.hpp"
 #include "core/listener.hpp"
 #include "core/resp.hpp"
 #include "core/store.hpp"
 
 using namespace fastcache;
-
-static int g_passed = 0;
-static int g_failed = 0;
-
-#define CHECK(cond)                                                              \
-    do {                                                                         \
-        if (cond) {                                                              \
-            ++g_passed;                                                          \
-        } else {                                                                 \
-            ++g_failed;                                                          \
-            std::printf("%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
-        }                                                                        \
-    } while (0)
-
-#define CHECK_EQ(a, b)                                                                            \
-    do {                                                                                          \
-        const auto va_ = (a);                                                                     \
-        const auto vb_ = (b);                                                                     \
-        if (va_ == vb_) {                                                                         \
-            ++g_passed;                                                                           \
-        } else {                                                                                  \
-            ++g_failed;                                                                           \
-            std::printf("%s:%d: CHECK_EQ(%s, %s) failed: %lld != %lld\n", __FILE__, __LINE__, #a, \
-                        #b, static_cast<long long>(va_), static_cast<long long>(vb_));            \
-        }                                                                                         \
-    } while (0)
 
 // Handles are small integers cast to pointers (never null); retain/release are counted so
 // the tests can see that nothing is released where it must only be handed back.
@@ -582,6 +557,5 @@ int main() {
     test_fill_race_keeps_reads_monotonic();
     test_resp_reader();
     test_listener_against_a_fake_server();
-    std::printf("%d passed, %d failed\n", g_passed, g_failed);
-    return g_failed == 0 ? 0 : 1;
+    return check_report();
 }

@@ -11,35 +11,10 @@
 #include <thread>
 #include <vector>
 
+#include "check.hpp"
 #include "core/limiter.hpp"
 
 using namespace fastcache::limiter;
-
-static int g_passed = 0;
-static int g_failed = 0;
-
-#define CHECK(cond)                                                              \
-    do {                                                                         \
-        if (cond) {                                                              \
-            ++g_passed;                                                          \
-        } else {                                                                 \
-            ++g_failed;                                                          \
-            std::printf("%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
-        }                                                                        \
-    } while (0)
-
-#define CHECK_EQ(a, b)                                                                            \
-    do {                                                                                          \
-        const auto va_ = (a);                                                                     \
-        const auto vb_ = (b);                                                                     \
-        if (va_ == vb_) {                                                                         \
-            ++g_passed;                                                                           \
-        } else {                                                                                  \
-            ++g_failed;                                                                           \
-            std::printf("%s:%d: CHECK_EQ(%s, %s) failed: %lld != %lld\n", __FILE__, __LINE__, #a, \
-                        #b, static_cast<long long>(va_), static_cast<long long>(vb_));            \
-        }                                                                                         \
-    } while (0)
 
 constexpr std::int64_t S = 1000000;
 constexpr std::int64_t kDay = 86400 * S;
@@ -298,6 +273,5 @@ int main() {
     test_reset_one_policy_or_all();
     test_an_entry_larger_than_a_quarter_shard_is_untracked();
     test_threads_keep_the_bound_and_the_limit();
-    std::printf("%d passed, %d failed\n", g_passed, g_failed);
-    return g_failed == 0 ? 0 : 1;
+    return check_report();
 }

@@ -17,46 +17,10 @@
 #include <unordered_map>
 #include <vector>
 
+#include "check.hpp"
 #include "core/store.hpp"
 
 using namespace fastcache;
-
-// --- a minimal harness: CHECKs count, failures print and the run goes on -------------------
-
-static int g_passed = 0;
-static int g_failed = 0;
-
-#define CHECK(cond)                                                              \
-    do {                                                                         \
-        if (cond) {                                                              \
-            ++g_passed;                                                          \
-        } else {                                                                 \
-            ++g_failed;                                                          \
-            std::printf("%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
-        }                                                                        \
-    } while (0)
-
-template <class T>
-static std::string show(const T& v) {
-    if constexpr (std::is_convertible_v<T, std::string>) {
-        return "\"" + std::string(v) + "\"";
-    } else {
-        return std::to_string(v);
-    }
-}
-
-#define CHECK_EQ(a, b)                                                                            \
-    do {                                                                                          \
-        const auto va_ = (a);                                                                     \
-        const auto vb_ = (b);                                                                     \
-        if (va_ == vb_) {                                                                         \
-            ++g_passed;                                                                           \
-        } else {                                                                                  \
-            ++g_failed;                                                                           \
-            std::printf("%s:%d: CHECK_EQ(%s, %s) failed: %s != %s\n", __FILE__, __LINE__, #a, #b, \
-                        show(va_).c_str(), show(vb_).c_str());                                    \
-        }                                                                                         \
-    } while (0)
 
 // --- counted handles: every retain must be matched by exactly one release ------------------
 
@@ -818,6 +782,5 @@ int main() {
     test_hit_ratio_zipf();
     CHECK_EQ(g_bad_retains.load(), 0L);
     CHECK_EQ(g_bad_releases.load(), 0L);
-    std::printf("%d passed, %d failed\n", g_passed, g_failed);
-    return g_failed == 0 ? 0 : 1;
+    return check_report();
 }

@@ -58,6 +58,15 @@ _listeners: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary(
 _registry_lock = threading.Lock()
 
 
+def _with_prefix(prefixes: list[bytes], prefix: str) -> list[bytes] | None:
+    """The tracked prefixes once ``prefix`` is among them (one it extends is dropped), or
+    None when a tracked prefix already covers it."""
+    wanted = prefix.encode("utf-8", "surrogatepass")
+    if any(wanted.startswith(p) for p in prefixes):
+        return None
+    return sorted([p for p in prefixes if not p.startswith(wanted)] + [wanted])
+
+
 def listener_for(store: _core.Store,
                  clients: Any) -> InvalidationListener | PythonInvalidationListener:
     """The listener of ``store`` in this process (created on first call): the native one,
@@ -136,12 +145,11 @@ class InvalidationListener:
     def track(self, prefix: str) -> None:
         """Makes sure keys starting with ``prefix`` are tracked. A new prefix takes the
         L1 down at once (keys under it were not tracked until now) and restarts tracking."""
-        wanted = prefix.encode("utf-8", "surrogatepass")
         with self._lock:
-            if any(wanted.startswith(p) for p in self._prefixes):
+            merged = _with_prefix(self._prefixes, prefix)
+            if merged is None:
                 return
-            self._prefixes = sorted([p for p in self._prefixes if not p.startswith(wanted)]
-                                    + [wanted])
+            self._prefixes = merged
             if self._pid == os.getpid():
                 self._configure()
 
@@ -303,12 +311,11 @@ class PythonInvalidationListener:
     def track(self, prefix: str) -> None:
         """Makes sure keys starting with ``prefix`` are tracked. A new prefix takes the
         L1 down at once (keys under it were not tracked until now) and restarts tracking."""
-        wanted = prefix.encode("utf-8", "surrogatepass")
         with self._lock:
-            if any(wanted.startswith(p) for p in self._prefixes):
+            merged = _with_prefix(self._prefixes, prefix)
+            if merged is None:
                 return
-            self._prefixes = sorted([p for p in self._prefixes if not p.startswith(wanted)]
-                                    + [wanted])
+            self._prefixes = merged
             if self._thread is not None:
                 self.store.reset(False)
                 self._went_down()

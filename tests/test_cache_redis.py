@@ -120,6 +120,9 @@ def raw_and_cache(clean_redis_server):
     errors are each logged (ERROR_LOG_INTERVAL=0): the default, one line per 30 s per
     cache, is checked in tests/test_codec_security.py."""
     cache = FastCache(clean_redis_server.url, {"OPTIONS": {"ERROR_LOG_INTERVAL": 0}})
+    # The L1 is shared per LOCATION: the fixture's FLUSHALL reaches it through the listener,
+    # asynchronously; clear() drops an earlier test's copies here and now.
+    cache.clear()
     raw = clean_redis_server.client()
     yield cache, raw, cache.make_and_validate_key
     raw.close()

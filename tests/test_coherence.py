@@ -331,6 +331,145 @@ def test_an_invalidation_during_a_fill_never_leaves_the_old_value(clean_redis_se
     raw.close()
 
 
+def _slowed_reads(tier, gate):
+    """Makes each read of the tier wait on ``gate`` (a threading.Event) before it is
+    sent; returns the list of command batches sent and the undo."""
+    real = tier.wire.execute_many
+    sent = []
+
+    def slow(commands, write=True):
+        sent.append(commands)
+        gate.wait(10)
+        return real(commands, write=write)
+
+    tier.wire.execute_many = slow
+    return sent, lambda: setattr(tier.wire, "execute_many", real)
+
+
+def test_concurrent_misses_of_one_key_share_one_read(clean_redis_server):
+    import threading
+
+    cache = up_cache(clean_redis_server.url, KEY_PREFIX="flight")
+    cache.set("k", {"v": 1})
+    cache.set("absent-neighbour", 1)
+    k = cache.make_key("k")
+    cache._store.invalidate([k, cache.make_key("nothing")])
+    gate = threading.Event()
+    sent, undo = _slowed_reads(cache._tier, gate)
+    results: list = []
+    try:
+        threads = [threading.Thread(target=lambda key=key: results.append((key, cache.get(key))))
+                   for key in ["k"] * 8 + ["nothing"] * 4]
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(sent) == 2, 5, "the two leaders' reads")
+        time.sleep(0.05)  # the other ten threads are waiting, not reading
+        assert len(sent) == 2
+        gate.set()
+        for t in threads:
+            t.join(10)
+    finally:
+        undo()
+    assert sorted(results, key=repr) == sorted([("k", {"v": 1})] * 8 + [("nothing", None)] * 4,
+                                               key=repr)
+    assert len(sent) == 2  # one read of "k", one of "nothing"
+    assert cache._tier._flights == {}
+    # Each waiter got its own copy of the value (the L1's copy-on-read still holds).
+    values = [v for key, v in results if key == "k"]
+    assert len({id(v) for v in values}) == len(values)
+
+
+def test_a_waiter_does_not_take_a_leaders_result_older_than_a_write_it_saw(clean_redis_server):
+    # The leader reads "old"; meanwhile this process writes "new" and a thread reads it;
+    # a miss that starts after that must not return the leader's "old".
+    import threading
+
+    cache = up_cache(clean_redis_server.url, KEY_PREFIX="flight2")
+    cache.set("k", "old")
+    k = cache.make_key("k")
+    cache._store.invalidate([k])
+    tier = cache._tier
+    real = tier.wire.execute_many
+    read_sent = threading.Event()
+    release = threading.Event()
+    calls = []
+
+    def slow(commands, write=True):
+        calls.append(commands)
+        if len(calls) == 1:  # the leader's read: Redis answers "old"...
+            reply = real(commands, write=write)
+            read_sent.set()
+            release.wait(10)  # ...and its reply is delivered late
+            return reply
+        return real(commands, write=write)
+
+    tier.wire.execute_many = slow
+    out = {}
+    try:
+        leader = threading.Thread(target=lambda: out.setdefault("leader", cache.get("k")))
+        leader.start()
+        read_sent.wait(10)
+        tier.wire.execute_many = real  # this process's write goes straight through
+        cache.set("k", "new")
+        cache._store.invalidate([k])  # evicted again: the next get misses the L1
+        tier.wire.execute_many = slow
+        waiter = threading.Thread(target=lambda: out.setdefault("waiter", cache.get("k")))
+        waiter.start()
+        time.sleep(0.05)
+        release.set()
+        leader.join(10)
+        waiter.join(10)
+    finally:
+        tier.wire.execute_many = real
+    assert out["leader"] == "old"
+    assert out["waiter"] == "new"
+
+
+def test_a_failed_leader_read_leaves_its_waiters_to_read_for_themselves(clean_redis_server):
+    import threading
+
+    cache = up_cache(clean_redis_server.url, KEY_PREFIX="flight3",
+                     OPTIONS={"IGNORE_EXCEPTIONS": False})
+    cache.set("k", 7)
+    k = cache.make_key("k")
+    cache._store.invalidate([k])
+    tier = cache._tier
+    real = tier.wire.execute_many
+    gate = threading.Event()
+    calls = []
+
+    def flaky(commands, write=True):
+        calls.append(commands)
+        if len(calls) == 1:
+            gate.wait(10)
+            raise ConnectionError("the leader's connection broke")
+        return real(commands, write=write)
+
+    tier.wire.execute_many = flaky
+    out: list = []
+    try:
+        threads = [threading.Thread(target=lambda: out.append(_get_or_error(cache, "k")))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(calls) == 1, 5, "the leader's read")
+        time.sleep(0.05)
+        gate.set()
+        for t in threads:
+            t.join(10)
+    finally:
+        tier.wire.execute_many = real
+    assert out.count(7) >= 3  # the waiters read again; only the leader saw the error
+    assert cache.get("k") == 7
+
+
+def _get_or_error(cache, key):
+    try:
+        return cache.get(key)
+    except Exception as exc:  # the leader's error, as the policy passes it on
+        return exc
+
+
 _FORK_CHILD = textwrap.dedent("""
     import os, sys, time
     import django

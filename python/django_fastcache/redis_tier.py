@@ -17,9 +17,12 @@ the Redis TTL it was read or written with, nor ``L1_TIMEOUT``.
 
 from __future__ import annotations
 
+import _thread
 import logging
+import os
 import time
 import uuid
+import weakref
 from collections.abc import Generator, Iterable
 from typing import Any, NamedTuple
 
@@ -133,6 +136,35 @@ def _evalsha(script: Script, keys: list, args: list) -> tuple:
 _BY_SHA = {script.sha: script for script in (_INCR_SCRIPT, _EXPIRE_SCRIPT, _RELEASE_SCRIPT)}
 
 
+_NOT_DONE = object()
+
+
+class _Flight:
+    """One read of a key from Redis that concurrent misses of that key wait for: the
+    leader's token (taken before its read was sent), its lock (held while in flight) and
+    its result (``_MISSING`` for a miss, ``_NOT_DONE`` if it raised)."""
+
+    __slots__ = ("lock", "token", "value")
+
+    def __init__(self, token: int) -> None:
+        self.lock = _thread.allocate_lock()
+        self.lock.acquire()
+        self.token = token
+        self.value: Any = _NOT_DONE
+
+
+_tiers: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Reads in flight in the parent's other threads never finish here.
+    for tier in list(_tiers):
+        tier._flights = {}
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class RedisTier:
     """Django's cache operations on Redis; see the module docstring.
 
@@ -173,6 +205,12 @@ class RedisTier:
                          retry_on_timeout=clients.config.retry_on_timeout)
         # A hostile or foreign value can be read on every request: one line per interval.
         self._decode_log = shared_log(policy, logger, policy.log_interval)
+        # Reads of a key in flight, that concurrent misses of the key wait for (get only),
+        # at most for as long as the leader's read may take before it fails.
+        self._flights: dict[str, _Flight] = {}
+        timeout = clients.config.connection_kwargs.get("socket_timeout") or 1.0
+        self._flight_wait = float(timeout) * (1 + clients.config.retries)
+        _tiers.add(self)
 
     def follow_keys(self, key_prefix: str, custom_key_func: bool) -> None:
         """Tells the listener which keys this cache makes, so that Redis tracks them: the
@@ -342,12 +380,50 @@ class RedisTier:
             value = self.engine.l1_get(self.engine.key(key, version), _MISSING)
             if value is not _MISSING:
                 return value
-        return self._drive(self._get_op(self.engine.key(key, version), default))
+        return self.get_from_redis(key, default, version)
 
     def get_from_redis(self, key, default=None, version=None):
         """``get`` after an L1 miss (or with the L1 bypassed): reads Redis, and fills the
-        L1 unless an invalidation of the key arrived while the read was in flight."""
-        return self._drive(self._get_op(self.engine.key(key, version), default))
+        L1 unless an invalidation of the key arrived while the read was in flight.
+
+        With the L1 usable, concurrent misses of one key in this process share one read
+        (see :class:`_Flight`): the first thread reads Redis, the others wait for it with
+        the GIL released. Without that, after an invalidation of a hot key every busy
+        thread sent its own read and then waited for the GIL, up to a whole switch
+        interval (5 ms) under CPU-bound threads, before its value could be returned."""
+        k = self.engine.key(key, version)
+        if not (self.l1 and self.store.usable):
+            return self._drive(self._get_op(k, default))
+        flights = self._flights
+        token = self.engine.l1_token(k)
+        flight = flights.get(k)
+        if flight is None:
+            mine = _Flight(token)
+            flight = flights.setdefault(k, mine)
+            if flight is mine:
+                try:
+                    value = mine.value = self._drive(self._get_op(k, _MISSING))
+                    return default if value is _MISSING else value
+                finally:
+                    del flights[k]
+                    mine.lock.release()
+        if flight.lock.acquire(timeout=self._flight_wait):
+            flight.lock.release()
+            # What the leader kept is read from the L1 (a copy where values are copied on
+            # read, as for any hit).
+            value = self.engine.l1_get(k, _MISSING)
+            if value is not _MISSING:
+                return value
+            # A miss the leader found is shared if its read was sent after no fill, write
+            # or invalidation of the bucket that came before this call began: every read
+            # that completed before then is no newer than the leader's, so reads stay
+            # monotonic (core/coherence.hpp, rule 2).
+            if flight.token == token and flight.value is _MISSING:
+                self.misses += 1
+                return default
+        # The leader failed, its value was not kept (too large, or refused), or waiting
+        # took too long: read for ourselves.
+        return self._drive(self._get_op(k, default))
 
     async def aget(self, key, default=None, version=None):
         k = self.engine.key(key, version)

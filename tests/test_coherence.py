@@ -463,6 +463,46 @@ def test_a_failed_leader_read_leaves_its_waiters_to_read_for_themselves(clean_re
     assert cache.get("k") == 7
 
 
+def test_a_child_forked_during_a_read_in_flight_does_not_wait_for_it(clean_redis_server):
+    # gunicorn --preload: a parent thread is the leader of a read when the fork happens;
+    # that read never finishes in the child, whose misses of the key must not wait for it.
+    import threading
+
+    cache = up_cache(clean_redis_server.url, KEY_PREFIX="flight4")
+    cache.set("k", "v")
+    k = cache.make_key("k")
+    cache._store.invalidate([k])
+    gate = threading.Event()
+    sent, undo = _slowed_reads(cache._tier, gate)
+    leader = threading.Thread(target=cache.get, args=("k",))
+    leader.start()
+    wait_until(lambda: k in cache._tier._flights, 5, "the leader's read")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only this thread exists; the leader's read is the parent's
+        try:
+            undo()
+            ok = cache._tier._flights == {}
+            deadline = time.monotonic() + 10
+            while cache.stats()["l1_listener"] != "up" and time.monotonic() < deadline:
+                cache.get("warm")
+                time.sleep(0.005)
+            started = time.monotonic()
+            ok = ok and cache.get("k") == "v" and time.monotonic() - started < 0.5
+            os.write(w, b"ok" if ok else b"bad")
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as f:
+            assert f.read() == b"ok"
+    finally:
+        os.waitpid(pid, 0)
+        gate.set()
+        leader.join(10)
+        undo()
+
+
 def _get_or_error(cache, key):
     try:
         return cache.get(key)

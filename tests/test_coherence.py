@@ -616,6 +616,48 @@ def test_over_tls_a_hung_or_restarted_server_empties_and_bypasses_the_l1_until_i
         raw.close()
 
 
+def test_the_python_listener_on_a_cluster_reads_every_master_and_fails_as_one(
+        clean_redis_cluster):
+    """The Python listener (the TLS fallback, forced here on a plain cluster) has one link
+    per master, read on threads of their own: a write on any master reaches the L1, and
+    one lost link takes the whole L1 down until every link is back."""
+    from unittest import mock
+
+    import redis
+    from django_fastcache import coherence
+    from django_fastcache.redis_client import key_slot
+
+    # A LOCATION of its own ("/0"): no other test's store, or its native listener, is used.
+    with mock.patch.object(coherence, "_needs_tls", return_value=True):
+        cache = up_cache(clean_redis_cluster.url.rstrip("/") + "/0", KEY_PREFIX="pyclu")
+    assert cache.stats()["l1_listener_kind"] == "python"
+    assert cache.stats()["l1_listener_connections"] == len(clean_redis_cluster.masters())
+    slots = clean_redis_cluster.nodes[0].command("CLUSTER", "SLOTS")
+    by_master: dict = {}
+    for j in range(64):
+        by_master.setdefault(_master_of(slots, key_slot(cache.make_key(f"k{j}"))), f"k{j}")
+    assert len(by_master) == len(clean_redis_cluster.masters())
+    host, port = clean_redis_cluster.startup_nodes[0]
+    raw = redis.RedisCluster(host=host, port=port)
+    try:
+        for key in by_master.values():
+            cache.set(key, "one")
+            wait_until(lambda k=key: cache.get(k) == "one" and
+                       cache._engine.l1_get(cache.make_key(k), None) == "one", 5, "the L1")
+            raw_set(cache, raw, key, "two")
+            assert cache.get(key) == "two"
+        downs = cache.stats()["l1_listener_downs"]
+        clean_redis_cluster.masters()[-1].command("CLIENT", "KILL", "TYPE", "pubsub")
+        wait_until(lambda: cache.stats()["l1_listener_downs"] > downs, 5, "the L1 to go down")
+        wait_until(lambda: cache.stats()["l1_listener"] == "up", 10, "the listener")
+        assert cache.stats()["l1_listener_connections"] == len(clean_redis_cluster.masters())
+        for key in by_master.values():
+            raw_set(cache, raw, key, "three")
+            assert cache.get(key) == "three"
+    finally:
+        raw.close()
+
+
 def test_a_user_without_the_invalidation_channel_keeps_the_l1_bypassed_and_says_why(
         acl_server):
     cache = FastCache(f"redis://bob:builder@127.0.0.1:{acl_server.port}/3",

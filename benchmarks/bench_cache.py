@@ -367,7 +367,9 @@ def _zipf_factories(url: str) -> dict[str, Callable[[], object]]:
     }
 
 
-def zipf_mix(url: str, seconds: float, processes: int = 4, rounds: int = 2) -> None:
+def zipf_mix(url: str, seconds: float, processes: int = 4, rounds: int = 2,
+             ) -> dict[str, list[float]]:
+    """Prints the mix's table; returns each backend's throughput (ops/s) per round."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork")
@@ -399,6 +401,7 @@ def zipf_mix(url: str, seconds: float, processes: int = 4, rounds: int = 2) -> N
     fc, dr = max(totals["FastCache L1+Redis"]), max(totals["django-redis"])
     print(f"  best throughput: FastCache L1+Redis {fc:,.0f} ops/s, django-redis {dr:,.0f} "
           f"ops/s: {fc / dr:.1f}x")
+    return totals
 
 
 def main() -> None:

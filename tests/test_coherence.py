@@ -717,6 +717,126 @@ def test_over_tls_the_python_listener_keeps_the_l1_coherent(tls_server):  # noqa
     raw.close()
 
 
+def _tls_options(server) -> dict:
+    return {"CONNECTION_KWARGS": {"ssl_ca_certs": server.ca, "ssl_cert_reqs": "required"}}
+
+
+def test_over_tls_every_process_stays_coherent_through_a_flush_a_kill_and_a_restart(
+        tls_server):  # noqa: F811
+    """The Python listener across processes: raw writes (on the plain port: tracking is
+    the server's, whatever connection writes), FLUSHDB, its connection killed, the server
+    restarted; no stale read beyond the bound, and every worker's listener is up again."""
+    raw = tls_server.client()
+    events: dict = {"flushes": []}
+
+    def faults(tmp):
+        for _ in range(3):
+            raw.set("coh:1:raw", time.monotonic_ns())
+            time.sleep(0.2)
+        t0 = time.monotonic()
+        raw.flushdb()
+        events["flushes"].append((t0, time.monotonic()))
+        time.sleep(0.4)
+        events["killed"] = raw.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        tls_server.restart()
+        events["flushes"].append((t0, time.monotonic()))
+        time.sleep(2.5)  # the listeners reconnect (backoff up to 1 s) and serve again
+
+    try:
+        records = run_workers(f"rediss://127.0.0.1:{tls_server.tls_port}", 3, "history",
+                              options=_tls_options(tls_server), keys_per_worker=4,
+                              extra_keys=["raw"], during=faults)
+    finally:
+        raw.close()
+    result = check_history(records, flushes=events["flushes"])
+    stats = l1_stats(records)
+    print(f"\nTLS, faults: {result}, {stats}, listeners killed: {events['killed']}")
+    assert events["killed"] >= 3  # (and this process's listeners of the other TLS tests)
+    assert stats["l1_listener_downs"] >= 6  # the kill and the restart, in every worker
+    assert stats["l1_hits"] > 0 and stats["l1_flushes"] >= 3
+    for r in records:
+        assert r["stats"]["l1_listener_kind"] == "python"
+        assert r["stats"]["l1_listener"] == "up", r["stats"]
+        assert r["stats"]["l1_listener_ups"] >= 3  # first start, after the kill, the restart
+
+
+def test_over_tls_a_hung_or_restarted_server_empties_and_bypasses_the_l1_until_it_is_back(
+        tls_server):  # noqa: F811
+    """A hung server (SIGSTOP) misses the PING deadline, a restart drops the connection:
+    each time the L1 is emptied and bypassed at once, then used again once resubscribed."""
+    cache = up_cache(f"rediss://127.0.0.1:{tls_server.tls_port}/6", KEY_PREFIX="tlsdown",
+                     OPTIONS={**_tls_options(tls_server), "SOCKET_TIMEOUT": 0.5})
+    raw = tls_server.client(db=6)
+    try:
+        for fault, undo in ((tls_server.pause, tls_server.resume),
+                            (tls_server.restart, lambda: None)):
+            cache.set("k", "before")
+            assert cache.get("k") == "before"
+            wait_until(lambda: cache._engine.l1_get(cache.make_key("k"), None) == "before", 5,
+                       "the value in the L1")
+            downs = cache.stats()["l1_listener_downs"]
+            t0 = time.monotonic()
+            fault()
+            wait_until(lambda d=downs: cache.stats()["l1_listener_downs"] > d, 5,
+                       "the listener to give up on the server")
+            gone = time.monotonic() - t0
+            assert not cache._store.usable
+            assert cache._engine.l1_get(cache.make_key("k"), "absent") == "absent"
+            assert gone < 3.0, gone  # PONG_DEADLINE plus one PING interval, and slack
+            undo()
+            wait_until(lambda: cache.stats()["l1_listener"] == "up", 10, "the listener")
+            raw.set(cache.make_key("k"), cache._engine.dumps("after"))
+            wait_until(lambda: cache.get("k") == "after", 5, "the new value")
+        assert cache.stats()["l1_listener_kind"] == "python"
+        assert cache.stats()["l1_listener_ups"] >= 3
+    finally:
+        raw.close()
+
+
+def test_the_python_listener_on_a_cluster_reads_every_master_and_fails_as_one(
+        clean_redis_cluster):
+    """The Python listener (the TLS fallback, forced here on a plain cluster) has one link
+    per master, read on threads of their own: a write on any master reaches the L1, and
+    one lost link takes the whole L1 down until every link is back."""
+    from unittest import mock
+
+    import redis
+    from django_fastcache import coherence
+    from django_fastcache.redis_client import key_slot
+
+    # A LOCATION of its own ("/0"): no other test's store, or its native listener, is used.
+    with mock.patch.object(coherence, "_needs_tls", return_value=True):
+        cache = up_cache(clean_redis_cluster.url.rstrip("/") + "/0", KEY_PREFIX="pyclu")
+    assert cache.stats()["l1_listener_kind"] == "python"
+    assert cache.stats()["l1_listener_connections"] == len(clean_redis_cluster.masters())
+    slots = clean_redis_cluster.nodes[0].command("CLUSTER", "SLOTS")
+    by_master: dict = {}
+    for j in range(64):
+        by_master.setdefault(_master_of(slots, key_slot(cache.make_key(f"k{j}"))), f"k{j}")
+    assert len(by_master) == len(clean_redis_cluster.masters())
+    host, port = clean_redis_cluster.startup_nodes[0]
+    raw = redis.RedisCluster(host=host, port=port)
+    try:
+        for key in by_master.values():
+            cache.set(key, "one")
+            wait_until(lambda k=key: cache.get(k) == "one" and
+                       cache._engine.l1_get(cache.make_key(k), None) == "one", 5, "the L1")
+            raw_set(cache, raw, key, "two")
+            assert cache.get(key) == "two"
+        downs = cache.stats()["l1_listener_downs"]
+        clean_redis_cluster.masters()[-1].command("CLIENT", "KILL", "TYPE", "pubsub")
+        wait_until(lambda: cache.stats()["l1_listener_downs"] > downs, 5, "the L1 to go down")
+        wait_until(lambda: cache.stats()["l1_listener"] == "up", 10, "the listener")
+        assert cache.stats()["l1_listener_connections"] == len(clean_redis_cluster.masters())
+        for key in by_master.values():
+            raw_set(cache, raw, key, "three")
+            assert cache.get(key) == "three"
+    finally:
+        raw.close()
+
+
 def test_a_user_without_the_invalidation_channel_keeps_the_l1_bypassed_and_says_why(
         acl_server):
     cache = FastCache(f"redis://bob:builder@127.0.0.1:{acl_server.port}/3",

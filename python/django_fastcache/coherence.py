@@ -34,13 +34,10 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import threading
 import time
 import weakref
 from typing import Any
-
-import hiredis
 
 from . import _core
 
@@ -95,16 +92,14 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Link:
-    """One subscribed connection: the redis-py connection that set it up, its socket and
-    a RESP reader of its own (redis-py's parser is not meant for a subscribed socket)."""
+    """One subscribed connection: a redis-py connection of its own (never from a pool),
+    read through redis-py's public API only (``can_read``, ``read_response``)."""
 
-    __slots__ = ("conn", "sock", "reader", "name", "ping_sent", "pings")
+    __slots__ = ("conn", "name", "ping_sent", "pings")
 
     def __init__(self, conn: Any, name: str) -> None:
         self.conn = conn
         self.name = name
-        self.sock: Any = None
-        self.reader = hiredis.Reader()
         self.ping_sent: float | None = None
         self.pings = 0
 
@@ -282,11 +277,15 @@ def _topology_now(clients: Any) -> Any:
 
 class PythonInvalidationListener:
     """Invalidates one L1 store from Redis's tracking messages on a Python thread: the
-    fallback for TLS connections, which the native listener does not speak.
+    fallback for TLS connections, which the native listener does not speak. It talks to
+    Redis through redis-py's public connection API only (``connect``, ``send_command``,
+    ``can_read(timeout)``, ``read_response``, ``disconnect``), so TLS is redis-py's.
 
     Thread-safe. ``track(prefix)`` and ``ensure_running()`` may be called from any thread;
-    the work happens on one daemon thread per listener. After ``os.fork()`` the child has
-    an empty, bypassed store and no thread; its first ``ensure_running()`` starts one.
+    the work happens on one daemon thread per listener (plus one per further primary on a
+    cluster: redis-py offers no socket to wait on several connections at once). After
+    ``os.fork()`` the child has an empty, bypassed store and no thread; its first
+    ``ensure_running()`` starts one.
     """
 
     def __init__(self, store: _core.Store, clients: Any) -> None:
@@ -450,13 +449,9 @@ class PythonInvalidationListener:
                 reply = conn.read_response()
                 if reply not in (b"OK", "OK", True):
                     raise ConnectionError(f"CLIENT TRACKING answered {reply!r}")
-                link.sock = conn._sock
-                link.sock.sendall(b"".join(conn.pack_command("SUBSCRIBE", CHANNEL)))
-                deadline = time.monotonic() + PONG_DEADLINE + self._socket_timeout()
-                while True:
-                    reply = self._next(link, deadline)
-                    if isinstance(reply, list) and reply and reply[0] == b"subscribe":
-                        break
+                conn.send_command("SUBSCRIBE", CHANNEL, check_health=False)
+                reply = self._next(link, PONG_DEADLINE + self._socket_timeout())
+                if not (isinstance(reply, list) and reply and reply[0] == b"subscribe"):
                     raise ConnectionError(f"SUBSCRIBE answered {reply!r}")
             self._topology = self._topology_now()
             self._topology_checked = time.monotonic()
@@ -470,96 +465,109 @@ class PythonInvalidationListener:
         return float(self.clients.config.connection_kwargs.get("socket_timeout") or 1.0)
 
     def _new_connections(self) -> list[tuple[Any, str]]:
-        """Fresh connections (not from any pool's free list) to every primary."""
+        """Fresh connections (not from any pool's free list) to every primary, made with
+        the pool's own connection class and arguments but RESP2 (the invalidations then
+        arrive as pub/sub messages, never as pushes a RESP3 parser would consume) and a
+        read timeout no longer than the PING deadline (a reply cut short by a hung server
+        fails the link instead of blocking it)."""
         client = self.clients.client(write=True)
         if self.clients.is_cluster:
-            made = []
-            for node in client.get_primaries():
-                pool = client.get_redis_connection(node).connection_pool
-                made.append((pool.connection_class(**pool.connection_kwargs), node.name))
-            return made
-        pool = client.connection_pool
-        return [(pool.connection_class(**pool.connection_kwargs), self.clients.mode)]
+            pools = [(client.get_redis_connection(node).connection_pool, node.name)
+                     for node in client.get_primaries()]
+        else:
+            pools = [(client.connection_pool, self.clients.mode)]
+        made = []
+        for pool, name in pools:
+            kwargs = dict(pool.connection_kwargs)
+            kwargs["protocol"] = 2
+            timeout = kwargs.get("socket_timeout")
+            kwargs["socket_timeout"] = min(timeout or PONG_DEADLINE, PONG_DEADLINE)
+            made.append((pool.connection_class(**kwargs), name))
+        return made
 
     def _topology_now(self) -> Any:
         """What the listener connections were made for: the Sentinel primary's address or
         the cluster's slot map (start, end, primary); None for a single node."""
         return None if self.clients.mode == "single" else _topology_now(self.clients)
 
-    def _next(self, link: _Link, deadline: float) -> Any:
-        """The next reply on one link, waiting until ``deadline`` (monotonic)."""
-        while True:
-            reply = link.reader.gets()
-            if reply is not False:
-                return self._checked(reply)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no reply from {link.name}")
-            ready, _, _ = select.select([link.sock], [], [], left)
-            if ready:
-                self._feed(link)
-
     @staticmethod
-    def _checked(reply: Any) -> Any:
-        if isinstance(reply, hiredis.ReplyError):
-            raise ConnectionError(f"Redis answered an error: {reply}")
-        return reply
-
-    @staticmethod
-    def _feed(link: _Link) -> None:
-        data = link.sock.recv(65536)
-        if not data:
-            raise ConnectionError(f"{link.name} closed the connection")
-        link.reader.feed(data)
+    def _next(link: _Link, wait: float) -> Any:
+        """The next reply on one link, waiting at most ``wait`` seconds for it to begin."""
+        if not link.conn.can_read(timeout=wait):
+            raise TimeoutError(f"no reply from {link.name}")
+        return link.conn.read_response(disable_decoding=True)
 
     def _serve(self, links: list[_Link]) -> None:
-        socks = {link.sock: link for link in links}
+        """Reads every link until one fails (raised here) or a restart is asked for
+        (returns). redis-py exposes no socket to wait on several at once, so each link
+        past the first gets a thread of its own; any failure stops them all."""
+        stop = threading.Event()
+        failures: list[BaseException] = []
+
+        def pump(link: _Link) -> None:
+            try:
+                self._pump(link, stop, watch_topology=False)
+            except BaseException as exc:
+                failures.append(exc)
+            finally:
+                stop.set()
+
+        helpers = [threading.Thread(target=pump, args=(link,), daemon=True,
+                                    name=f"fastcache-invalidation-{link.name}")
+                   for link in links[1:]]
+        for helper in helpers:
+            helper.start()
+        try:
+            self._pump(links[0], stop, watch_topology=True)
+        finally:
+            stop.set()
+            for helper in helpers:
+                helper.join()
+        if failures:
+            raise failures[0]
+
+    def _pump(self, link: _Link, stop: threading.Event, watch_topology: bool) -> None:
+        """One link: its messages, its PING health check, and (on one link only) the
+        topology check. Waits at most 0.1 s at a time, to notice ``stop`` and a restart."""
+        conn = link.conn
         next_ping = time.monotonic() + PING_INTERVAL
-        while not self._restart.is_set():
-            for link in links:
+        while not stop.is_set() and not self._restart.is_set():
+            wait = max(0.0, min(next_ping - time.monotonic(), 0.1))
+            if conn.can_read(timeout=wait):
                 self._drain(link)
             now = time.monotonic()
-            # SSL sockets may hold decrypted bytes that select() cannot see.
-            pending = [s for s in socks if hasattr(s, "pending") and s.pending()]
-            wait = max(0.0, min(next_ping - now, 0.1))
-            ready = pending or select.select(list(socks), [], [], wait)[0]
-            for sock in ready:
-                self._feed(socks[sock])
-            now = time.monotonic()
-            if now >= next_ping:
-                for link in links:
-                    if link.ping_sent is not None and now - link.ping_sent > PONG_DEADLINE:
-                        raise TimeoutError(f"{link.name} did not answer PING in {PONG_DEADLINE}s")
-                    if link.ping_sent is None:
-                        link.ping_sent = now
-                        link.sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-                next_ping = now + PING_INTERVAL
-                if now - self._topology_checked >= TOPOLOGY_INTERVAL:
-                    self._topology_checked = now
-                    if self._topology_now() != self._topology:
-                        raise ConnectionError("the Redis topology changed (failover or "
-                                              "slot move)")
+            if now < next_ping:
+                continue
+            if link.ping_sent is not None and now - link.ping_sent > PONG_DEADLINE:
+                raise TimeoutError(f"{link.name} did not answer PING in {PONG_DEADLINE}s")
+            if link.ping_sent is None:
+                link.ping_sent = now
+                conn.send_command("PING", check_health=False)
+            next_ping = now + PING_INTERVAL
+            if watch_topology and now - self._topology_checked >= TOPOLOGY_INTERVAL:
+                self._topology_checked = now
+                if self._topology_now() != self._topology:
+                    raise ConnectionError("the Redis topology changed (failover or "
+                                          "slot move)")
 
     def _drain(self, link: _Link) -> None:
+        """Handles every reply that has arrived on ``link`` (at least one)."""
         while True:
-            reply = link.reader.gets()
-            if reply is False:
-                return
-            reply = self._checked(reply)
+            reply = link.conn.read_response(disable_decoding=True)
             kind = reply[0] if isinstance(reply, list) and reply else reply
-            # RESP2: ["message", channel, keys]; RESP3 (if the connection speaks it, as
-            # redis-py's may): a push ["invalidate", keys]. keys is None for a flush.
-            if kind == b"message" or kind == b"invalidate":
+            # RESP2 pub/sub: ["message", channel, keys], keys None for a flush.
+            if kind == b"message":
                 self.messages += 1
-                keys = reply[2] if kind == b"message" else reply[1]
+                keys = reply[2]
                 if keys is None:  # FLUSHDB / FLUSHALL
                     self.flushes += 1
                     self.store.reset(self.store.usable)
                 else:
                     self.keys += self.store.invalidate(keys)
-            elif kind == b"pong" or kind == b"PONG":
+            elif kind == b"pong":
                 link.ping_sent = None
                 link.pings += 1
             else:
                 raise ConnectionError(f"unexpected message on {link.name}: {reply!r}")
-
+            if not link.conn.can_read(timeout=0):
+                return

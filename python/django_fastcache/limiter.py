@@ -577,6 +577,8 @@ class CacheStore:
 
         backend = _unwrap(self.cache)
         if isinstance(backend, LocMemCache):
+            # LocMemCache has no public name for its LOCATION; its private ``_cache`` is
+            # the dict every instance of one LOCATION shares, the identity needed here.
             return _embedded_store(f"locmem:{id(backend._cache)}")
         raise self._unsupported(policy)
 
@@ -770,13 +772,13 @@ class _AsyncTwins:
 
 
 def _unwrap(cache: Any) -> Any:
-    # django.core.cache.cache (DRF's default) is a proxy to this thread's backend.
-    from django.utils.connection import ConnectionProxy
+    # django.core.cache.cache (DRF's default) is a proxy to this thread's default backend;
+    # the proxy's alias is private, the default alias is public.
+    from django.core.cache import DEFAULT_CACHE_ALIAS, caches
+    from django.core.cache import cache as default_proxy
 
-    if isinstance(cache, ConnectionProxy):
-        from django.core.cache import caches
-
-        return caches[cache._alias]
+    if cache is default_proxy:
+        return caches[DEFAULT_CACHE_ALIAS]
     return cache
 
 
@@ -802,7 +804,8 @@ def _store_of(cache: Any) -> Any:
             client = inner.get_client(write=True)
             return RedisStore(client, None, cache.make_key, _AsyncTwins(client))
     if module == "django.core.cache.backends.redis":
-        # Django's RedisCache: its client object is the public get_client() of `_cache`.
+        # Django's RedisCache offers no public accessor for its client: `_cache` (its
+        # RedisCacheClient) is the one way to share its pool, and get_client() is public.
         client = cache._cache.get_client(None, write=True)
         return RedisStore(client, None, cache.make_key, _AsyncTwins(client))
     from django.core.cache.backends.dummy import DummyCache

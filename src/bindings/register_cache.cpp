@@ -178,7 +178,6 @@ public:
         Snapshot s = snapshot(value, codec_);
         store_->set(final_key, Value{s.object.ptr(), s.tag, s.charge}, t + seconds, t);
     }
-    bool l1_delete(const std::string& final_key) { return store_->erase(final_key, now()); }
 
     // --- the coherent L1 (core/coherence.hpp): tokens, guarded fills, local invalidation
     std::uint64_t l1_token(const std::string& final_key) const {
@@ -231,7 +230,6 @@ public:
         l1_->coherence.invalidate(final_key, now(), released);
         release_all(released);
     }
-    bool l1_usable() const { return l1_->coherence.usable(); }
     // Values whose decoded form is charged more than this are not kept in the coherent L1.
     void set_l1_max_item_bytes(std::size_t n) { l1_max_item_ = n; }
 
@@ -779,14 +777,12 @@ void register_cache(py::module_& m) {
         .def("timeout_seconds", &Engine::timeout_seconds, py::arg("timeout"))
         .def("l1_get", &Engine::l1_get, py::arg("final_key"), py::arg("default") = none)
         .def("l1_set", &Engine::l1_set, py::arg("final_key"), py::arg("value"), py::arg("seconds"))
-        .def("l1_delete", &Engine::l1_delete, py::arg("final_key"))
         .def("l1_token", &Engine::l1_token, py::arg("final_key"))
         .def("l1_fill", &Engine::l1_fill, py::arg("final_key"), py::arg("value"),
              py::arg("seconds"), py::arg("token"))
         .def("l1_write", &Engine::l1_write, py::arg("final_key"), py::arg("value"),
              py::arg("seconds"), py::arg("token"))
         .def("l1_invalidate", &Engine::l1_invalidate, py::arg("final_key"))
-        .def("l1_usable", &Engine::l1_usable)
         .def("set_l1_max_item_bytes", &Engine::set_l1_max_item_bytes, py::arg("max_bytes"))
         .def(
             "coherent_get",

@@ -566,7 +566,8 @@ class RedisStore:
             self.client_for(rkey).delete(rkey)
             return
         # Every policy's state of the identity: its keys differ only after the hash tag,
-        # so one SCAN pattern finds them all (on a cluster, in the tag's one slot).
+        # so one SCAN pattern finds them all (on a cluster, on each primary; they sit in
+        # the tag's one slot, so one DEL).
         from .redis_client import scan_keys
 
         made = self._key(key, _ANY)
@@ -575,7 +576,6 @@ class RedisStore:
         client = self.client_for(made)
         found = list(scan_keys(client, pattern, count=1000))
         if found:
-            # One identity's keys share a hash tag: one DEL, one slot.
             client.delete(*found)
 
     def history(self, key: str, policy: Policy, now: float | None) -> list[float]:

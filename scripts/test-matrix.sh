@@ -13,10 +13,12 @@ ENTRIES=(
   "py312-dj52 3.12 Django>=5.2,<5.3"
   "py313-dj52 3.13 Django>=5.2,<5.3"
 )
-# The C++ core, the codec, the L1 store, the throttle paths and Django's own cache suite
-# (which covers single node, Cluster and Sentinel on Redis).
+# The C++ core, the codec, the L1 store, the throttle paths (on every store, Django's
+# RedisCache included, whose private client route differs by Django line, and the async
+# set-ups) and Django's own cache suite (which covers single node, Cluster and Sentinel).
 TESTS=${MATRIX_TESTS:-"tests/test_core_cpp.py tests/test_codec.py tests/test_cache_l1.py \
 tests/test_throttling_fastpath.py tests/test_throttling_algorithms.py tests/test_throttling_drf.py \
+tests/test_throttle_stores.py tests/test_throttle_async_setups.py \
 tests/test_redis_client.py tests/test_django_suite.py tests/test_log_compat.py"}
 
 find_python() {

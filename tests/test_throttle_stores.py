@@ -16,6 +16,7 @@ import pytest
 from django.contrib.auth.models import AnonymousUser
 from django.core.cache.backends.locmem import LocMemCache
 from django.core.cache.backends.redis import RedisCache
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 from django.test import override_settings
 from django_fastcache import limiter
@@ -155,9 +156,7 @@ class TestDrfScenariosOnEveryStore(DrfScenarios):
             self.set_throttle_timer(throttle, t)
             instance = throttle()
             assert instance.allow_request(request, None)
-        assert len(instance.history) == 2
-        if self.name != "embedded":  # the table keeps counts, not times
-            assert instance.history == [20, 10]
+        assert instance.history == [20, 10]  # newest first, on every store
 
     def test_clear_resets_the_throttles(self):
         throttle = self.throttle(rate="1/day", scope="daily")
@@ -241,7 +240,7 @@ def test_embedded_caches_keep_state_per_location():
 
 # ----------------------------------------------------------- differential against DRF
 
-def run_sequence(cls, steps):
+def run_sequence(cls, steps, read_history=False):
     clock = [0.0]
     cls.timer = lambda self: clock[0]
     out = []
@@ -252,8 +251,20 @@ def run_sequence(cls, steps):
         request.user = AnonymousUser()
         throttle = cls()
         allowed = throttle.allow_request(request, None)
-        out.append((allowed, None if allowed else throttle.wait()))
+        if read_history:
+            # What DRF-style code reads: the history, then wait() from its last entry.
+            history = list(throttle.history)
+            out.append((allowed, history, drf_wait(throttle, history), throttle.wait()))
+        else:
+            out.append((allowed, None if allowed else throttle.wait()))
     return out
+
+
+def drf_wait(throttle, history):
+    # DRF's SimpleRateThrottle.wait(), written out over a history read from the throttle.
+    remaining = throttle.duration - (throttle.now - history[-1]) if history else throttle.duration
+    available = throttle.num_requests - len(history) + 1
+    return None if available <= 0 else remaining / float(available)
 
 
 @pytest.mark.parametrize("rate", ["3/min", "5/sec", "2/hour"])
@@ -277,6 +288,96 @@ def test_same_decisions_and_waits_as_drf_on_the_same_cache(store_cache, rate):
         if mine is not None:
             assert isinstance(mine, float)
             assert mine == pytest.approx(drfs, abs=2e-6)
+
+
+@pytest.mark.parametrize("rate", ["3/min", "5/sec", "2/hour"])
+def test_history_and_the_waits_read_from_it_are_drfs_on_the_same_cache(store_cache, rate):
+    """Every store, the in-process table included, keeps the sliding log's times to the
+    microsecond: on a clock that moves in whole microseconds (steps exact in binary, so
+    DRF's float arithmetic is exact too, window boundaries included) the history and the
+    waits DRF-style code computes from it are DRF's, equal to the last bit."""
+    cache, name = store_cache
+    rng = random.Random(f"history{name}{rate}")
+    d = limiter.parse_rate(rate).period
+    steps = [(rng.choice(["1.1.1.1", "2.2.2.2"]),
+              rng.choice([0.0, 0.0, d / 64, d / 16, d / 4, d * 2])) for _ in range(300)]
+    theirs = type("Drf", (drf.AnonRateThrottle,), {"rate": rate, "cache": cache})
+    ours = type("Ours", (AnonRateThrottle,), {"rate": rate, "cache": cache})
+    cache.clear()
+    expected = run_sequence(theirs, steps, read_history=True)
+    cache.clear()
+    reset_limits()
+    got = run_sequence(ours, steps, read_history=True)
+    assert sum(1 for row in got if not row[0]) > 10
+    for step, (mine, drfs) in enumerate(zip(got, expected, strict=True)):
+        # (allowed, history newest first, DRF's formula over it, wait())
+        assert mine == drfs, step
+
+
+# ----------------------------------------------- Redis keys name the algorithm and period
+
+@pytest.mark.parametrize("name", ["embedded", "fastcache-redis", "django-redis",
+                                  "django-rediscache"])
+def test_one_identity_with_two_periods_keeps_two_states(name, clean_redis_server):
+    reset_limits()
+    cache = build(name, clean_redis_server.url, "per")
+    cache.clear()
+    second, minute = limiter.make_policy("1/s"), limiter.make_policy("1/min")
+    assert limiter.check(cache, "k", second, now=100.0).allowed
+    assert limiter.check(cache, "k", minute, now=100.0).allowed  # not the 1/s state
+    assert not limiter.check(cache, "k", minute, now=101.5).allowed
+    assert limiter.check(cache, "k", second, now=101.5).allowed
+    assert limiter.peek(cache, "k", minute, now=101.5).remaining == 0
+    if name != "embedded":
+        keys = sorted(k.decode() for k in clean_redis_server.client().keys("*"))
+        assert keys == ["per:1:fcrl:{k}:sl:1s", "per:1:fcrl:{k}:sl:60s"]
+    limiter.reset(cache, "k", second)  # one policy: the other keeps its state
+    assert not limiter.check(cache, "k", minute, now=102.0).allowed
+    assert limiter.check(cache, "k", second, now=102.0).allowed
+    limiter.reset(cache, "k")  # every policy of the identity
+    assert limiter.check(cache, "k", minute, now=102.0).allowed
+    cache.clear()
+    assert limiter.check(cache, "k", minute, now=102.0).allowed
+
+
+def test_reset_of_every_policy_touches_only_that_identity(clean_redis_server):
+    reset_limits()
+    cache = build("django-redis", clean_redis_server.url, "glob")
+    policy = limiter.make_policy("1/min")
+    for key in ("a*", "a*b", "a?", "a[1]"):  # glob characters in identities stay literal
+        assert limiter.check(cache, key, policy).allowed
+    limiter.reset(cache, "a*")
+    assert limiter.check(cache, "a*", policy).allowed
+    for key in ("a*b", "a?", "a[1]"):
+        assert not limiter.check(cache, key, policy).allowed
+
+
+def test_key_suffix_names_whole_seconds_or_milliseconds():
+    assert limiter._key_suffix(limiter.make_policy("5/15m", "gcra")) == "gc:900s"
+    rate = limiter.Rate(3, 1_500_000)
+    assert limiter._key_suffix(limiter.make_policy(rate, "fixed_window")) == "fw:1500ms"
+
+
+# --------------------------------------- Django's RedisCache: the one private access
+
+def test_django_rediscache_client_is_reached_through_its_private_cache():
+    """Django (4.2 to 5.2) has no public route to RedisCache's redis-py client: the
+    throttles read ``RedisCache._cache.get_client()`` in one function. This pins that shape
+    so a Django release that changes it fails here, by name, not in production."""
+    import django
+    import redis
+
+    cache = RedisCache("redis://127.0.0.1:1/0", {})
+    assert type(cache).__dict__["_cache"] is not None, "Django's RedisCache._cache is gone"
+    client = limiter.django_rediscache_client(cache)
+    assert isinstance(client, redis.Redis)
+    assert client.connection_pool is cache._cache.get_client(None, write=True).connection_pool
+
+    class Changed(RedisCache):
+        _cache = None
+
+    with pytest.raises(ImproperlyConfigured, match=rf"Django {django.get_version()}'s"):
+        limiter.django_rediscache_client(Changed("redis://127.0.0.1:1/0", {}))
 
 
 # ------------------------------------------------- the storm with a Redis default cache

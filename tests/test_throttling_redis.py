@@ -211,6 +211,19 @@ def test_cluster_checks_are_atomic_per_identity(cluster, algorithm):
     assert limiter.check(cache, f"user-{algorithm}-0", policy).source == "redis"
 
 
+def test_cluster_reset_finds_every_policy_of_one_identity(cluster):
+    cache = FakeRedisCache(cluster)
+    minute, hour = limiter.make_policy("1/min"), limiter.make_policy("1/hour", "gcra")
+    for ident in ("reset-a", "reset-b"):
+        assert limiter.check(cache, ident, minute).allowed
+        assert limiter.check(cache, ident, hour).allowed
+    limiter.reset(cache, "reset-a")  # no policy: a SCAN on every primary, one DEL
+    assert limiter.check(cache, "reset-a", minute).allowed
+    assert limiter.check(cache, "reset-a", hour).allowed
+    assert not limiter.check(cache, "reset-b", minute).allowed
+    assert not limiter.check(cache, "reset-b", hour).allowed
+
+
 def test_environment_is_not_ci_skipping():
     # Guard: under CI the Redis-backed tests above must have run (require_binary fails).
     if os.environ.get("CI") == "true":

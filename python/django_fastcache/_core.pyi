@@ -178,6 +178,10 @@ class Limiter:
     ) -> tuple[bool, int, int, int]:
         """``(allowed, remaining, retry_after_us, reset_after_us)`` of a check of ``cost``
         units that records nothing; ``remaining`` is what is left now."""
+    def history(self, key: str, policy: tuple, now: float) -> list[float]:
+        """The sliding log's request times in the window at ``now`` (seconds, to the
+        microsecond), newest first, one per unit of cost; ``[]`` for another algorithm.
+        Records nothing."""
     def reset(self, key: str, policy: tuple | None = None) -> int:
         """Drops the key's state under ``policy`` (scope, algorithm, period) or, when None,
         under every policy; returns how many states were dropped."""

@@ -390,19 +390,47 @@ class LocalStore:
             self.table.reset(key)
 
     def history(self, key: str, policy: Policy, now: float | None) -> list[float]:
-        # The table keeps counts, not times: the length is exact, the times approximate
-        # (every unit at the newest one's time, which the reset time names).
-        d = self.peek(key, policy, now)
-        used = policy.limit - d.remaining
-        if used <= 0:
-            return []
         now = time.time() if now is None else now
-        newest = now - (policy.period_us - d.reset_after_us) / 1_000_000
-        return [newest] * used
+        if policy.algorithm == "sliding_log":
+            # The table's log keeps every entry's time (integer microseconds): exact.
+            return self.table.history(key, policy, now)
+        return _counted_history(self, key, policy, now)
+
+
+def _counted_history(store: Any, key: str, policy: Policy, now: float) -> list[float]:
+    """``history`` for the algorithms that keep counts, not times (gcra, the windows): one
+    entry per unit counted, each at the time the quota was last spent (when the reset time
+    names it). Its length is what DRF's wait() formula needs."""
+    d = store.peek(key, policy, now)
+    used = policy.limit - d.remaining
+    if used <= 0:
+        return []
+    newest = now - (policy.period_us - d.reset_after_us) / 1_000_000
+    return [newest] * used
 
 
 def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+# (algorithm, period_us) -> the end of a Redis key: "sl:60s", "gc:1500ms".
+_SUFFIXES: dict[tuple[str, int], str] = {}
+# Stands for any policy's suffix when reset() looks for an identity's keys.
+_ANY = "\u241fany\u241f"
+
+
+def _key_suffix(policy: Policy) -> str:
+    """The part of a Redis key naming the state's algorithm and period: throttles that
+    share an identity (a DRF scope) but differ in either keep apart, as in the in-process
+    table. The limit is left out, also as there: like DRF's history, one state serves
+    every limit of one period."""
+    period_us = policy.period_us
+    if period_us % 1_000_000 == 0:
+        period = f"{period_us // 1_000_000}s"
+    else:
+        period = f"{period_us // 1000}ms"
+    suffix = _SUFFIXES[(policy.algorithm, period_us)] = f"{_SHORT[policy.algorithm]}:{period}"
+    return suffix
 
 
 class RedisStore:
@@ -413,10 +441,11 @@ class RedisStore:
     operations), otherwise a wire over the client given. A ``NOSCRIPT`` reply (after
     ``SCRIPT FLUSH``, a restart or a failover) loads the script and retries once.
 
-    Keys are ``make_key("fcrl:{<key>}:<algorithm>")`` of the cache (its KEY_PREFIX and
-    version; the identity is the Cluster hash tag), so the cache's ``clear()`` resets them
-    and sites sharing a Redis with different prefixes never share counters. Without a
-    ``make_key`` (a bare client), ``<FASTCACHE_THROTTLE KEY_PREFIX>:{<key>}:<algorithm>``.
+    Keys are ``make_key("fcrl:{<key>}:<algorithm>:<period>")`` of the cache (its KEY_PREFIX
+    and version; the identity is the Cluster hash tag; e.g. ``fcrl:{throttle_anon_1.2.3.4}:
+    sl:60s``), so the cache's ``clear()`` resets them and sites sharing a Redis with
+    different prefixes never share counters. Without a ``make_key`` (a bare client),
+    ``<FASTCACHE_THROTTLE KEY_PREFIX>:{<key>}:<algorithm>:<period>``.
 
     Thread safety: safe (each thread uses its own connection).
     """
@@ -440,7 +469,10 @@ class RedisStore:
         self._noscript = NoScriptError
 
     def key(self, key: str, policy: Policy) -> str:
-        return self._key(key, _SHORT[policy.algorithm])
+        suffix = _SUFFIXES.get((policy.algorithm, policy.period_us))
+        if suffix is None:
+            suffix = _key_suffix(policy)
+        return self._key(key, suffix)
 
     def _key(self, key: str, short: str) -> str:
         # The identity is the hash tag: every key of one identity lands in one cluster
@@ -469,7 +501,10 @@ class RedisStore:
     async def ahit(self, client: Any, key: str, policy: Policy, cost: int,
                    now_us: int | None = None) -> list[int]:
         """:meth:`hit` through a ``redis.asyncio`` client."""
-        rkey = self.key(key, policy)
+        return await self._aeval(client, self.key(key, policy), policy, cost, now_us)
+
+    async def _aeval(self, client: Any, rkey: str, policy: Policy, cost: int,
+                     now_us: int | None) -> list[int]:
         text, sha = _SCRIPTS[policy.algorithm]
         args = [policy.limit, policy.period_us, policy.burst, cost]
         if now_us is not None:
@@ -503,14 +538,15 @@ class RedisStore:
         if breaker is not None and not breaker.allow():
             return _on_failure(None, key, policy, cost, now, failure_mode)
         try:
-            client = self._async_client() if self._async_client is not None else None
+            rkey = self.key(key, policy)
+            client = self.async_client_for(rkey)
             if client is None:  # no asyncio twin for this client: a worker thread
                 from asgiref.sync import sync_to_async
 
                 return await sync_to_async(self.check, thread_sensitive=False)(
                     key, policy, cost, now, failure_mode)
-            allowed, remaining, retry, reset = await self.ahit(
-                client, key, policy, cost, None if now is None else round(now * 1_000_000))
+            allowed, remaining, retry, reset = await self._aeval(
+                client, rkey, policy, cost, None if now is None else round(now * 1_000_000))
         except Exception as exc:  # noqa: BLE001 - no Redis failure may reach the view
             if breaker is not None:
                 breaker.record_failure(exc)
@@ -525,20 +561,85 @@ class RedisStore:
         return _peeked(reply, policy, "redis")
 
     def reset(self, key: str, policy: Policy | None = None) -> None:
-        shorts = [_SHORT[policy.algorithm]] if policy is not None else list(_SHORT.values())
-        # One identity's keys share a hash tag: one DEL, one slot.
-        self.client.delete(*(self._key(key, short) for short in shorts))
+        if policy is not None:
+            rkey = self.key(key, policy)
+            self.client_for(rkey).delete(rkey)
+            return
+        # Every policy's state of the identity: its keys differ only after the hash tag,
+        # so one SCAN pattern finds them all (on a cluster, on each primary; they sit in
+        # the tag's one slot, so one DEL).
+        from .redis_client import scan_keys
+
+        made = self._key(key, _ANY)
+        head, _, tail = made.rpartition(_ANY)
+        pattern = f"{_glob_escape(head)}*{_glob_escape(tail)}"
+        client = self.client_for(made)
+        found = list(scan_keys(client, pattern, count=1000))
+        if found:
+            client.delete(*found)
 
     def history(self, key: str, policy: Policy, now: float | None) -> list[float]:
-        if policy.algorithm == "sliding_log":
-            horizon = (time.time() if now is None else now) - policy.period_us / 1_000_000
-            times = [int(t) / 1_000_000 for t in self.client.lrange(self.key(key, policy), 0, -1)]
-            return [t for t in times if t > horizon]
-        d = self.peek(key, policy, now)
-        used = policy.limit - d.remaining
-        now = time.time() if now is None else now
-        newest = now - (policy.period_us - d.reset_after_us) / 1_000_000
-        return [newest] * max(0, used)
+        if policy.algorithm != "sliding_log":
+            return _counted_history(self, key, policy, time.time() if now is None else now)
+        rkey = self.key(key, policy)
+        client = self.client_for(rkey)
+        entries = client.lrange(rkey, 0, -1)
+        if now is None:  # Redis TIME is the clock: the window is the server's
+            reply = client.time()
+            seconds, micros = next(iter(reply.values())) if isinstance(reply, dict) else reply
+            now_us = int(seconds) * 1_000_000 + int(micros)
+        else:
+            now_us = round(now * 1_000_000)
+        horizon = now_us - policy.period_us
+        return [int(t) / 1_000_000 for t in entries if int(t) > horizon]
+
+    def client_for(self, rkey: str) -> Any:
+        """The sync redis-py client that holds ``rkey`` (one client here; a shard of
+        django-redis's ShardClient in :class:`_ShardedRedisStore`)."""
+        return self.client
+
+    def async_client_for(self, rkey: str) -> Any:
+        """The ``redis.asyncio`` client of the running loop that holds ``rkey``; None when
+        the sync client has no asyncio twin (the check then runs in a worker thread)."""
+        return self._async_client() if self._async_client is not None else None
+
+
+class _ShardedRedisStore(RedisStore):
+    """:class:`RedisStore` over django-redis's ``ShardClient`` (client-side sharding over
+    several servers): each key goes to the server ``ShardClient.get_server()`` names for
+    it, as the cache's own commands do, through that server's wire (sync) or asyncio twin.
+    The identity is the key's hash tag, which ShardClient hashes: one identity's keys
+    share one server."""
+
+    def __init__(self, shard_client: Any, make_key: Any) -> None:
+        self.shards = shard_client
+        self._per_server: dict[int, tuple[Any, Any]] = {}
+        first = shard_client.get_server(make_key(""))
+        super().__init__(first, None, make_key)
+
+    def _server(self, rkey: str) -> tuple[Any, Any, Any]:
+        client = self.shards.get_server(rkey)
+        found = self._per_server.get(id(client))
+        if found is None or found[0] is not client:
+            from .wire import Wire
+
+            found = self._per_server[id(client)] = (client, Wire.over(client),
+                                                    _AsyncTwins(client))
+        return found
+
+    def hit(self, key: str, policy: Policy, cost: int, now_us: int | None = None) -> list[int]:
+        rkey = self.key(key, policy)
+        args = [policy.limit, policy.period_us, policy.burst, cost]
+        if now_us is not None:
+            args.append(now_us)
+        return self._server(rkey)[1].evalsha(_WIRE_SCRIPTS[policy.algorithm], [rkey], args)
+
+    def client_for(self, rkey: str) -> Any:
+        return self._server(rkey)[0]
+
+    def async_client_for(self, rkey: str) -> Any:
+        return self._server(rkey)[2]()
+
 
 class CacheStore:
     """State in any other Django cache, never weaker than DRF on the same cache: the
@@ -619,9 +720,9 @@ class CacheStore:
                 self.cache.delete(f"{key}:fw:{period_us}:{start}")
 
     def history(self, key: str, policy: Policy, now: float | None) -> list[float]:
-        if policy.algorithm != "sliding_log":
-            return LocalStore.history(self, key, policy, now)  # type: ignore[arg-type]
         now = time.time() if now is None else now
+        if policy.algorithm != "sliding_log":
+            return _counted_history(self, key, policy, now)
         history = self.cache.get(key, [])
         duration = policy.period_us / 1_000_000
         return [t for t in history if t > now - duration]
@@ -721,54 +822,164 @@ _ASYNC_KWARGS = frozenset({
 })
 
 
+def _tls_kwargs(kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """The TLS options of a sync connection's ``kwargs`` for a ``redis.asyncio`` SSL
+    connection: every option the asyncio class takes, set to the sync value or else to
+    the sync class's default, so both sides verify alike whatever either library's
+    defaults become. None when a sync-only option (OCSP) is in use: the asyncio
+    connection could not check what the sync one does."""
+    import inspect
+
+    import redis
+    import redis.asyncio
+
+    sync = inspect.signature(redis.SSLConnection.__init__).parameters
+    both = inspect.signature(redis.asyncio.SSLConnection.__init__).parameters
+    out = {}
+    for name, param in sync.items():
+        if not name.startswith("ssl_"):
+            continue
+        value = kwargs.get(name, param.default)
+        if name in both:
+            out[name] = value
+        elif value not in (None, False):
+            return None
+    return out
+
+
 class _AsyncTwins:
     """A ``redis.asyncio`` client per event loop mirroring a sync redis-py client's
-    connection settings (django-redis and Django's RedisCache have no asyncio client)."""
+    connection settings (django-redis and Django's RedisCache have no asyncio client):
+    TCP, Unix socket, TLS (the same ``ssl_*`` options) or a Sentinel-managed server (the
+    same sentinels, service, role and options, through ``redis.asyncio.sentinel``).
+    Calling it returns the running loop's client; None when the sync client is of another
+    kind (a custom connection class, a sync-only TLS option): the check then runs in a
+    worker thread."""
 
     def __init__(self, client: Any) -> None:
-        self.kwargs = None
-        pool = getattr(client, "connection_pool", None)
-        import redis
-
-        if isinstance(client, redis.Redis) and pool is not None:
-            cls = pool.connection_class.__name__
-            if cls in ("Connection", "UnixDomainSocketConnection"):
-                import redis.asyncio
-
-                self.kind = cls
-                self.kwargs = dict(pool.connection_kwargs)
+        self._make = _async_maker(client)
         self._loops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._closers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __call__(self) -> Any:
-        if self.kwargs is None:
+        if self._make is None:
             return None
         import asyncio
 
-        import redis.asyncio
-
         loop = asyncio.get_running_loop()
-        client = self._loops.get(loop)
-        if client is None:
-            conn_cls = (redis.asyncio.UnixDomainSocketConnection
-                        if self.kind == "UnixDomainSocketConnection" else redis.asyncio.Connection)
-            kwargs = {k: v for k, v in self.kwargs.items() if k in _ASYNC_KWARGS}
-            pool = redis.asyncio.ConnectionPool(connection_class=conn_cls, **kwargs)
-            client = self._loops[loop] = redis.asyncio.Redis(connection_pool=pool)
+        made = self._loops.get(loop)
+        if made is None:
+            made = self._loops[loop] = self._make()
             # Kept alive by the loop; closed when asyncio.run() cancels leftover tasks.
-            self._closers[loop] = loop.create_task(self._close_on_shutdown(loop, client))
-        return client
+            self._closers[loop] = loop.create_task(self._close_on_shutdown(loop, made))
+        return made[0]
 
-    async def _close_on_shutdown(self, loop: Any, client: Any) -> None:
+    async def _close_on_shutdown(self, loop: Any, made: tuple[Any, ...]) -> None:
         import asyncio
 
         try:
             await loop.create_future()
         except asyncio.CancelledError:
-            if self._loops.get(loop) is client:
+            if self._loops.get(loop) is made:
                 del self._loops[loop]
-            await client.aclose(close_connection_pool=True)
+            for client in made:  # the client, then any sentinel clients
+                await client.aclose(close_connection_pool=True)
             raise
+
+
+def _async_maker(client: Any) -> Any:
+    """A function building ``(asyncio client, *helper clients to close)`` with ``client``'s
+    settings on the running loop, or None (see :class:`_AsyncTwins`)."""
+    import redis
+    import redis.asyncio
+    import redis.sentinel
+
+    pool = getattr(client, "connection_pool", None)
+    if not isinstance(client, redis.Redis) or pool is None:
+        return None
+    kwargs = dict(pool.connection_kwargs)
+    if isinstance(pool, redis.sentinel.SentinelConnectionPool):
+        return _async_sentinel_maker(pool, kwargs)
+    conn_cls = {
+        redis.Connection: redis.asyncio.Connection,
+        redis.UnixDomainSocketConnection: redis.asyncio.UnixDomainSocketConnection,
+        redis.SSLConnection: redis.asyncio.SSLConnection,
+    }.get(pool.connection_class)
+    if conn_cls is None:
+        return None
+    common = {k: v for k, v in kwargs.items() if k in _ASYNC_KWARGS}
+    if conn_cls is redis.asyncio.SSLConnection:
+        tls = _tls_kwargs(kwargs)
+        if tls is None:
+            return None
+        common.update(tls)
+
+    def make() -> tuple[Any, ...]:
+        return (redis.asyncio.Redis(connection_pool=redis.asyncio.ConnectionPool(
+            connection_class=conn_cls, **common)),)
+
+    return make
+
+
+def _async_sentinel_maker(pool: Any, kwargs: dict[str, Any]) -> Any:
+    import redis.asyncio
+    import redis.asyncio.sentinel
+    import redis.sentinel
+
+    manager = pool.sentinel_manager
+    addresses = []
+    for sentinel in manager.sentinels:
+        where = sentinel.connection_pool.connection_kwargs
+        addresses.append((where["host"], where["port"]))
+    tls = issubclass(pool.connection_class, redis.sentinel.SentinelManagedSSLConnection)
+    # The data connections' settings; host and port are the sentinels' answer.
+    common = {k: v for k, v in kwargs.items() if k in _ASYNC_KWARGS and k not in
+              ("host", "port", "path")}
+    if tls:
+        tls_kwargs = _tls_kwargs(kwargs)
+        if tls_kwargs is None:
+            return None
+        common.update(tls_kwargs)
+    sentinel_kwargs = dict(manager.sentinel_kwargs or {})
+    sentinel_tls = sentinel_kwargs.get("ssl", False)
+    sentinel_kwargs = {k: v for k, v in sentinel_kwargs.items() if k in _ASYNC_KWARGS}
+    if sentinel_tls:
+        extra = _tls_kwargs(manager.sentinel_kwargs)
+        if extra is None:
+            return None
+        sentinel_kwargs.update(extra, ssl=True)
+    service, is_master, check = pool.service_name, pool.is_master, pool.check_connection
+    min_others = manager.min_other_sentinels
+
+    def make() -> tuple[Any, ...]:
+        asentinel = redis.asyncio.sentinel.Sentinel(
+            addresses, min_other_sentinels=min_others, sentinel_kwargs=sentinel_kwargs)
+        role = asentinel.master_for if is_master else asentinel.slave_for
+        primary = role(service, redis_class=redis.asyncio.Redis, ssl=tls,
+                       check_connection=check, **common)
+        return (primary, *asentinel.sentinels)
+
+    return make
+
+
+def django_rediscache_client(cache: Any) -> Any:
+    """The redis-py client Django's ``RedisCache`` writes through.
+
+    Django has no public route to it (4.2 to 5.2): ``RedisCache._cache`` (a cached
+    property) is its ``RedisCacheClient``, whose ``get_client(key, write=True)`` returns the
+    primary's ``redis.Redis``. This is the one place that reaches into Django's private
+    attribute; if a Django release changes it, this raises naming the version rather than
+    falling back silently (tests/test_throttle_stores.py pins the shape)."""
+    import django
+
+    inner = getattr(cache, "_cache", None)
+    get_client = getattr(inner, "get_client", None)
+    if get_client is None:
+        raise ImproperlyConfigured(
+            f"Django {django.get_version()}'s RedisCache no longer has the private "
+            "`_cache.get_client()` that django-fastcache's throttles use to reach its Redis "
+            "client; please report this (or use django-redis or FastCache meanwhile)")
+    return get_client(None, write=True)
 
 
 def _unwrap(cache: Any) -> Any:
@@ -800,13 +1011,13 @@ def _store_of(cache: Any) -> Any:
     module = type(cache).__module__
     if module.startswith("django_redis."):
         inner = getattr(cache, "client", None)
-        if inner is not None and type(inner).__name__ != "ShardClient":
+        if inner is not None and callable(getattr(inner, "get_server", None)):
+            return _ShardedRedisStore(inner, cache.make_key)  # ShardClient
+        if inner is not None:
             client = inner.get_client(write=True)
             return RedisStore(client, None, cache.make_key, _AsyncTwins(client))
     if module == "django.core.cache.backends.redis":
-        # Django's RedisCache offers no public accessor for its client: `_cache` (its
-        # RedisCacheClient) is the one way to share its pool, and get_client() is public.
-        client = cache._cache.get_client(None, write=True)
+        client = django_rediscache_client(cache)
         return RedisStore(client, None, cache.make_key, _AsyncTwins(client))
     from django.core.cache.backends.dummy import DummyCache
 

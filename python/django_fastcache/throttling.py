@@ -150,9 +150,9 @@ class SimpleRateThrottle(drf_throttling.SimpleRateThrottle):
 
     def __getattr__(self, name: str) -> Any:
         # DRF's `history` (the times counted in the window, newest first), read from the
-        # store only when asked for after a check: exact on a Redis or Django cache
-        # sliding log; on the in-process table the count is exact and each time is the
-        # newest one's.
+        # store only when asked for after a check: for a sliding log, exact on every store
+        # (to the microsecond); for the algorithms that keep counts, one entry per unit
+        # counted, each at the time the quota was last spent.
         if name == "history":
             d = self.__dict__
             if d.get("decision") is not None and "key" in d:

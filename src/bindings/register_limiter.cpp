@@ -292,6 +292,23 @@ void register_limiter(py::module_& m) {
             "seconds, recording nothing: (allowed, remaining, retry_after_us, reset_after_us), "
             "`remaining` being what is left now.")
         .def(
+            "history",
+            [](Limiter& self, py::handle key, py::handle policy, py::handle now) {
+                std::int64_t now_us = 0;
+                if (!now_us_of(now.ptr(), now_us)) throw py::error_already_set();
+                auto times = with_policy(key, policy, [&](std::string_view k, const Policy& p) {
+                    return self.history(k, p, now_us);
+                });
+                py::list out(times.size());
+                for (std::size_t i = 0; i < times.size(); ++i)
+                    out[i] = py::float_(static_cast<double>(times[i]) / 1e6);
+                return out;
+            },
+            py::arg("key"), py::arg("policy"), py::arg("now"),
+            "The sliding log of `key` under `policy` at `now` seconds: its request times in "
+            "seconds (to the microsecond), newest first, one per unit of cost; [] for another "
+            "algorithm. Records nothing.")
+        .def(
             "reset",
             [](Limiter& self, py::handle key, py::handle policy) -> std::size_t {
                 if (policy.is_none()) {

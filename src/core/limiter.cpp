@@ -699,6 +699,27 @@ Decision Limiter::peek(std::string_view key, const Policy& policy, std::int64_t 
     return d;
 }
 
+std::vector<std::int64_t> Limiter::history(std::string_view key, const Policy& policy,
+                                           std::int64_t now) {
+    check_args(policy, 1, now);
+    std::vector<std::int64_t> out;
+    if (policy.algorithm != Algorithm::SlidingLog) return out;
+    Impl& im = *impl_;
+    const EntryKey ek{siphash128(im.secret, key), im.tag_of(policy)};
+    Shard& sh = im.shard_for(ek.digest);
+    std::lock_guard<std::mutex> lock(sh.mu);
+    auto it = sh.map.find(ek);
+    if (it == sh.map.end() || it->second.state.expires_at <= now) return out;
+    const detail::Log& log = it->second.state.log;
+    const std::int64_t horizon = now - policy.period_us;
+    for (std::size_t i = log.size(); i-- > 0;) {
+        const detail::LogEntry& e = log[i];
+        if (e.at <= horizon) break;  // older ones have left the window too
+        out.insert(out.end(), static_cast<std::size_t>(e.cost), e.at);
+    }
+    return out;
+}
+
 bool Limiter::reset(std::string_view key, const Policy& policy) {
     validate(policy);
     Impl& im = *impl_;

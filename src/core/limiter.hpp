@@ -171,6 +171,11 @@ public:
     // what is left now (not after spending), `reset_after_us` when all of it is back.
     Decision peek(std::string_view key, const Policy& policy, std::int64_t cost,
                   std::int64_t now_us);
+    // The times of the sliding log of `key` under `policy` still inside the window at
+    // `now_us`, newest first, each repeated once per unit of cost (DRF's `history`); empty
+    // for another algorithm or no state. Records nothing. O(units in the window).
+    std::vector<std::int64_t> history(std::string_view key, const Policy& policy,
+                                      std::int64_t now_us);
     // Drops the key's state under one policy (scope, algorithm, period); true if it had
     // some.
     bool reset(std::string_view key, const Policy& policy);

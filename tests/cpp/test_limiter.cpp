@@ -261,7 +261,27 @@ static void test_threads_keep_the_bound_and_the_limit() {
     CHECK(t.stats().bytes <= (512u << 10));
 }
 
+// DRF's history: the sliding log's times in the window, newest first, one per unit.
+static void test_history_lists_the_window_newest_first() {
+    Limiter t;
+    const Policy p = policy(Algorithm::SlidingLog, 5, 10 * S);
+    CHECK(t.history("k", p, S).empty());
+    CHECK(t.hit("k", p, 1, S).allowed);
+    CHECK(t.hit("k", p, 2, 3 * S + 7).allowed);
+    CHECK(t.hit("k", p, 1, 4 * S).allowed);
+    const std::vector<std::int64_t> want = {4 * S, 3 * S + 7, 3 * S + 7, S};
+    CHECK(t.history("k", p, 5 * S) == want);
+    // The first entry leaves the window at exactly S + period.
+    const std::vector<std::int64_t> later = {4 * S, 3 * S + 7, 3 * S + 7};
+    CHECK(t.history("k", p, 11 * S) == later);
+    CHECK(t.history("k", p, 20 * S).empty());
+    CHECK(t.history("k", policy(Algorithm::SlidingLog, 5, 60 * S), 5 * S).empty());
+    CHECK(t.history("k", policy(Algorithm::Gcra, 5, 10 * S), 5 * S).empty());
+    CHECK(t.stats().checks == 3);  // history records nothing
+}
+
 int main() {
+    test_history_lists_the_window_newest_first();
     test_siphash128_vector_and_keying();
     test_entry_size_does_not_depend_on_the_key();
     test_state_is_per_scope_algorithm_and_period();

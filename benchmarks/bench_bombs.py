@@ -14,6 +14,7 @@ import sys
 import time
 import tracemalloc
 import zlib
+import zoneinfo
 
 import lz4.frame
 import zstandard
@@ -65,7 +66,10 @@ def ext(type_: int, payload: bytes) -> bytes:
 DECIMAL = b"\xd4\x0b0"
 UUID = b"\xd8\x0c" + bytes(16)
 EMPTY_SET = b"\x91\xc7\x00\x02"
-FIXED_DT = ext(13, b"\x07\xe8\x01\x01" + bytes(8) + b"\x01" + bytes(8) + b"abc")
+# Two named offsets, alternating: each datetime gets a timezone (and timedelta) of its own.
+FIXED_DT = b"".join(
+    ext(13, b"\x07\xe8\x01\x01" + bytes(8) + b"\x01" + struct.pack(">q", off) + b"abc")
+    for off in (0, 60_000_000))
 
 
 def cases() -> list[tuple[str, bytes]]:
@@ -74,6 +78,8 @@ def cases() -> list[tuple[str, bytes]]:
     bigints = [ext(10, b"9" * 4300)] * ((MAX - 5) // 4304)
     colliding = [str(k * P61).encode() for k in range(1, 40_000)]
     colliding_set = b"".join(ext(10, d) for d in colliding)
+    zones = [ext(13, b"\x07\xe8\x01\x01" + bytes(8) + b"\x02" + k.encode())
+             for k in sorted(zoneinfo.available_timezones())]
     return [
         ("issue: zlib of 16M msgpack nils",
          zlib_value(array_header(16 << 20) + b"\xc0" * (16 << 20))),
@@ -97,12 +103,15 @@ def cases() -> list[tuple[str, bytes]]:
         ("Decimals at the budget", zlib_value(under_budget(DECIMAL, 1))),
         ("empty sets at the budget", zlib_value(under_budget(EMPTY_SET, 2))),
         ("UUIDs at the budget", zlib_value(under_budget(UUID, 2))),
-        ("named-offset datetimes at the budget", zlib_value(under_budget(FIXED_DT, 4))),
+        ("named-offset datetimes at the budget", zlib_value(
+            array_header((OBJECTS - 1) // 8 * 2) + FIXED_DT * ((OBJECTS - 1) // 8))),
         ("zstd: Decimals at the budget", bytes([HEADER | Z | EXT, 0x01])
          + zstandard.ZstdCompressor().compress(under_budget(DECIMAL, 1))),
         ("lz4: empty sets at the budget", bytes([HEADER | Z | EXT, 0x02])
          + lz4.frame.compress(under_budget(EMPTY_SET, 2))),
         ("1 MiB of 4300-digit ints", zlib_value(array_header(len(bigints)) + b"".join(bigints))),
+        (f"datetimes in each of {len(zones)} zones", zlib_value(
+            array_header(len(zones)) + b"".join(zones))),
         ("set of ints sharing one hash", zlib_value(
             array_header(len(colliding) + 1) + b"\xc7\x00\x02" + colliding_set)),
         ("uncompressed 1 MiB + 1 body", bytes([HEADER]) + b"\xc4\x00" * ((MAX + 2) // 2)),

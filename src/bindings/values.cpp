@@ -528,6 +528,10 @@ private:
             case codec::TzInfo::None:
                 return py::none();
             case codec::TzInfo::Fixed: {
+                // Shared with the previous datetime of the same offset, as the core counts.
+                if (fixed_ && tz.offset_us == fixed_offset_ && tz.name == fixed_name_) {
+                    return fixed_;
+                }
                 std::int64_t us = tz.offset_us;
                 // timedelta normalizes; days may be negative, seconds and us are not.
                 std::int64_t days = us / 86400000000LL;
@@ -546,8 +550,12 @@ private:
                     name = py::reinterpret_steal<py::object>(check(PyUnicode_DecodeUTF8(
                         tz.name.data(), static_cast<Py_ssize_t>(tz.name.size()), "strict")));
                 }
-                return py::reinterpret_steal<py::object>(check(PyDateTimeAPI->TimeZone_FromTimeZone(
-                    delta.ptr(), name ? name.ptr() : nullptr)));
+                fixed_ =
+                    py::reinterpret_steal<py::object>(check(PyDateTimeAPI->TimeZone_FromTimeZone(
+                        delta.ptr(), name ? name.ptr() : nullptr)));
+                fixed_offset_ = tz.offset_us;
+                fixed_name_.assign(tz.name);
+                return fixed_;
             }
             case codec::TzInfo::Zone: {
                 // ZoneInfo(key) caches zones itself, but each call still costs a key string
@@ -642,6 +650,9 @@ private:
         0, SameHash{process_seed()}};
     py::object zone_;  // the last ZoneInfo built, and its key
     std::string zone_key_;
+    py::object fixed_;  // the last fixed-offset timezone built, its offset and name
+    std::int64_t fixed_offset_ = 0;
+    std::string fixed_name_;
 };
 
 // Pauses CPython's cyclic collector while a body is built. The builder makes a tree of

@@ -23,7 +23,7 @@ inline constexpr std::size_t kDefaultMaxValueBytes = std::size_t(1) << 20;
 
 // The default object budget of a value: MAX_VALUE_OBJECTS (see codec::kUnboundedObjects).
 // The costliest objects (Decimals, empty sets) take ~100 ns each to build on a 2-core
-// machine, so a hostile value costs at most ~7 ms and ~7 MiB; a list of 1,000 dicts of 10
+// machine, so a hostile value costs at most ~6 ms and ~7 MiB; a list of 1,000 dicts of 10
 // fields holds 21,001 (benchmarks/bench_bombs.py, docs/security.md).
 inline constexpr std::uint64_t kDefaultMaxValueObjects = 65536;
 

@@ -130,12 +130,15 @@ inline constexpr std::uint64_t kUnboundedObjects = std::numeric_limits<std::uint
 // Counts a body's objects as kUnboundedObjects says; the Writer and the reader share it,
 // so both count alike. Extra objects, beside one per value:
 //   - a UUID: its 128-bit int;
-//   - a time or datetime with a fixed offset: a timezone holding a timedelta (and a name);
+//   - a time or datetime whose fixed offset differs from the previous one's in the body:
+//     2 (3 with a name), a timezone holding a timedelta; the reader shares it with the
+//     following ones of the same offset (so a body of UTC datetimes counts one each);
 //   - the first time or datetime of each IANA zone in a body: kZoneObjects, for the
 //     transition tables ZoneInfo loads from its file (about 40 us, 400 small objects' worth;
 //     later ones share the loaded zone);
-//   - an integer of d digits beyond 64 bits: d * d / 32768, for CPython's quadratic
-//     decimal-to-int conversion (62 us for 4,300 digits, what 600 small objects cost).
+//   - an integer of d digits beyond 64 bits: d * d / 16384, for CPython's quadratic
+//     decimal-to-int conversion (62 us for 4,300 digits, what 600 small objects cost;
+//     counted twice over, since it is the costliest per byte and varies most with load).
 // Not thread-safe.
 class ObjectCount {
 public:
@@ -146,12 +149,20 @@ public:
         total_ = 1;  // the root value
         zones_.clear();
         last_zone_.clear();
+        has_fixed_ = false;
     }
     void items(std::uint64_t n) { total_ += n; }
     void uuid() { total_ += 1; }
-    void bigint(std::size_t text_size) { total_ += std::uint64_t(text_size) * text_size / 32768; }
+    void bigint(std::size_t text_size) { total_ += std::uint64_t(text_size) * text_size / 16384; }
     void tz(const TzInfo& tz) {
-        if (tz.kind == TzInfo::Fixed) total_ += tz.name.empty() ? 2 : 3;
+        if (tz.kind == TzInfo::Fixed) {
+            if (has_fixed_ && tz.offset_us == fixed_offset_ && tz.name == fixed_name_) return;
+            has_fixed_ = true;
+            fixed_offset_ = tz.offset_us;
+            fixed_name_.assign(tz.name);
+            total_ += tz.name.empty() ? 2 : 3;
+            return;
+        }
         if (tz.kind != TzInfo::Zone || tz.name == last_zone_) return;
         last_zone_.assign(tz.name);
         if (zones_.insert(last_zone_).second) total_ += kZoneObjects;
@@ -161,7 +172,10 @@ private:
     std::uint64_t total_ = 1;
     // Distinct zone keys seen: at most the budget / kZoneObjects before a body is refused.
     std::unordered_set<std::string> zones_;
-    std::string last_zone_;  // most values use one zone: no lookup for it
+    std::string last_zone_;   // most values use one zone: no lookup for it
+    bool has_fixed_ = false;  // the previous fixed offset and its name
+    std::int64_t fixed_offset_ = 0;
+    std::string fixed_name_;
 };
 
 // The values (keys included) of a JSON text, counted as the msgpack reader counts them:

@@ -575,9 +575,11 @@ private:
     // Keys of one dict (or items of one set) that share a hash are compared with each
     // other on every insertion: n of them cost n * n / 2 comparisons (a set of 32,000 ints
     // that are multiples of 2^61 - 1, all hashing to 0, took 6.5 s to build). Honest keys
-    // almost never share a hash (-1 and -2 do), and str and bytes hashes are keyed by the
-    // process's random seed, so only other keys are counted: more than kMaxSameHash with
-    // one hash in one container is refused before it is inserted.
+    // almost never share a hash (-1 and -2 do), so more than kMaxSameHash with one hash in
+    // one container is refused before it is inserted. Keys that cannot collide are not
+    // counted (the check doubled the cost of an int-keyed dict): str and bytes, whose
+    // hashes are keyed by the process's random seed, and ints below 2^61 - 1 in size,
+    // which are their own hash (None and booleans are single objects).
     static constexpr std::uint32_t kMaxSameHash = 8;
 
     struct SameHash {
@@ -593,8 +595,18 @@ private:
         }
     };
 
+    static bool cannot_collide(PyObject* v) {
+        if (PyUnicode_CheckExact(v) || PyBytes_CheckExact(v) || v == Py_None || PyBool_Check(v))
+            return true;
+        if (!PyLong_CheckExact(v)) return false;
+        int overflow = 0;
+        long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+        constexpr long long kModulus = (1LL << 61) - 1;  // CPython's numeric hash modulus
+        return !overflow && n > -kModulus && n < kModulus;
+    }
+
     void count_hash(const Frame& f, PyObject* v) {  // borrows v
-        if (PyUnicode_CheckExact(v) || PyBytes_CheckExact(v)) return;
+        if (cannot_collide(v)) return;
         Py_hash_t h = PyObject_Hash(v);
         if (h == -1 && PyErr_Occurred()) {
             raise_chained(g.decode_error, "unhashable key in cached data");

@@ -170,7 +170,8 @@ public:
 
 private:
     std::uint64_t total_ = 1;
-    // Distinct zone keys seen: at most the budget / kZoneObjects before a body is refused.
+    // Distinct zone keys seen: at most the budget / kZoneObjects before a body is refused
+    // (and the zones that exist: the reader refuses a body at its first unknown key).
     std::unordered_set<std::string> zones_;
     std::string last_zone_;   // most values use one zone: no lookup for it
     bool has_fixed_ = false;  // the previous fixed offset and its name

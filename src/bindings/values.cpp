@@ -218,6 +218,62 @@ codec::TimeOfDay time_of(PyObject* o, bool is_datetime) {
             PyDateTime_TIME_GET_FOLD(o)};
 }
 
+// Keys of one dict (or items of one set) that share a hash are compared with each other
+// on every insertion: n of them cost n * n / 2 comparisons (a set of 32,000 ints that are
+// multiples of 2^61 - 1, all hashing to 0, took 6.5 s to build). Honest keys almost never
+// share a hash (-1 and -2 do), so a reader refuses more than kMax with one hash in one
+// container before inserting them, and the writer pickles such a value instead (a signed
+// pickle is not checked: only a holder of the key can write one). Keys that cannot collide
+// are not counted (counting them doubled the cost of an int-keyed dict): str and bytes,
+// whose hashes are keyed by the process's random seed, and ints below 2^61 - 1 in size,
+// which are their own hash (None and booleans are single objects).
+class SameHashCount {
+public:
+    static constexpr std::uint32_t kMax = 8;
+
+    // Counts `key` (borrowed) in the container numbered `serial`: 1, or 0 when it makes
+    // more than kMax keys there with one hash, or -1 with a Python error (unhashable).
+    int add(std::uint64_t serial, PyObject* key) {
+        if (cannot_collide(key)) return 1;
+        Py_hash_t h = PyObject_Hash(key);
+        if (h == -1 && PyErr_Occurred()) return -1;
+        return ++counts_[{serial, h}] > kMax ? 0 : 1;
+    }
+
+private:
+    static bool cannot_collide(PyObject* v) {
+        if (PyUnicode_CheckExact(v) || PyBytes_CheckExact(v) || v == Py_None || PyBool_Check(v))
+            return true;
+        if (!PyLong_CheckExact(v)) return false;
+        int overflow = 0;
+        long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+        constexpr long long kModulus = (1LL << 61) - 1;  // CPython's numeric hash modulus
+        return !overflow && n > -kModulus && n < kModulus;
+    }
+
+    struct Mix {
+        std::uint64_t seed;
+        std::size_t operator()(const std::pair<std::uint64_t, Py_hash_t>& k) const {
+            // splitmix64's finalizer, seeded per process: the key's hash is the input's
+            // choice, so this table's own buckets must not be.
+            std::uint64_t x =
+                seed ^ (k.first * 0x9e3779b97f4a7c15ULL) ^ static_cast<std::uint64_t>(k.second);
+            x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+            x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+            return static_cast<std::size_t>(x ^ (x >> 31));
+        }
+    };
+
+    static std::uint64_t process_seed() {
+        static const std::uint64_t seed =
+            (std::uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
+        return seed;
+    }
+
+    std::unordered_map<std::pair<std::uint64_t, Py_hash_t>, std::uint32_t, Mix> counts_{
+        0, Mix{process_seed()}};
+};
+
 class Encoder {
 public:
     explicit Encoder(codec::Writer& w) : w_(w) {}
@@ -335,10 +391,12 @@ private:
     void dict(PyObject* o, int depth) {
         if (depth >= codec::kMaxDepth) throw NeedsPickle{};
         Py_ssize_t n = PyDict_GET_SIZE(o), pos = 0, seen = 0;
+        std::uint64_t serial = ++serials_;
         PyObject *k, *v;
         w_.begin_map(static_cast<std::uint32_t>(n));
         while (PyDict_Next(o, &pos, &k, &v)) {
             if (++seen > n) changed();
+            key(serial, k);
             value(k, depth + 1);
             value(v, depth + 1);
         }
@@ -348,9 +406,11 @@ private:
     void set(PyObject* o, int depth, Tag tag) {
         if (depth >= codec::kMaxDepth) throw NeedsPickle{};
         Py_ssize_t n = PySet_GET_SIZE(o), seen = 0;
+        std::uint64_t serial = ++serials_;
         w_.begin_array(static_cast<std::uint32_t>(n), tag);
         for_each(o, [&](PyObject* item) {
             if (++seen > n) changed();
+            key(serial, item);
             value(item, depth + 1);
         });
         if (seen != n) changed();
@@ -361,7 +421,16 @@ private:
         throw_python();
     }
 
+    // A reader refuses a container whose keys share a hash too often: pickle it instead.
+    void key(std::uint64_t serial, PyObject* k) {
+        int rc = same_hash_.add(serial, k);
+        if (rc < 0) throw_python();
+        if (rc == 0) throw NeedsPickle{};
+    }
+
     codec::Writer& w_;
+    std::uint64_t serials_ = 0;
+    SameHashCount same_hash_;
 };
 
 py::bytes pickle_dumps(py::handle value, int protocol) {
@@ -572,47 +641,11 @@ private:
         raise_chained(g.decode_error, "bad tzinfo");
     }
 
-    // Keys of one dict (or items of one set) that share a hash are compared with each
-    // other on every insertion: n of them cost n * n / 2 comparisons (a set of 32,000 ints
-    // that are multiples of 2^61 - 1, all hashing to 0, took 6.5 s to build). Honest keys
-    // almost never share a hash (-1 and -2 do), so more than kMaxSameHash with one hash in
-    // one container is refused before it is inserted. Keys that cannot collide are not
-    // counted (the check doubled the cost of an int-keyed dict): str and bytes, whose
-    // hashes are keyed by the process's random seed, and ints below 2^61 - 1 in size,
-    // which are their own hash (None and booleans are single objects).
-    static constexpr std::uint32_t kMaxSameHash = 8;
-
-    struct SameHash {
-        std::uint64_t seed;
-        std::size_t operator()(const std::pair<std::uint64_t, Py_hash_t>& k) const {
-            // splitmix64's finalizer, seeded per process: the key's hash is the input's
-            // choice, so the table's own buckets must not be.
-            std::uint64_t x =
-                seed ^ (k.first * 0x9e3779b97f4a7c15ULL) ^ static_cast<std::uint64_t>(k.second);
-            x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-            x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-            return static_cast<std::size_t>(x ^ (x >> 31));
-        }
-    };
-
-    static bool cannot_collide(PyObject* v) {
-        if (PyUnicode_CheckExact(v) || PyBytes_CheckExact(v) || v == Py_None || PyBool_Check(v))
-            return true;
-        if (!PyLong_CheckExact(v)) return false;
-        int overflow = 0;
-        long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
-        constexpr long long kModulus = (1LL << 61) - 1;  // CPython's numeric hash modulus
-        return !overflow && n > -kModulus && n < kModulus;
-    }
-
     void count_hash(const Frame& f, PyObject* v) {  // borrows v
-        if (cannot_collide(v)) return;
-        Py_hash_t h = PyObject_Hash(v);
-        if (h == -1 && PyErr_Occurred()) {
-            raise_chained(g.decode_error, "unhashable key in cached data");
-        }
-        if (++same_hash_[{f.serial, h}] > kMaxSameHash) {
-            throw DecodeError("more than " + std::to_string(kMaxSameHash) +
+        int rc = same_hash_.add(f.serial, v);
+        if (rc < 0) raise_chained(g.decode_error, "unhashable key in cached data");
+        if (rc == 0) {
+            throw DecodeError("more than " + std::to_string(SameHashCount::kMax) +
                               " keys of one dict or set share a hash (a hash-flooding value)");
         }
     }
@@ -649,17 +682,10 @@ private:
         }
     }
 
-    static std::uint64_t process_seed() {
-        static const std::uint64_t seed =
-            (std::uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
-        return seed;
-    }
-
     std::vector<Frame> stack_;
     PyObject* result_ = nullptr;
     std::uint64_t serials_ = 0;
-    std::unordered_map<std::pair<std::uint64_t, Py_hash_t>, std::uint32_t, SameHash> same_hash_{
-        0, SameHash{process_seed()}};
+    SameHashCount same_hash_;
     py::object zone_;  // the last ZoneInfo built, and its key
     std::string zone_key_;
     py::object fixed_;  // the last fixed-offset timezone built, its offset and name

@@ -7,7 +7,8 @@ from typing import Any
 
 class Codec:
     """The wire format: Python value <-> bytes (msgpack with exact types, JSON, signed
-    pickle; zlib, zstd or lz4 compression; every body bounded by max_value_bytes)."""
+    pickle; zlib, zstd or lz4 compression; every body bounded by max_value_bytes, every
+    msgpack or JSON body by max_value_objects, 0 meaning no bound)."""
 
     def __init__(
         self,
@@ -21,6 +22,7 @@ class Codec:
         compress_level: int = 6,
         pickle_protocol: int = 5,
         max_value_bytes: int = 1048576,
+        max_value_objects: int = 65536,
     ) -> None: ...
     def dumps(self, value: Any) -> bytes: ...
     def loads(self, data: bytes | bytearray | memoryview) -> Any: ...

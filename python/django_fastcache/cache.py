@@ -57,6 +57,7 @@ _DEFAULTS: dict[str, Any] = {
     "COMPRESS_MIN_BYTES": 4096,
     "COMPRESS_LEVEL": None,  # None: the compressor's own default (_COMPRESS_LEVELS)
     "MAX_VALUE_BYTES": 1024 * 1024,
+    "MAX_VALUE_OBJECTS": 65536,
     "REVERSE_KEY_FUNCTION": None,
     "GET_OR_SET_WAIT": 30.0,
 }
@@ -198,6 +199,8 @@ def _codec_options(options: dict, redis: bool = False) -> _core.Codec:
             f"FastCache OPTIONS['COMPRESS_LEVEL'] must be <= {highest} for {compressor}, "
             f"not {level}")
     max_value = option_int(options, "MAX_VALUE_BYTES", _DEFAULTS["MAX_VALUE_BYTES"], minimum=1024)
+    max_objects = option_int(options, "MAX_VALUE_OBJECTS", _DEFAULTS["MAX_VALUE_OBJECTS"],
+                             minimum=1, allow_none=True)
     key, fallbacks = _signing_keys(options, redis) if pickle_mode == "signed" else (b"", [])
     return _core.Codec(
         serializer=serializer,
@@ -209,6 +212,7 @@ def _codec_options(options: dict, redis: bool = False) -> _core.Codec:
         compress_level=level,
         pickle_protocol=protocol,
         max_value_bytes=max_value,
+        max_value_objects=0 if max_objects is None else max_objects,  # 0: no bound
     )
 
 

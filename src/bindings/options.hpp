@@ -17,7 +17,7 @@ inline CodecOptions codec_options(const std::string& serializer, const std::stri
                                   const std::vector<pybind11::bytes>& fallback_keys,
                                   long long compress_min_bytes, const std::string& compressor,
                                   int compress_level, int pickle_protocol,
-                                  long long max_value_bytes) {
+                                  long long max_value_bytes, long long max_value_objects) {
     CodecOptions o;
     if (serializer == "pickle") {
         o.serializer = Serializer::Pickle;
@@ -68,10 +68,15 @@ inline CodecOptions codec_options(const std::string& serializer, const std::stri
                                     std::to_string(lo) + " and " + std::to_string(hi));
     }
     if (max_value_bytes <= 0) throw pybind11::value_error("max_value_bytes must be positive");
+    if (max_value_objects < 0) {
+        throw pybind11::value_error("max_value_objects must be positive, or 0 for no bound");
+    }
     o.compress_min_bytes = compress_min_bytes;
     o.compress_level = compress_level;
     o.pickle_protocol = pickle_protocol;
     o.max_value_bytes = static_cast<std::size_t>(max_value_bytes);
+    o.max_value_objects = max_value_objects == 0 ? codec::kUnboundedObjects
+                                                 : static_cast<std::uint64_t>(max_value_objects);
     return o;
 }
 

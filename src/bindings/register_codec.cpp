@@ -17,7 +17,8 @@ void register_codec(py::module_& m) {
              py::arg("fallback_keys") = std::vector<py::bytes>(),
              py::arg("compress_min_bytes") = -1, py::arg("compressor") = "zlib",
              py::arg("compress_level") = 6, py::arg("pickle_protocol") = 5,
-             py::arg("max_value_bytes") = static_cast<long long>(kDefaultMaxValueBytes))
+             py::arg("max_value_bytes") = static_cast<long long>(kDefaultMaxValueBytes),
+             py::arg("max_value_objects") = static_cast<long long>(kDefaultMaxValueObjects))
         .def(
             "dumps", [](const CodecOptions& o, py::handle v) { return encode(v, o); },
             py::arg("value"))

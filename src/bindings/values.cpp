@@ -8,6 +8,10 @@
 
 #include <charconv>
 #include <cstring>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "core/codec.hpp"
@@ -41,6 +45,11 @@ struct Py {
     PyObject* json_dumps = nullptr;  // _bodies.json_dumps(value) -> bytes | None
     PyObject* json_loads = nullptr;
     PyObject* sizeof_name = nullptr;  // the string "__sizeof__"
+    PyObject* sixty_four = nullptr;   // the int 64
+    PyObject* empty_tuple = nullptr;
+    PyObject* int_name = nullptr;  // "int" and "is_safe": the slots of a UUID
+    PyObject* is_safe_name = nullptr;
+    PyObject* safe_uuid_unknown = nullptr;  // uuid.SafeUUID.unknown, what UUID(bytes=) sets
 };
 
 // Filled once at import and never released: these live as long as the interpreter.
@@ -209,6 +218,62 @@ codec::TimeOfDay time_of(PyObject* o, bool is_datetime) {
             PyDateTime_TIME_GET_FOLD(o)};
 }
 
+// Keys of one dict (or items of one set) that share a hash are compared with each other
+// on every insertion: n of them cost n * n / 2 comparisons (a set of 32,000 ints that are
+// multiples of 2^61 - 1, all hashing to 0, took 6.5 s to build). Honest keys almost never
+// share a hash (-1 and -2 do), so a reader refuses more than kMax with one hash in one
+// container before inserting them, and the writer pickles such a value instead (a signed
+// pickle is not checked: only a holder of the key can write one). Keys that cannot collide
+// are not counted (counting them doubled the cost of an int-keyed dict): str and bytes,
+// whose hashes are keyed by the process's random seed, and ints below 2^61 - 1 in size,
+// which are their own hash (None and booleans are single objects).
+class SameHashCount {
+public:
+    static constexpr std::uint32_t kMax = 8;
+
+    // Counts `key` (borrowed) in the container numbered `serial`: 1, or 0 when it makes
+    // more than kMax keys there with one hash, or -1 with a Python error (unhashable).
+    int add(std::uint64_t serial, PyObject* key) {
+        if (cannot_collide(key)) return 1;
+        Py_hash_t h = PyObject_Hash(key);
+        if (h == -1 && PyErr_Occurred()) return -1;
+        return ++counts_[{serial, h}] > kMax ? 0 : 1;
+    }
+
+private:
+    static bool cannot_collide(PyObject* v) {
+        if (PyUnicode_CheckExact(v) || PyBytes_CheckExact(v) || v == Py_None || PyBool_Check(v))
+            return true;
+        if (!PyLong_CheckExact(v)) return false;
+        int overflow = 0;
+        long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+        constexpr long long kModulus = (1LL << 61) - 1;  // CPython's numeric hash modulus
+        return !overflow && n > -kModulus && n < kModulus;
+    }
+
+    struct Mix {
+        std::uint64_t seed;
+        std::size_t operator()(const std::pair<std::uint64_t, Py_hash_t>& k) const {
+            // splitmix64's finalizer, seeded per process: the key's hash is the input's
+            // choice, so this table's own buckets must not be.
+            std::uint64_t x =
+                seed ^ (k.first * 0x9e3779b97f4a7c15ULL) ^ static_cast<std::uint64_t>(k.second);
+            x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+            x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+            return static_cast<std::size_t>(x ^ (x >> 31));
+        }
+    };
+
+    static std::uint64_t process_seed() {
+        static const std::uint64_t seed =
+            (std::uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
+        return seed;
+    }
+
+    std::unordered_map<std::pair<std::uint64_t, Py_hash_t>, std::uint32_t, Mix> counts_{
+        0, Mix{process_seed()}};
+};
+
 class Encoder {
 public:
     explicit Encoder(codec::Writer& w) : w_(w) {}
@@ -326,10 +391,12 @@ private:
     void dict(PyObject* o, int depth) {
         if (depth >= codec::kMaxDepth) throw NeedsPickle{};
         Py_ssize_t n = PyDict_GET_SIZE(o), pos = 0, seen = 0;
+        std::uint64_t serial = ++serials_;
         PyObject *k, *v;
         w_.begin_map(static_cast<std::uint32_t>(n));
         while (PyDict_Next(o, &pos, &k, &v)) {
             if (++seen > n) changed();
+            key(serial, k);
             value(k, depth + 1);
             value(v, depth + 1);
         }
@@ -339,9 +406,11 @@ private:
     void set(PyObject* o, int depth, Tag tag) {
         if (depth >= codec::kMaxDepth) throw NeedsPickle{};
         Py_ssize_t n = PySet_GET_SIZE(o), seen = 0;
+        std::uint64_t serial = ++serials_;
         w_.begin_array(static_cast<std::uint32_t>(n), tag);
         for_each(o, [&](PyObject* item) {
             if (++seen > n) changed();
+            key(serial, item);
             value(item, depth + 1);
         });
         if (seen != n) changed();
@@ -352,7 +421,16 @@ private:
         throw_python();
     }
 
+    // A reader refuses a container whose keys share a hash too often: pickle it instead.
+    void key(std::uint64_t serial, PyObject* k) {
+        int rc = same_hash_.add(serial, k);
+        if (rc < 0) throw_python();
+        if (rc == 0) throw NeedsPickle{};
+    }
+
     codec::Writer& w_;
+    std::uint64_t serials_ = 0;
+    SameHashCount same_hash_;
 };
 
 py::bytes pickle_dumps(py::handle value, int protocol) {
@@ -420,6 +498,7 @@ public:
         f.size = n;
         f.tag = tag;
         f.container = check(tag == Tag::Tuple ? PyTuple_New(n) : PyList_New(n));
+        f.serial = ++serials_;
         stack_.push_back(f);
     }
     void end_array() {
@@ -438,6 +517,7 @@ public:
         f.size = n;
         f.is_map = true;
         f.container = check(PyDict_New());
+        f.serial = ++serials_;
         stack_.push_back(f);
     }
     void end_map() {
@@ -454,12 +534,24 @@ public:
             PyUnicode_DecodeASCII(text.data(), static_cast<Py_ssize_t>(text.size()), "strict")));
         push(check(PyObject_CallOneArg(reinterpret_cast<PyObject*>(g.decimal), s.ptr())));
     }
+    // UUID(bytes=...) runs Python code (about 1 us, ten times any other value): this
+    // builds the same object as pickle does, object.__new__(UUID) and then its two slots,
+    // so a body of UUIDs costs what a body of other small objects costs.
     void uuid(const unsigned char* raw) {
-        py::object b = py::reinterpret_steal<py::object>(
-            check(PyBytes_FromStringAndSize(reinterpret_cast<const char*>(raw), 16)));
-        py::object kwargs = py::dict(py::arg("bytes") = b);
-        push(check(
-            PyObject_Call(reinterpret_cast<PyObject*>(g.uuid), py::tuple().ptr(), kwargs.ptr())));
+        std::uint64_t hi = 0, lo = 0;
+        for (int i = 0; i < 8; ++i) hi = (hi << 8) | raw[i];
+        for (int i = 8; i < 16; ++i) lo = (lo << 8) | raw[i];
+        auto own = [](PyObject* o) { return py::reinterpret_steal<py::object>(check(o)); };
+        py::object high = own(PyLong_FromUnsignedLongLong(hi));
+        py::object shifted = own(PyNumber_Lshift(high.ptr(), g.sixty_four));
+        py::object low = own(PyLong_FromUnsignedLongLong(lo));
+        py::object n = own(PyNumber_Or(shifted.ptr(), low.ptr()));
+        py::object u = own(PyBaseObject_Type.tp_new(g.uuid, g.empty_tuple, nullptr));
+        if (PyObject_GenericSetAttr(u.ptr(), g.int_name, n.ptr()) < 0 ||
+            PyObject_GenericSetAttr(u.ptr(), g.is_safe_name, g.safe_uuid_unknown) < 0) {
+            throw_python();
+        }
+        push(u.release().ptr());
     }
     void date(const codec::Date& d) {
         push(check(PyDateTimeAPI->Date_FromDate(d.year, d.month, d.day, PyDateTimeAPI->DateType)));
@@ -489,6 +581,7 @@ private:
         Py_ssize_t filled = 0;
         Tag tag = Tag::None;
         bool is_map = false;
+        std::uint64_t serial = 0;  // names the container in same_hash_
     };
 
     // Any failure to build a Python object is the input's fault: the core has already
@@ -504,6 +597,10 @@ private:
             case codec::TzInfo::None:
                 return py::none();
             case codec::TzInfo::Fixed: {
+                // Shared with the previous datetime of the same offset, as the core counts.
+                if (fixed_ && tz.offset_us == fixed_offset_ && tz.name == fixed_name_) {
+                    return fixed_;
+                }
                 std::int64_t us = tz.offset_us;
                 // timedelta normalizes; days may be negative, seconds and us are not.
                 std::int64_t days = us / 86400000000LL;
@@ -522,17 +619,35 @@ private:
                     name = py::reinterpret_steal<py::object>(check(PyUnicode_DecodeUTF8(
                         tz.name.data(), static_cast<Py_ssize_t>(tz.name.size()), "strict")));
                 }
-                return py::reinterpret_steal<py::object>(check(PyDateTimeAPI->TimeZone_FromTimeZone(
-                    delta.ptr(), name ? name.ptr() : nullptr)));
+                fixed_ =
+                    py::reinterpret_steal<py::object>(check(PyDateTimeAPI->TimeZone_FromTimeZone(
+                        delta.ptr(), name ? name.ptr() : nullptr)));
+                fixed_offset_ = tz.offset_us;
+                fixed_name_.assign(tz.name);
+                return fixed_;
             }
             case codec::TzInfo::Zone: {
+                // ZoneInfo(key) caches zones itself, but each call still costs a key string
+                // and a lookup: a body's datetimes mostly share one zone.
+                if (zone_ && tz.name == zone_key_) return zone_;
                 py::object key = py::reinterpret_steal<py::object>(check(PyUnicode_DecodeUTF8(
                     tz.name.data(), static_cast<Py_ssize_t>(tz.name.size()), "strict")));
-                return py::reinterpret_steal<py::object>(
+                zone_ = py::reinterpret_steal<py::object>(
                     check(PyObject_CallOneArg(reinterpret_cast<PyObject*>(g.zoneinfo), key.ptr())));
+                zone_key_.assign(tz.name);
+                return zone_;
             }
         }
         raise_chained(g.decode_error, "bad tzinfo");
+    }
+
+    void count_hash(const Frame& f, PyObject* v) {  // borrows v
+        int rc = same_hash_.add(f.serial, v);
+        if (rc < 0) raise_chained(g.decode_error, "unhashable key in cached data");
+        if (rc == 0) {
+            throw DecodeError("more than " + std::to_string(SameHashCount::kMax) +
+                              " keys of one dict or set share a hash (a hash-flooding value)");
+        }
     }
 
     void push(PyObject* v) {  // steals v
@@ -541,6 +656,14 @@ private:
             return;
         }
         Frame& f = stack_.back();
+        if ((f.is_map && !f.key) || f.tag == Tag::Set || f.tag == Tag::FrozenSet) {
+            try {
+                count_hash(f, v);
+            } catch (...) {
+                Py_DECREF(v);
+                throw;
+            }
+        }
         if (f.is_map) {
             if (!f.key) {
                 f.key = v;
@@ -561,6 +684,13 @@ private:
 
     std::vector<Frame> stack_;
     PyObject* result_ = nullptr;
+    std::uint64_t serials_ = 0;
+    SameHashCount same_hash_;
+    py::object zone_;  // the last ZoneInfo built, and its key
+    std::string zone_key_;
+    py::object fixed_;  // the last fixed-offset timezone built, its offset and name
+    std::int64_t fixed_offset_ = 0;
+    std::string fixed_name_;
 };
 
 // Pauses CPython's cyclic collector while a body is built. The builder makes a tree of
@@ -580,11 +710,11 @@ private:
     int was_enabled_;
 };
 
-py::object decode_body(std::string_view body) {
+py::object decode_body(std::string_view body, std::uint64_t max_objects) {
     Builder b;
     {
         GcPause pause;
-        codec::read_body(body, b);  // DecodeError (C++) or error_already_set (a sink)
+        codec::read_body(body, b, max_objects);  // DecodeError (C++) or error_already_set (a sink)
     }
     return py::reinterpret_steal<py::object>(b.take());
 }
@@ -823,6 +953,11 @@ void init_values() {
     g.json_dumps = keep(import_attr("django_fastcache._bodies", "json_dumps"));
     g.json_loads = keep(import_attr("django_fastcache._bodies", "json_loads"));
     g.sizeof_name = keep(py::str("__sizeof__"));
+    g.sixty_four = keep(py::int_(64));
+    g.empty_tuple = keep(py::tuple());
+    g.int_name = keep(py::str("int"));
+    g.is_safe_name = keep(py::str("is_safe"));
+    g.safe_uuid_unknown = keep(import_attr("uuid", "SafeUUID").attr("unknown"));
 }
 
 namespace {
@@ -841,6 +976,15 @@ std::string_view view_of(PyObject* b) {
         "value of " + std::to_string(size) +
         " bytes (encoded, before compression) is over OPTIONS['MAX_VALUE_BYTES'] = " +
         std::to_string(o.max_value_bytes);
+    PyErr_SetString(g.too_large_error, message.c_str());
+    throw_python();
+}
+
+[[noreturn]] void too_many_objects(std::uint64_t objects, const CodecOptions& o) {
+    std::string message = "value of " + std::to_string(objects) +
+                          " objects (items of its containers included) is over "
+                          "OPTIONS['MAX_VALUE_OBJECTS'] = " +
+                          std::to_string(o.max_value_objects);
     PyErr_SetString(g.too_large_error, message.c_str());
     throw_python();
 }
@@ -937,12 +1081,14 @@ py::bytes encode(py::handle value, const CodecOptions& o) {
     auto format = codec::BodyFormat::Msgpack;
     py::object owned;  // keeps a Python-made body alive
     std::string_view body;
+    std::uint64_t objects = 0;  // what a reader will count (pickles are not counted)
     if (o.serializer == Serializer::Msgpack) {
         std::string& out = tls_writer.buffer();
         tls_writer.reset();
         try {
             Encoder(tls_writer).value(v, 0);
             body = out;
+            objects = tls_writer.objects();
         } catch (const NeedsPickle&) {
         }
     } else if (o.serializer == Serializer::Json) {
@@ -950,6 +1096,7 @@ py::bytes encode(py::handle value, const CodecOptions& o) {
         if (!owned.is_none()) {
             body = view_of(owned.ptr());
             format = codec::BodyFormat::Json;
+            objects = codec::json_objects(body);
         }
     }
     if (body.data() == nullptr) {
@@ -960,6 +1107,7 @@ py::bytes encode(py::handle value, const CodecOptions& o) {
         body = view_of(owned.ptr());
     }
     if (body.size() > o.max_value_bytes) too_large(body.size(), o);
+    if (objects > o.max_value_objects) too_many_objects(objects, o);
 
     py::object compressed;
     if (o.compress_min_bytes >= 0 && static_cast<long long>(body.size()) >= o.compress_min_bytes) {
@@ -1045,13 +1193,18 @@ py::object decode(std::string_view data, const CodecOptions& o) {
         return py::reinterpret_steal<py::object>(v);
     }
     if (header.format == codec::BodyFormat::Json) {
+        std::uint64_t objects = codec::json_objects(rest);
+        if (objects > o.max_value_objects) {
+            throw DecodeError("value holds more than " + std::to_string(o.max_value_objects) +
+                              " objects (MAX_VALUE_OBJECTS)");
+        }
         py::object in = inflated ? inflated : bytes_of(rest);
         if (!in) throw_python();
         PyObject* v = PyObject_CallOneArg(g.json_loads, in.ptr());
         if (!v) throw_python();  // DecodeError from _bodies
         return py::reinterpret_steal<py::object>(v);
     }
-    return decode_body(rest);
+    return decode_body(rest, o.max_value_objects);
 }
 
 Snapshot snapshot(py::handle value, const CodecOptions& o) {

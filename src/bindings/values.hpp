@@ -21,6 +21,12 @@ enum class Serializer { Msgpack, Pickle, Json };
 // The default bound on a value's body (after decompression): MAX_VALUE_BYTES.
 inline constexpr std::size_t kDefaultMaxValueBytes = std::size_t(1) << 20;
 
+// The default object budget of a value: MAX_VALUE_OBJECTS (see codec::kUnboundedObjects).
+// The costliest objects (Decimals, empty sets) take ~100 ns each to build on a 2-core
+// machine, so a hostile value costs at most ~6 ms and ~7 MiB; a list of 1,000 dicts of 10
+// fields holds 21,001 (benchmarks/bench_bombs.py, docs/security.md).
+inline constexpr std::uint64_t kDefaultMaxValueObjects = 65536;
+
 struct CodecOptions {
     Serializer serializer = Serializer::Msgpack;  // SERIALIZER
     PickleMode pickle = PickleMode::Signed;
@@ -31,20 +37,24 @@ struct CodecOptions {
     int compress_level = 6;
     int pickle_protocol = 5;
     std::size_t max_value_bytes = kDefaultMaxValueBytes;  // body bound, written and read
+    // Objects a msgpack or JSON body may hold, written and read (pickles are not counted).
+    std::uint64_t max_value_objects = kDefaultMaxValueObjects;
 };
 
 // Imports the Python modules and types the codec needs. Called once at module import.
 void init_values();
 
 // Python value -> wire bytes. Raises SerializationError (PICKLE="forbid"),
-// ValueTooLargeError (a body over max_value_bytes) or whatever pickle raises for an
+// ValueTooLargeError (a body over max_value_bytes, or a msgpack or JSON body of more than
+// max_value_objects objects) or whatever pickle raises for an
 // unpicklable value (pickle.PicklingError, as Django's backends do).
 pybind11::bytes encode(pybind11::handle value, const CodecOptions& options);
 
 // Wire bytes -> a new Python value. Raises DecodeError (or a subclass) on any malformed,
 // foreign, unsigned or badly signed input, or one whose body (decompressed) is over
-// max_value_bytes; never reads out of bounds, never allocates more than the input and the
-// bound allow (see codec::read_body).
+// max_value_bytes or holds more than max_value_objects objects (refused before they are
+// built); never reads out of bounds, never allocates more than the input and the bounds
+// allow (see codec::read_body).
 pybind11::object decode(std::string_view data, const CodecOptions& options);
 
 // How the L1 holds a value, in Value::tag.

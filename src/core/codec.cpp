@@ -82,6 +82,51 @@ void check_integer_digits(std::string_view s) {
     }
 }
 
+std::uint64_t json_objects(std::string_view text) {
+    // A value begins at '[', '{', a string's opening quote, or the first character of a
+    // number or literal (a token ends at a structural character or white space).
+    std::uint64_t n = 0;
+    bool in_string = false, escaped = false, in_token = false;
+    for (char c : text) {
+        if (in_string) {
+            if (escaped) {
+                escaped = false;
+            } else if (c == '\\') {
+                escaped = true;
+            } else if (c == '"') {
+                in_string = false;
+            }
+            continue;
+        }
+        switch (c) {
+            case '"':
+                in_string = true;
+                ++n;
+                in_token = false;
+                break;
+            case '[':
+            case '{':
+                ++n;
+                in_token = false;
+                break;
+            case ']':
+            case '}':
+            case ',':
+            case ':':
+            case ' ':
+            case '\t':
+            case '\n':
+            case '\r':
+                in_token = false;
+                break;
+            default:
+                if (!in_token) ++n;
+                in_token = true;
+        }
+    }
+    return n;
+}
+
 void Writer::str(std::string_view s) {
     packer_.pack_str(static_cast<std::uint32_t>(s.size()));
     packer_.pack_str_body(s.data(), static_cast<std::uint32_t>(s.size()));
@@ -89,6 +134,7 @@ void Writer::str(std::string_view s) {
 
 void Writer::bin(std::string_view s, Tag t) {
     if (t != Tag::None) {
+        objects_.items(2);
         packer_.pack_array(2);
         tag(t);
     }
@@ -97,6 +143,7 @@ void Writer::bin(std::string_view s, Tag t) {
 }
 
 void Writer::begin_array(std::uint32_t n, Tag t) {
+    objects_.items(std::uint64_t(n) + (t == Tag::None ? 0 : 1));
     if (t == Tag::None) {
         packer_.pack_array(n);
         return;
@@ -115,6 +162,7 @@ void Writer::ext(Ext type, std::string_view payload) {
 }
 
 void Writer::uuid(const std::uint8_t (&bytes)[16]) {
+    objects_.uuid();
     ext(Ext::Uuid, std::string_view(reinterpret_cast<const char*>(bytes), 16));
 }
 
@@ -125,6 +173,7 @@ void Writer::date(const Date& d) {
 }
 
 void Writer::time(const TimeOfDay& t, const TzInfo& tz) {
+    objects_.tz(tz);
     scratch_.clear();
     put_time(scratch_, t);
     put_tz(scratch_, tz);
@@ -132,6 +181,7 @@ void Writer::time(const TimeOfDay& t, const TzInfo& tz) {
 }
 
 void Writer::datetime(const Date& d, const TimeOfDay& t, const TzInfo& tz) {
+    objects_.tz(tz);
     scratch_.clear();
     put_date(scratch_, d);
     put_time(scratch_, t);

@@ -16,9 +16,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <msgpack.hpp>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <vector>
 
 #include "core/errors.hpp"
@@ -116,6 +118,72 @@ inline constexpr std::size_t kMaxDecimalText = 4096;
 // written and refused when read, so no reader recurses without bound.
 inline constexpr int kMaxDepth = 512;
 
+// The object budget of a body (MAX_VALUE_OBJECTS): how many objects a reader builds for
+// it. Every value counts one, None, booleans and small ints included: each still costs the
+// reader a container slot and time, and counting every item lets the reader add up a
+// body's objects from its container headers alone (the root value, plus the items each
+// container claims) and refuse an oversized body before building anything. A tag counts as
+// the item it is; a few extension types count the extra objects they are made of or cost
+// (ObjectCount). The Writer counts the same way, so what is written can be read back.
+inline constexpr std::uint64_t kUnboundedObjects = std::numeric_limits<std::uint64_t>::max();
+
+// Counts a body's objects as kUnboundedObjects says; the Writer and the reader share it,
+// so both count alike. Extra objects, beside one per value:
+//   - a UUID: its 128-bit int;
+//   - a time or datetime whose fixed offset differs from the previous one's in the body:
+//     2 (3 with a name), a timezone holding a timedelta; the reader shares it with the
+//     following ones of the same offset (so a body of UTC datetimes counts one each);
+//   - the first time or datetime of each IANA zone in a body: kZoneObjects, for the
+//     transition tables ZoneInfo loads from its file (about 40 us, 400 small objects' worth;
+//     later ones share the loaded zone);
+//   - an integer of d digits beyond 64 bits: d * d / 16384, for CPython's quadratic
+//     decimal-to-int conversion (62 us for 4,300 digits, what 600 small objects cost;
+//     counted twice over, since it is the costliest per byte and varies most with load).
+// Not thread-safe.
+class ObjectCount {
+public:
+    static constexpr std::uint64_t kZoneObjects = 400;
+
+    std::uint64_t total() const { return total_; }
+    void reset() {
+        total_ = 1;  // the root value
+        zones_.clear();
+        last_zone_.clear();
+        has_fixed_ = false;
+    }
+    void items(std::uint64_t n) { total_ += n; }
+    void uuid() { total_ += 1; }
+    void bigint(std::size_t text_size) { total_ += std::uint64_t(text_size) * text_size / 16384; }
+    void tz(const TzInfo& tz) {
+        if (tz.kind == TzInfo::Fixed) {
+            if (has_fixed_ && tz.offset_us == fixed_offset_ && tz.name == fixed_name_) return;
+            has_fixed_ = true;
+            fixed_offset_ = tz.offset_us;
+            fixed_name_.assign(tz.name);
+            total_ += tz.name.empty() ? 2 : 3;
+            return;
+        }
+        if (tz.kind != TzInfo::Zone || tz.name == last_zone_) return;
+        last_zone_.assign(tz.name);
+        if (zones_.insert(last_zone_).second) total_ += kZoneObjects;
+    }
+
+private:
+    std::uint64_t total_ = 1;
+    // Distinct zone keys seen: at most the budget / kZoneObjects before a body is refused
+    // (and the zones that exist: the reader refuses a body at its first unknown key).
+    std::unordered_set<std::string> zones_;
+    std::string last_zone_;   // most values use one zone: no lookup for it
+    bool has_fixed_ = false;  // the previous fixed offset and its name
+    std::int64_t fixed_offset_ = 0;
+    std::string fixed_name_;
+};
+
+// The values (keys included) of a JSON text, counted as the msgpack reader counts them:
+// what a JSON parser builds for it. Exact for valid JSON; for invalid JSON some count that
+// the parser will refuse anyway. One pass, no allocation.
+std::uint64_t json_objects(std::string_view text);
+
 // Builds a msgpack body. Not thread-safe; reuse one per thread to keep its buffer.
 class Writer {
 public:
@@ -123,9 +191,15 @@ public:
     Writer(const Writer&) = delete;
     Writer& operator=(const Writer&) = delete;
 
-    void reset() { buffer_.data.clear(); }
+    void reset() {
+        buffer_.data.clear();
+        objects_.reset();
+    }
     std::string_view view() const { return buffer_.data; }
     std::string& buffer() { return buffer_.data; }
+    // The objects a reader counts for what was written since reset() (see
+    // kUnboundedObjects): exactly what read_body checks against its budget.
+    std::uint64_t objects() const { return objects_.total(); }
 
     void nil() { packer_.pack_nil(); }
     void boolean(bool v) { v ? packer_.pack_true() : packer_.pack_false(); }
@@ -135,8 +209,14 @@ public:
     void str(std::string_view s);
     void bin(std::string_view s, Tag tag = Tag::None);
     void begin_array(std::uint32_t n, Tag tag = Tag::None);
-    void begin_map(std::uint32_t n) { packer_.pack_map(n); }
-    void bigint(std::string_view digits) { ext(Ext::BigInt, digits); }
+    void begin_map(std::uint32_t n) {
+        objects_.items(2 * static_cast<std::uint64_t>(n));
+        packer_.pack_map(n);
+    }
+    void bigint(std::string_view digits) {
+        objects_.bigint(digits.size());
+        ext(Ext::BigInt, digits);
+    }
     void decimal(std::string_view text) { ext(Ext::Decimal, text); }
     void uuid(const std::uint8_t (&bytes)[16]);
     void date(const Date& d);
@@ -155,6 +235,7 @@ private:
     Buffer buffer_;
     msgpack::packer<Buffer> packer_;
     std::string scratch_;
+    ObjectCount objects_;
 };
 
 namespace detail {
@@ -167,7 +248,7 @@ TimeDelta read_timedelta(std::string_view payload);
 
 // Adapts msgpack-c's parse events to a Sink's, resolving tags and extension types, and
 // enforcing the limits that keep a hostile input cheap: depth, container sizes no larger
-// than the input, exact extension payload sizes.
+// than the input, the object budget, exact extension payload sizes.
 //
 // A tagged value is an array whose first item is a zero-length extension naming the tag
 // (a tuple (1, 2) is [TUPLE, 1, 2]; a bytearray is [BYTEARRAY, bin]). An array's tag is
@@ -176,7 +257,8 @@ TimeDelta read_timedelta(std::string_view payload);
 template <class Sink>
 class Visitor : public msgpack::null_visitor {
 public:
-    Visitor(Sink& sink, std::size_t input_size) : sink_(sink), input_size_(input_size) {}
+    Visitor(Sink& sink, std::size_t input_size, std::uint64_t max_objects)
+        : sink_(sink), input_size_(input_size), max_objects_(max_objects) {}
 
     bool visit_nil() { return value(), sink_.nil(), true; }
     bool visit_boolean(bool v) { return value(), sink_.boolean(v), true; }
@@ -263,11 +345,24 @@ private:
         if (claimed_ >= input_size_) {
             throw DecodeError("containers claim more items than the input holds");
         }
+        objects_.items(items);
+        check_budget();
+    }
+    // The body's objects are the root, every item a container claims and the extra objects
+    // of the extension values seen so far: refused as soon as that is over the budget, so a
+    // flat array of a million empty lists is refused at its header.
+    void check_budget() {
+        if (objects_.total() > max_objects_) {
+            throw DecodeError("value holds more than " + std::to_string(max_objects_) +
+                              " objects (MAX_VALUE_OBJECTS)");
+        }
     }
 
     Sink& sink_;
     std::size_t input_size_;
+    std::uint64_t max_objects_;
     std::uint64_t claimed_ = 0;
+    ObjectCount objects_;
     int depth_ = 0;
     std::vector<Frame> stack_;
 };
@@ -297,6 +392,8 @@ bool Visitor<Sink>::visit_ext(const char* p, std::uint32_t n) {
     switch (static_cast<Ext>(type)) {
         case Ext::BigInt:
             check_integer_digits(payload);
+            objects_.bigint(payload.size());
+            check_budget();
             sink_.bigint(payload);
             return true;
         case Ext::Decimal:
@@ -306,20 +403,30 @@ bool Visitor<Sink>::visit_ext(const char* p, std::uint32_t n) {
             return true;
         case Ext::Uuid:
             if (payload.size() != 16) throw DecodeError("UUID payload is not 16 bytes");
+            objects_.uuid();
+            check_budget();
             sink_.uuid(u);
             return true;
         case Ext::Date:
             if (payload.size() != 4) throw DecodeError("date payload is not 4 bytes");
             sink_.date(read_date(u));
             return true;
-        case Ext::Time:
+        case Ext::Time: {
             if (payload.size() < 9) throw DecodeError("time payload too short");
-            sink_.time(read_time(u), read_tz(payload.substr(8)));
+            TzInfo tz = read_tz(payload.substr(8));
+            objects_.tz(tz);
+            check_budget();
+            sink_.time(read_time(u), tz);
             return true;
-        case Ext::DateTime:
+        }
+        case Ext::DateTime: {
             if (payload.size() < 13) throw DecodeError("datetime payload too short");
-            sink_.datetime(read_date(u), read_time(u + 4), read_tz(payload.substr(12)));
+            TzInfo tz = read_tz(payload.substr(12));
+            objects_.tz(tz);
+            check_budget();
+            sink_.datetime(read_date(u), read_time(u + 4), tz);
             return true;
+        }
         case Ext::TimeDelta:
             sink_.timedelta(read_timedelta(payload));
             return true;
@@ -332,11 +439,13 @@ bool Visitor<Sink>::visit_ext(const char* p, std::uint32_t n) {
 // Reads a whole msgpack body into `sink`, which receives: nil, boolean, int64, uint64,
 // float64, str, bin(bytes, is_bytearray), begin_array(n, Tag), end_array, begin_map(n)
 // (then key, value, key, value...), end_map, bigint, decimal, uuid, date, time, datetime,
-// timedelta. Throws DecodeError on anything malformed, truncated, or with trailing bytes;
-// never reads outside [data, data + size).
+// timedelta. Throws DecodeError on anything malformed, truncated, with trailing bytes, or
+// holding more than `max_objects` objects (counted as kUnboundedObjects says, and refused
+// before the sink hears of the container that goes over); never reads outside
+// [data, data + size).
 template <class Sink>
-void read_body(std::string_view body, Sink& sink) {
-    detail::Visitor<Sink> visitor(sink, body.size());
+void read_body(std::string_view body, Sink& sink, std::uint64_t max_objects = kUnboundedObjects) {
+    detail::Visitor<Sink> visitor(sink, body.size(), max_objects);
     std::size_t off = 0;
     bool ok;
     try {

@@ -1099,6 +1099,13 @@ py::bytes encode(py::handle value, const CodecOptions& o) {
             objects = codec::json_objects(body);
         }
     }
+    // A value with more objects than a reader builds from msgpack or JSON (the bound on what
+    // a foreign writer can make a reader do) goes as a pickle, which only a holder of the key
+    // can write when signed: what `set` accepts, `get` reads back.
+    if (body.data() != nullptr && objects > o.max_value_objects && o.pickle != PickleMode::Forbid) {
+        body = std::string_view{};
+        objects = 0;
+    }
     if (body.data() == nullptr) {
         if (o.pickle == PickleMode::Forbid) forbid(value);
         owned = pickle_dumps(value, o.pickle_protocol);

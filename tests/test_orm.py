@@ -766,3 +766,97 @@ def test_decorators_cached_view_in_a_rolled_back_transaction(blog):
     with transaction.atomic():
         assert news(rf.get("/n2")).content == b"a1,b1"
     assert news(rf.get("/n2")).content == b"a1,b1" and len(calls) == 3  # stored at commit
+
+
+def test_get_hits_without_building_the_query(blog, reads, monkeypatch):
+    """A get() with plain keyword arguments is keyed on the queryset and the arguments:
+    a hit never reaches Django's filter(); misses, DoesNotExist and
+    MultipleObjectsReturned behave as in Django."""
+    from django.db.models import QuerySet
+
+    a, p1 = blog["a"], blog["p1"]
+    assert Post.objects.get(pk=p1.pk) == p1
+    assert Post.objects.get(author=blog["b"]).title == "b1"  # a model instance argument
+    assert Post.objects.values("title").get(pk=p1.pk) == {"title": "a1"}
+    assert reads.take() == ["miss"] * 3
+
+    def no_filter(*args, **kwargs):
+        raise AssertionError("a hit built the query")
+
+    monkeypatch.setattr(QuerySet, "_filter_or_exclude", no_filter)
+    got = Post.objects.get(pk=p1.pk)
+    assert got == p1 and got.title == "a1" and got._state.db == "default"
+    assert got._state.adding is False
+    assert Post.objects.get(author=blog["b"]).title == "b1"
+    assert Post.objects.values("title").get(pk=p1.pk) == {"title": "a1"}
+    assert reads.take() == ["hit"] * 3
+    monkeypatch.undo()
+    assert got.author == a
+    reads.take()
+
+    with pytest.raises(Post.DoesNotExist):
+        Post.objects.get(pk=10**6)
+    with pytest.raises(Post.DoesNotExist):
+        Post.objects.get(pk=10**6)
+    with pytest.raises(Post.MultipleObjectsReturned):
+        Post.objects.get(author=a)
+    with pytest.raises(Post.MultipleObjectsReturned):
+        Post.objects.get(author=a)
+    assert reads.take() == ["miss", "hit", "miss", "hit"]
+    p1.title = "edited"
+    p1.save()
+    assert Post.objects.get(pk=p1.pk).title == "edited"
+    assert Post.objects.get(pk=p1.pk).title == "edited"
+    assert reads.take() == ["miss", "hit"]
+    with transaction.atomic():  # a transaction that wrote reads its own writes
+        p1.title = "in txn"
+        p1.save()
+        assert Post.objects.get(pk=p1.pk).title == "in txn"
+        assert reads.take() == []
+
+
+def test_hits_keep_deferred_fields_and_annotations(blog, reads):
+    from django.db.models import F
+
+    a = blog["a"]
+    for _ in range(2):
+        only = list(Post.objects.filter(author=a).only("title"))
+        annotated = list(Post.objects.filter(author=a).annotate(double=F("views") * 2 + 1))
+    assert reads.take() == ["miss", "miss", "hit", "hit"]
+    assert [p.get_deferred_fields() for p in only] == [{"author_id", "category", "published",
+                                                        "views"}] * 2
+    assert [p.title for p in only] == ["a1", "a2"] and only[0].category == "news"
+    assert [p.double for p in annotated] == [1, 1]
+
+
+def test_models_with_init_receivers_are_built_by_from_db(blog, reads):
+    from django.db.models.signals import post_init
+
+    seen = []
+
+    def receiver(sender, instance, **kwargs):
+        seen.append(instance.title)
+
+    post_init.connect(receiver, sender=Post, weak=False, dispatch_uid="test_orm.init")
+    try:
+        list(Post.objects.filter(author=blog["a"]))
+        got = list(Post.objects.filter(author=blog["a"]))
+    finally:
+        post_init.disconnect(dispatch_uid="test_orm.init", sender=Post)
+    assert reads.take() == ["miss", "hit"]
+    assert seen == ["a1", "a2", "a1", "a2"] and got[0]._state.adding is False
+
+
+def test_rolled_back_writes_stop_costing_the_transaction_check(blog, reads):
+    from django_fastcache.orm import transaction as txn
+
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            Post.objects.create(author=blog["a"], title="gone")
+            assert txn.maybe_dirty()
+            raise RuntimeError
+    assert not txn.maybe_dirty()
+    with transaction.atomic():
+        Post.objects.create(author=blog["a"], title="kept")
+        assert txn.maybe_dirty()
+    assert not txn.maybe_dirty()

@@ -22,12 +22,17 @@ _SETTINGS = ("CACHEOPS", "CACHEOPS_DEFAULTS", "CACHEOPS_ENABLED", "CACHEOPS_DEGR
              "CACHEOPS_REDIS", "FASTCACHE_ORM_CACHE", "CACHES")
 
 _state: dict[str, Any] = {}
+# Moves whenever a setting above changes: what was derived from them (the cache instance a
+# thread keeps, invalidation.get_cache) is derived again.
+generation = 0
 
 
 @receiver(setting_changed)
 def _reset(*, setting: str, **kwargs) -> None:
+    global generation
     if setting in _SETTINGS:
         _state.clear()
+        generation += 1
         from . import query
 
         query.forget_profiles()
@@ -119,7 +124,9 @@ def _load() -> dict:
 
 def validate() -> None:
     """Reads and checks every setting; ImproperlyConfigured naming the bad one."""
+    global generation
     _state.clear()
+    generation += 1
     _load()
     from django.core.cache import caches
 

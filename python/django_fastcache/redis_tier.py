@@ -369,13 +369,19 @@ class RedisTier:
     async def aget_many(self, keys: Iterable, version=None) -> dict:
         return await self._adrive(self._get_many_op(keys, version))
 
-    def _get_many_op(self, keys: Iterable, version) -> Op:
+    def get_many_from_redis(self, keys: Iterable, version=None) -> dict:
+        """``get_many`` read from Redis whatever the L1 holds (one round trip; the values
+        read refill the L1): for a reader that may not trust an invalidation still in
+        flight (the ORM cache's strict mode)."""
+        return self._drive(self._get_many_op(keys, version, l1_first=False))
+
+    def _get_many_op(self, keys: Iterable, version, l1_first: bool = True) -> Op:
         keys = list(keys)
         if not keys:
             return {}
         finals = self.engine.keys_of(keys, version)
         out: dict = {}
-        if self.l1 and self.store.usable:
+        if l1_first and self.l1 and self.store.usable:
             rest_keys, rest_finals = [], []
             for key, k in zip(keys, finals, strict=True):
                 value = self.engine.l1_get(k, _MISSING)

@@ -1,8 +1,9 @@
 """The ORM cache's settings, read as django-cacheops reads them (``CACHEOPS``,
 ``CACHEOPS_DEFAULTS``, ``CACHEOPS_ENABLED``, ``CACHEOPS_DEGRADE_ON_FAILURE``), plus
 ``FASTCACHE_ORM_CACHE``: the alias in ``CACHES`` the entries live in (default
-``"default"``). Read lazily, validated once at start-up (``validate()``, called from the
-app's ``ready()``), reset when a test changes a setting."""
+``"default"``), and ``FASTCACHE_ORM_STRICT`` (default False, see ``strict()``). Read
+lazily, validated once at start-up (``validate()``, called from the app's ``ready()``),
+reset when a test changes a setting."""
 
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 __all__ = ["ALL_OPS", "cache_alias", "degrade_on_failure", "enabled", "model_profile",
-           "validate"]
+           "strict", "validate"]
 
 ALL_OPS = frozenset({"get", "fetch", "count", "aggregate", "exists"})
 _PROFILE_KEYS = {"ops", "timeout", "local_get", "cache_on_save", "lock", "db_agnostic"}
 _SETTINGS = ("CACHEOPS", "CACHEOPS_DEFAULTS", "CACHEOPS_ENABLED", "CACHEOPS_DEGRADE_ON_FAILURE",
-             "CACHEOPS_REDIS", "FASTCACHE_ORM_CACHE", "CACHES")
+             "CACHEOPS_REDIS", "FASTCACHE_ORM_CACHE", "FASTCACHE_ORM_STRICT", "CACHES")
 
 _state: dict[str, Any] = {}
 # Moves whenever a setting above changes: what was derived from them (the cache instance a
@@ -113,12 +114,13 @@ def _load() -> dict:
         raise ImproperlyConfigured("CACHEOPS_REDIS must be a URL or a dict (it is accepted for "
                                    "compatibility and not used: the cache FASTCACHE_ORM_CACHE "
                                    "names decides where entries live)")
-    for flag in ("CACHEOPS_ENABLED", "CACHEOPS_DEGRADE_ON_FAILURE"):
+    for flag in ("CACHEOPS_ENABLED", "CACHEOPS_DEGRADE_ON_FAILURE", "FASTCACHE_ORM_STRICT"):
         if not isinstance(getattr(settings, flag, False), bool):
             raise ImproperlyConfigured(f"{flag} must be True or False")
     _state.update(profiles=profiles, alias=alias,
                   enabled=getattr(settings, "CACHEOPS_ENABLED", True),
-                  degrade=getattr(settings, "CACHEOPS_DEGRADE_ON_FAILURE", False))
+                  degrade=getattr(settings, "CACHEOPS_DEGRADE_ON_FAILURE", False),
+                  strict=getattr(settings, "FASTCACHE_ORM_STRICT", False))
     return _state
 
 
@@ -159,3 +161,9 @@ def degrade_on_failure() -> bool:
 
 def cache_alias() -> str:
     return _load()["alias"]
+
+
+def strict() -> bool:
+    """FASTCACHE_ORM_STRICT: on Redis, a hit checks its counters in Redis (one round trip)
+    instead of trusting the coherent L1, whose invalidations arrive asynchronously."""
+    return _load()["strict"]

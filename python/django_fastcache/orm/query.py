@@ -182,11 +182,24 @@ def lookup(cache, key):
     _, tags, gens, value = entry
     if len(tags) != len(gens):
         return MISS
+    if conf.strict() and cache._tier is not None:
+        if strict_counters(cache, tags) != gens:
+            cache.delete(key)
+            return MISS
+        return value
     for tag, gen in zip(tags, gens, strict=True):
         if get(_tags.TAG_KEY_PREFIX + tag, None, None) != gen:
             cache.delete(key)
             return MISS
     return value
+
+
+def strict_counters(cache, tags) -> tuple:
+    """The counters of ``tags`` as Redis has them now (one round trip), not as the
+    coherent L1 may still have them while their invalidation is in flight."""
+    keys = [_tags.TAG_KEY_PREFIX + t for t in tags]
+    found = cache._tier.get_many_from_redis(keys)
+    return tuple([found.get(k) for k in keys])
 
 
 # Model instances are stored as their attribute dicts (the field values, and whatever else

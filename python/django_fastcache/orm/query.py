@@ -2,10 +2,12 @@
 automatic caching of the ops a model's CACHEOPS profile names, installed on Django's
 ``QuerySet`` and ``Manager`` at start-up (as django-cacheops does).
 
-A cached query's key is a digest of its SQL and parameters (plus the op and the row
-shape); its entry is stored under the generation counters of its dependencies
-(tree.py, invalidation.py), so a hit is one cache lookup plus one ``get_many`` of the
-counters, and a write anywhere invalidates it without a scan.
+A cached query's key is a digest of its structure (fingerprint.py; of its SQL and
+parameters when the structure is not plain enough), plus the op and the row shape; a
+``get(**kwargs)`` is keyed on the queryset and its arguments before Django builds the
+filter. The entry is stored under the generation counters of its dependencies (tree.py,
+invalidation.py), so a hit is one L1 lookup plus one per counter, and a write anywhere
+invalidates it without a scan. docs/orm.md says what each part of a hit costs.
 """
 
 from __future__ import annotations
@@ -372,16 +374,14 @@ def _cached(qs, op: str, compute, extra: str = ""):
 # ---------------------------------------------------------------------- QuerySet methods
 
 _OURS = ("_cacheops", "_cachetimeout", "_cachelock", "_fastcache_key")
-_PLAIN_ATTRS = 0  # attributes a QuerySet has before any of ours (install() measures it)
 
 
 def _clone(self, *args, **kwargs):
     c = _orig["_clone"](self, *args, **kwargs)
     d = self.__dict__
-    if len(d) > _PLAIN_ATTRS:
-        for name in _OURS:
-            if name in d:
-                c.__dict__[name] = d[name]
+    for name in _OURS:
+        if name in d:
+            c.__dict__[name] = d[name]
     return c
 
 
@@ -553,10 +553,8 @@ def install() -> None:
     """Puts the methods above on Django's QuerySet and Manager (idempotent)."""
     if _orig:
         return
-    global _PLAIN_ATTRS
     for name in ("_clone", "_fetch_all", "count", "exists", "aggregate", "get"):
         _orig[name] = getattr(QuerySet, name)
-    _PLAIN_ATTRS = len(QuerySet().__dict__)
     QuerySet._clone = _clone
     QuerySet._fetch_all = _fetch_all
     QuerySet.count = count

@@ -860,3 +860,24 @@ def test_rolled_back_writes_stop_costing_the_transaction_check(blog, reads):
         Post.objects.create(author=blog["a"], title="kept")
         assert txn.maybe_dirty()
     assert not txn.maybe_dirty()
+
+
+def test_get_variants_through_the_argument_key(blog, reads, django_assert_num_queries):
+    a, p1 = blog["a"], blog["p1"]
+    for _ in range(2):
+        assert a.posts.get(title="a1") == p1  # a related manager's pending filter
+        assert Post.objects.using("default").get(pk=p1.pk) == p1
+        assert Post.objects.values_list("title", flat=True).get(pk=p1.pk) == "a1"
+        assert Post.objects.get(pk__in=Post.objects.filter(title="a1").values("pk")) == p1
+        assert Post.objects.filter(category="news").get(author=a) == p1
+    assert reads.take() == ["miss"] * 5 + ["hit"] * 5
+    Post.objects.select_related("author").get(pk=p1.pk)
+    with django_assert_num_queries(0):
+        got = Post.objects.select_related("author").get(pk=p1.pk)
+        assert got.author.name == "ann"  # the related object came with the hit
+    obj, created = Post.objects.get_or_create(title="a1", defaults={"author": a})
+    assert obj == p1 and not created
+    invalidate_model(Post)
+    assert reads.take() == ["miss", "hit"]
+    assert Post.objects.filter(category="news").get(author=a) == p1
+    assert reads.take() == ["miss"]

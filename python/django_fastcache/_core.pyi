@@ -194,3 +194,9 @@ class Limiter:
         pinned_bytes."""
 
 def get_limiter(name: str, max_bytes: int = ..., shards: int = ...) -> Limiter: ...
+
+def instances(cls: type, state_cls: type, db: str | None, dicts: list[dict]) -> list:
+    """Model instances from attribute dicts as unpickling builds them: for each dict, a
+    new ``state_cls`` whose ``__dict__`` is ``{"db": db, "adding": False}`` under
+    ``"_state"``, then ``cls.__new__(cls)`` with the dict as its ``__dict__``; no
+    ``__init__`` runs."""

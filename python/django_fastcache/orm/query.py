@@ -29,6 +29,7 @@ from django.db.models.query import (
 )
 from django.db.models.signals import post_init, pre_init
 
+from .. import _core
 from .. import tags as _tags
 from . import conf
 from .fingerprint import arguments, fingerprint
@@ -210,17 +211,21 @@ def strict_counters(cache, tags) -> tuple:
 # unpickling does, without ``__init__`` (docs/orm.md, "Stored form").
 ROWS = "\x00fastcache.orm.rows"
 _MODEL_FROM_DB = Model.from_db.__func__
+# Django's ModelState is a plain class (class attributes, no __init__): it may be made by
+# the extension with its __dict__ set directly; a future one with an __init__ is called.
+_STATE_PLAIN = (ModelState.__init__ is object.__init__ and ModelState.__new__ is object.__new__)
 _plain_models: dict = {}
 
 
 def _plain(model) -> bool:
     """Whether instances of ``model`` may be rebuilt from their ``__dict__``: not when it
-    overrides ``from_db`` or has ``pre_init``/``post_init`` receivers (ImageField's
+    overrides ``from_db`` or ``__new__``, or has ``pre_init``/``post_init`` receivers (ImageField's
     dimensions, change trackers): those get ``from_db`` with the stored fields."""
     seen = (len(pre_init.receivers), len(post_init.receivers))
     got = _plain_models.get(model)
     if got is None or got[0] != seen:
         plain = (getattr(model.from_db, "__func__", None) is _MODEL_FROM_DB
+                 and model.__new__ is object.__new__
                  and not pre_init.has_listeners(model) and not post_init.has_listeners(model))
         got = _plain_models[model] = (seen, plain)
     return got[1]
@@ -266,17 +271,17 @@ def _instances(model, db, dicts: list) -> list:
     "loaded from ``db``"."""
     if not _plain(model):
         return [_from_db(model, db, d) for d in dicts]
-    new = model.__new__
+    if _STATE_PLAIN:
+        return _core.instances(model, ModelState, db, dicts)
     out = []
-    append = out.append
     for d in dicts:
         state = ModelState()
         state.db = db
         state.adding = False
         d["_state"] = state
-        obj = new(model)
+        obj = model.__new__(model)
         obj.__dict__ = d
-        append(obj)
+        out.append(obj)
     return out
 
 

@@ -56,6 +56,9 @@ class Store:
     def listener_stop(self) -> None: ...
     def listener_restart(self) -> None: ...
     def listener_stats(self) -> dict[str, Any]: ...  # state: "down" | "resetting" | "up"
+    def listener_pending(self) -> bool:
+        """Whether an invalidation may have reached this process and not been applied
+        yet (unread bytes on a listener socket, or a batch being applied): one poll."""
     def _check_invariants(self) -> str: ...
 
 class Engine:

@@ -185,7 +185,7 @@ def lookup(cache, key):
     _, tags, gens, value = entry
     if len(tags) != len(gens):
         return MISS
-    if conf.strict() and cache._tier is not None:
+    if cache._tier is not None and ask_redis(cache._tier):
         if strict_counters(cache, tags) != gens:
             cache.delete(key)
             return MISS
@@ -195,6 +195,17 @@ def lookup(cache, key):
             cache.delete(key)
             return MISS
     return value
+
+
+def ask_redis(tier) -> bool:
+    """Whether a hit's counters must come from Redis rather than the coherent L1: always
+    in strict mode; else only while an invalidation has reached this process and is not
+    applied yet (the native listener's sockets hold unread bytes, or it is applying a
+    batch: one poll(2)), which closes the window in which the listener thread has not
+    been scheduled yet (docs/orm.md, "Across processes")."""
+    if conf.strict():
+        return True
+    return tier.l1 and tier.store.listener_pending()
 
 
 def strict_counters(cache, tags) -> tuple:

@@ -99,12 +99,13 @@ class _OrmCached(_Cached):
             return self.func(*args, **kwargs)
         cache = self._cache()
         value, gens = _tags.get_tagged(cache, key, tags, self.version)
-        if value is not _tags.MISS and conf.strict() and cache._tier is not None:
-            from .query import strict_counters
+        if value is not _tags.MISS and cache._tier is not None:
+            from .query import ask_redis, strict_counters
 
-            fresh = strict_counters(cache, tags)
-            if fresh != gens:
-                value, gens = _tags.MISS, (None if None in fresh else fresh)
+            if ask_redis(cache._tier):
+                fresh = strict_counters(cache, tags)
+                if fresh != gens:
+                    value, gens = _tags.MISS, (None if None in fresh else fresh)
         cache_read.send(sender=None, func=self.func, hit=value is not _tags.MISS)
         if value is not _tags.MISS:
             return value

@@ -74,10 +74,13 @@ def maybe_dirty() -> bool:
 
 def _prune() -> None:
     # Marks of committed transactions left on their own; a rollback drops its marks from
-    # run_on_commit without telling anyone: those are found here. Another thread's
-    # connection is only read (a list snapshot and a flag).
+    # run_on_commit without telling anyone: those whose connection has left its atomic
+    # block are dropped here (one flag read each, on any thread's connection). A mark
+    # that a savepoint rollback dropped inside a transaction still open stays until that
+    # transaction ends or dirty_tables() looks at its connection: meanwhile reads take
+    # the per-connection check, which is exact.
     for marker, conn in list(_live.items()):
-        if not conn.in_atomic_block or not _alive(conn, marker):
+        if not conn.in_atomic_block:
             _live.pop(marker, None)
 
 

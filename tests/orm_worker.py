@@ -41,7 +41,8 @@ else:
         CACHES={"default": {"BACKEND": "django_fastcache.cache.FastCache",
                             "LOCATION": cfg["redis"], "KEY_PREFIX": cfg.get("prefix", "orm"),
                             "OPTIONS": {"IGNORE_EXCEPTIONS": False}}},
-        CACHEOPS_REDIS=cfg["redis"], FASTCACHE_ORM_STRICT=cfg.get("strict", False), **common)
+        CACHEOPS_REDIS=cfg["redis"], FASTCACHE_ORM_STRICT=cfg.get("strict", False),
+        FASTCACHE_ORM_LAZY_FILTER=cfg.get("lazy", False), **common)
 django.setup()
 
 from django.db import connection  # noqa: E402

@@ -881,3 +881,71 @@ def test_get_variants_through_the_argument_key(blog, reads, django_assert_num_qu
     assert reads.take() == ["miss", "hit"]
     assert Post.objects.filter(category="news").get(author=a) == p1
     assert reads.take() == ["miss"]
+
+
+@pytest.fixture
+def lazy(settings):
+    settings.FASTCACHE_ORM_LAZY_FILTER = True
+
+
+def test_lazy_filter_hit_builds_no_filter(blog, reads, lazy, monkeypatch):
+    """FASTCACHE_ORM_LAZY_FILTER: a hit on filter(**plain)[a:b] never builds the
+    filtered Query; a miss builds it exactly as Django would."""
+    from django.db.models.sql.query import Query
+
+    a = blog["a"]
+    assert titles(Post.objects.filter(author=a)[:1]) == ["a1"]
+    assert Post.objects.filter(author=a).count() == 2
+    assert reads.take() == ["miss", "miss"]
+    built = []
+    real = Query.add_q
+    monkeypatch.setattr(Query, "add_q", lambda self, q: built.append(q) or real(self, q))
+    assert titles(Post.objects.filter(author=a)[:1]) == ["a1"]
+    assert Post.objects.filter(author=a).count() == 2
+    assert reads.take() == ["hit", "hit"] and built == []
+    assert Post.objects.filter(author=a).cache(ops=["fetch"])[0:5].exists()  # not cached
+    assert reads.take() == [] and len(built) == 1  # so the filter was applied
+    qs = Post.objects.filter(author=a)[:5]
+    assert len(qs.query.where.children) == 1 and len(built) == 2  # .query applies it
+    assert [p.title for p in Post.objects.filter(author=a).order_by("-id")] == ["a2", "a1"]
+    assert [p.title for p in Post.objects.filter(author=a)[1:]] == ["a2"]
+    assert list(Post.objects.filter(author=a).values_list("title", flat=True)) == ["a1", "a2"]
+    with pytest.raises(TypeError):
+        Post.objects.filter(author=a)[:1].filter(title="a1")
+    import pickle
+
+    again = pickle.loads(pickle.dumps(Post.objects.filter(author=a)))
+    assert titles(again) == ["a1", "a2"] and titles(again.filter(title="a2")) == ["a2"]
+
+
+def test_lazy_filter_raises_where_django_does(blog, reads, lazy):
+    from django.core.exceptions import FieldError
+
+    for _ in range(2):
+        with pytest.raises(FieldError):
+            Post.objects.filter(nope=1)
+        with pytest.raises(ValueError):
+            Post.objects.filter(pk="not a number")
+    Post.objects.filter(pk=blog["p1"].pk)  # built once: known to build
+    assert titles(Post.objects.filter(pk=blog["p1"].pk)) == ["a1"]
+
+
+def test_lazy_filter_shared_queryset_across_threads(blog, reads, lazy):
+    qs = Post.objects.filter(category="news")
+    qs = Post.objects.filter(category="news")  # deferred: the first one built it
+    assert "_fc_lazy" in qs.__dict__
+    out, errors = [], []
+
+    def work():
+        try:
+            out.append((sorted(titles(qs.filter(author=blog["a"]))), qs.count(),
+                        sorted(titles(qs.exclude(author=blog["a"])))))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=_closing(work)) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(10)
+    assert not errors and out == [(["a1"], 2, ["b1"])] * 8

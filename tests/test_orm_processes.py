@@ -17,8 +17,9 @@ pytestmark = pytest.mark.redis
 
 class Worker:
     def __init__(self, lib: str, db: str, redis: str, prefix: str = "orm",
-                 strict: bool = False) -> None:
-        cfg = {"lib": lib, "db": db, "redis": redis, "prefix": prefix, "strict": strict}
+                 strict: bool = False, lazy: bool = False) -> None:
+        cfg = {"lib": lib, "db": db, "redis": redis, "prefix": prefix, "strict": strict,
+               "lazy": lazy}
         self.proc = subprocess.Popen([sys.executable, str(HERE / "orm_worker.py"),
                                       json.dumps(cfg)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, cwd=HERE)
@@ -192,12 +193,13 @@ def run_script(w: Worker) -> list:
     return out
 
 
-def test_differential_against_cacheops(clean_redis_server, tmp_path):
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy_filter"])
+def test_differential_against_cacheops(clean_redis_server, tmp_path, lazy):
     pytest.importorskip("cacheops")
     results = {}
     for lib in ("cacheops", "fastcache"):
         clean_redis_server.command("FLUSHALL")
-        w = Worker(lib, str(tmp_path / f"{lib}.sqlite3"), clean_redis_server.url)
+        w = Worker(lib, str(tmp_path / f"{lib}.sqlite3"), clean_redis_server.url, lazy=lazy)
         try:
             results[lib] = run_script(w)
         finally:

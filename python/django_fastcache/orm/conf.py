@@ -1,7 +1,8 @@
 """The ORM cache's settings, read as django-cacheops reads them (``CACHEOPS``,
 ``CACHEOPS_DEFAULTS``, ``CACHEOPS_ENABLED``, ``CACHEOPS_DEGRADE_ON_FAILURE``), plus
 ``FASTCACHE_ORM_CACHE``: the alias in ``CACHES`` the entries live in (default
-``"default"``), and ``FASTCACHE_ORM_STRICT`` (default False, see ``strict()``). Read
+``"default"``), ``FASTCACHE_ORM_STRICT`` and ``FASTCACHE_ORM_LAZY_FILTER`` (default
+False, see ``strict()`` and ``lazy_filter()``). Read
 lazily, validated once at start-up (``validate()``, called from the app's ``ready()``),
 reset when a test changes a setting."""
 
@@ -14,13 +15,14 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-__all__ = ["ALL_OPS", "cache_alias", "degrade_on_failure", "enabled", "model_profile",
-           "strict", "validate"]
+__all__ = ["ALL_OPS", "cache_alias", "degrade_on_failure", "enabled", "lazy_filter",
+           "model_profile", "strict", "validate"]
 
 ALL_OPS = frozenset({"get", "fetch", "count", "aggregate", "exists"})
 _PROFILE_KEYS = {"ops", "timeout", "local_get", "cache_on_save", "lock", "db_agnostic"}
 _SETTINGS = ("CACHEOPS", "CACHEOPS_DEFAULTS", "CACHEOPS_ENABLED", "CACHEOPS_DEGRADE_ON_FAILURE",
-             "CACHEOPS_REDIS", "FASTCACHE_ORM_CACHE", "FASTCACHE_ORM_STRICT", "CACHES")
+             "CACHEOPS_REDIS", "FASTCACHE_ORM_CACHE", "FASTCACHE_ORM_STRICT",
+             "FASTCACHE_ORM_LAZY_FILTER", "CACHES")
 
 _state: dict[str, Any] = {}
 # Moves whenever a setting above changes: what was derived from them (the cache instance a
@@ -34,9 +36,11 @@ def _reset(*, setting: str, **kwargs) -> None:
     if setting in _SETTINGS:
         _state.clear()
         generation += 1
-        from . import query
+        from . import lazy, query
 
         query.forget_profiles()
+        if setting == "FASTCACHE_ORM_LAZY_FILTER" and kwargs.get("value"):
+            lazy.install(query._profile)  # patched only once wanted (query.install())
 
 
 def _ops(value, where: str) -> frozenset:
@@ -114,13 +118,15 @@ def _load() -> dict:
         raise ImproperlyConfigured("CACHEOPS_REDIS must be a URL or a dict (it is accepted for "
                                    "compatibility and not used: the cache FASTCACHE_ORM_CACHE "
                                    "names decides where entries live)")
-    for flag in ("CACHEOPS_ENABLED", "CACHEOPS_DEGRADE_ON_FAILURE", "FASTCACHE_ORM_STRICT"):
+    for flag in ("CACHEOPS_ENABLED", "CACHEOPS_DEGRADE_ON_FAILURE", "FASTCACHE_ORM_STRICT",
+                 "FASTCACHE_ORM_LAZY_FILTER"):
         if not isinstance(getattr(settings, flag, False), bool):
             raise ImproperlyConfigured(f"{flag} must be True or False")
     _state.update(profiles=profiles, alias=alias,
                   enabled=getattr(settings, "CACHEOPS_ENABLED", True),
                   degrade=getattr(settings, "CACHEOPS_DEGRADE_ON_FAILURE", False),
-                  strict=getattr(settings, "FASTCACHE_ORM_STRICT", False))
+                  strict=getattr(settings, "FASTCACHE_ORM_STRICT", False),
+                  lazy_filter=getattr(settings, "FASTCACHE_ORM_LAZY_FILTER", False))
     return _state
 
 
@@ -161,6 +167,12 @@ def degrade_on_failure() -> bool:
 
 def cache_alias() -> str:
     return _load()["alias"]
+
+
+def lazy_filter() -> bool:
+    """FASTCACHE_ORM_LAZY_FILTER: plain filter()s on cached models are applied only when
+    the Query is needed (a miss), not on a hit (lazy.py)."""
+    return _load()["lazy_filter"]
 
 
 def strict() -> bool:

@@ -73,6 +73,9 @@ def _order(items):
 
 def fingerprint(qs):
     """A hashable description of ``qs`` that determines its SQL, or None."""
+    deferred = qs.__dict__.get("_fc_lazy")
+    if deferred is not None:  # filters not applied yet (lazy.py): what they apply to, and them
+        return ("lazy", deferred[2])
     q = qs.query
     if (q.annotations or q.extra or q.combinator or q.group_by is not None
             or q.distinct_fields or q.extra_order_by or q.filter_is_sticky

@@ -31,7 +31,7 @@ from django.db.models.signals import post_init, pre_init
 
 from .. import _core
 from .. import tags as _tags
-from . import conf
+from . import conf, lazy
 from .fingerprint import arguments, fingerprint
 from .invalidation import get_cache, invalidate_dicts, register
 from .signals import cache_read
@@ -72,8 +72,8 @@ def _ops(qs) -> frozenset:
 def _should(qs, op: str) -> bool:
     if op not in _ops(qs) or not conf.enabled():
         return False
-    q = qs.query
-    return not (q.select_for_update or qs._for_write)
+    # _query: a deferred filter (lazy.py) does not change select_for_update
+    return not (qs._query.select_for_update or qs._for_write)
 
 
 def query_key(qs, op: str, extra: str = "") -> str:
@@ -393,7 +393,10 @@ _OURS = ("_cacheops", "_cachetimeout", "_cachelock", "_fastcache_key")
 
 
 def _clone(self, *args, **kwargs):
-    c = _orig["_clone"](self, *args, **kwargs)
+    if "_fc_lazy" in self.__dict__:
+        c = lazy.clone_lazy(self, _orig["_clone"], *args, **kwargs)
+    else:
+        c = _orig["_clone"](self, *args, **kwargs)
     d = self.__dict__
     for name in _OURS:
         if name in d:
@@ -580,6 +583,8 @@ def install() -> None:
     QuerySet.cache = cache
     QuerySet.nocache = nocache
     QuerySet.invalidated_update = invalidated_update
+    if conf.lazy_filter():
+        lazy.install(_profile)
     for name in ("cache", "nocache", "invalidated_update"):
         setattr(Manager, name, _manager_proxy(name))
     from django.db.models.signals import post_delete, post_save

@@ -6,7 +6,8 @@ For SQLite (a file) and PostgreSQL (started here with initdb/pg_ctl on a free po
 one redis-server (started here): ``Post.objects.filter(author=a)[:20]`` (20 instances)
 and ``Post.objects.get(pk=...)`` uncached, as a hit of ours on the embedded default (no
 server), on Redis (the coherent L1), on Redis with FASTCACHE_ORM_STRICT (each hit checks
-its counters in Redis) and as a hit of cacheops' on the same Redis; then the time a
+its counters in Redis), on Redis with FASTCACHE_ORM_LAZY_FILTER (a hit builds no filter)
+and as a hit of cacheops' on the same Redis; then the time a
 ``save()`` takes with each library's invalidation minus the same save inside the library's
 ``no_invalidation``. Each library runs in its own process (both patch QuerySet); a last
 process with neither measures what building the querysets costs in plain Django, the part
@@ -61,7 +62,8 @@ def worker(cfg: dict) -> dict:
         settings.configure(INSTALLED_APPS=["django_fastcache", "django_fastcache.orm", "ormapp"],
                            CACHES={"default": {"BACKEND": "django_fastcache.cache.FastCache",
                                                "LOCATION": location, "KEY_PREFIX": "bench"}},
-                           FASTCACHE_ORM_STRICT=lib == "fastcache-strict", **common)
+                           FASTCACHE_ORM_STRICT=lib == "fastcache-strict",
+                           FASTCACHE_ORM_LAZY_FILTER=lib == "fastcache-lazy", **common)
     django.setup()
     from django.db import connection
     from ormapp.models import Author, Post, Tag
@@ -179,7 +181,8 @@ def main() -> None:
                   f"Python {sys.version.split()[0]}; µs per operation (best of 5)\n")
             rows = ["list hit", "get hit", "list uncached", "get uncached", "save",
                     "save quiet", "save cost"]
-            libs = ["fastcache", "fastcache-redis", "fastcache-strict", "cacheops"]
+            libs = ["fastcache", "fastcache-redis", "fastcache-strict", "fastcache-lazy",
+                    "cacheops"]
             for name, extra in dbs:
                 results = {}
                 for i, lib in enumerate([*libs, "django"]):
@@ -188,12 +191,13 @@ def main() -> None:
                            "create": i == 0, **extra}
                     results[lib] = run(lib, cfg)
                 print(f"{name}:")
-                print(f"  {'':<16}{'fastcache L1':>14}{'fastcache Redis':>17}{'Redis strict':>14}"
-                      f"{'cacheops':>11}{'cacheops/ours(Redis)':>22}")
+                print(f"  {'':<16}{'fastcache L1':>13}{'Redis':>8}{'strict':>8}{'lazy':>8}"
+                      f"{'cacheops':>10}{'cacheops/Redis':>16}{'cacheops/lazy':>15}")
                 for row in rows:
-                    f, fr, fs, c = (results[lib][row] for lib in libs)
-                    ratio = f"{c / fr:>21.1f}x" if fr > 0 and c > 0 else f"{'-':>22}"
-                    print(f"  {row:<16}{f:>14.1f}{fr:>17.1f}{fs:>14.1f}{c:>11.1f}{ratio}")
+                    f, fr, fs, fl, c = (results[lib][row] for lib in libs)
+                    ratio = f"{c / fr:>15.1f}x" if fr > 0 and c > 0 else f"{'-':>16}"
+                    ratio += f"{c / fl:>14.1f}x" if fl > 0 and c > 0 else f"{'-':>15}"
+                    print(f"  {row:<16}{f:>13.1f}{fr:>8.1f}{fs:>8.1f}{fl:>8.1f}{c:>10.1f}{ratio}")
                 plain = results["django"]
                 print(f"  plain Django, no cache: building filter(author=a)[:20] "
                       f"{plain['list build']:.1f}, what get(pk=) builds "
@@ -208,6 +212,9 @@ def main() -> None:
                       f"({build / ours:.0%}) + ours {ours - build:.1f}; 10x needs "
                       f"<= {theirs / 10:.1f}; a zero-cost cache would reach "
                       f"{theirs / build:.1f}x")
+                lazy = results["fastcache-lazy"]["list hit"]
+                print(f"  list hit with FASTCACHE_ORM_LAZY_FILTER (no filter built): {lazy:.1f}, "
+                      f"{theirs / lazy:.1f}x cacheops'")
                 ours = results["fastcache-redis"]["get hit"]
                 theirs = results["cacheops"]["get hit"]
                 print(f"  get hit: ours {ours:.1f} (Django's filter() is not built on a hit); "

@@ -949,3 +949,19 @@ def test_lazy_filter_shared_queryset_across_threads(blog, reads, lazy):
     for th in threads:
         th.join(10)
     assert not errors and out == [(["a1"], 2, ["b1"])] * 8
+
+
+def test_lazy_filter_reads_its_arguments_when_filter_is_called(blog, reads, lazy):
+    a, b = blog["a"], blog["b"]
+    ids = [blog["p1"].pk]
+    Post.objects.filter(author=a), Post.objects.filter(pk__in=ids)  # built once each
+    by_author = Post.objects.filter(author=a)
+    by_ids = Post.objects.filter(pk__in=ids)
+    a_pk = a.pk
+    a.pk = b.pk  # Django read a.pk when filter() was called
+    ids.append(blog["p3"].pk)  # and the list
+    try:
+        assert titles(by_author) == ["a1", "a2"]
+        assert titles(by_ids) == ["a1"]
+    finally:
+        a.pk = a_pk

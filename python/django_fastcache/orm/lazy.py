@@ -3,17 +3,17 @@ default): building a filter (Django's ``add_q``) costs more than the rest of a c
 together, so a hit that never needs the filtered Query should not build it.
 
 ``Manager.filter(**kwargs)`` with plain values (or saved model instances), and a slice
-taken right after it, are recorded on the queryset (``_fc_lazy``: the Query they apply
-to, the operations, and their description) instead of being applied. The cache key is
-made from that description (fingerprint.py); the first access to ``.query`` (a miss,
-anything Django does with the Query) replays the operations on a copy, exactly as
-Django's chain of clones would have, and keeps the result.
+taken right after it, are recorded on the queryset (``_fc_lazy``: a Query, the
+operations still to apply to it, and the description of all of them) instead of being
+applied. The cache key is made from that description (fingerprint.py); the first access
+to ``.query`` (a miss, anything Django does with the Query) applies the operations to a
+copy, exactly as Django's chain of clones would have, and keeps the result.
 
 Django raises a bad lookup's error (``FieldError``, ``ValueError``, ``ValidationError``)
 from ``filter()`` itself. A deferred filter would raise it later, so the first time a
 filter (the same query before it, the same names, types and values) is seen in this
-process it is also built at once, for its errors, and the result dropped; once it has
-been built without error it is known to build again.
+process it is built at once (and kept: nothing is built twice); once it has been built
+without error it is known to build again, and is deferred from then on.
 Replaying never mutates what another thread may read: it works on a copy and swaps it in.
 """
 
@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import threading
 
-from django.db.models import Model, Q, QuerySet
+from django.core.exceptions import FieldDoesNotExist
+from django.db.models import ForeignKey, Model, Q, QuerySet
 
 from . import conf
 from .fingerprint import _PLAIN, fingerprint
@@ -36,41 +37,83 @@ _orig: dict = {}
 _cloning = threading.local()  # the lazy queryset being cloned by this thread, if any
 
 
-def _scalar_arguments(kwargs: dict):
-    # Only values a caller cannot change between filter() and the evaluation: a list
-    # given to __in could be mutated, and Django would have read it at filter() time.
-    for v in kwargs.values():
-        if type(v) not in _PLAIN and not isinstance(v, Model):
+def _replayable(model, kwargs: dict):
+    """The arguments to apply later, as Django would read them now; None when some value
+    could change meanwhile in a way Django would not have seen: a list given to __in may
+    be mutated, a model instance's fields may be. An instance given for a foreign key to
+    its model's primary key is replayed as that key's value now (the same lookup, the
+    same SQL); any other instance keeps the filter eager."""
+    out = kwargs
+    for name, v in kwargs.items():
+        if type(v) in _PLAIN:
+            continue
+        if not isinstance(v, Model) or not _fk_to_pk(model, name):
             return None
-    return _arguments(kwargs)
+        if out is kwargs:
+            out = dict(kwargs)
+        out[name] = v.pk
+    return out
+
+
+_fk_memo: dict = {}
+
+
+def _fk_to_pk(model, name: str) -> bool:
+    got = _fk_memo.get((model, name))
+    if got is None:
+        try:
+            field = model._meta.get_field(name)
+        except FieldDoesNotExist:
+            got = False
+        else:
+            got = (isinstance(field, ForeignKey)
+                   and field.target_field is field.related_model._meta.pk)
+        _fk_memo[(model, name)] = got
+    return got
 
 
 def _filter_or_exclude(self, negate, args, kwargs):
     if (negate or args or not kwargs or not conf.lazy_filter() or "_fc_lazy" in self.__dict__
             or self._defer_next_filter or self._sticky_filter
-            or self._deferred_filter is not None or _orig["profile"](self.model) is None):
+            or self._deferred_filter is not None or not _cached_ops(self)):
         return _orig["_filter_or_exclude"](self, negate, args, kwargs)
     q = self._query
     fp = None if q.is_sliced or q.filter_is_sticky else fingerprint(self)
-    a = None if fp is None else _scalar_arguments(kwargs)
+    replay = None if fp is None else _replayable(self.model, kwargs)
+    a = None if replay is None else _arguments(kwargs)
     if a is None:
         return _orig["_filter_or_exclude"](self, negate, args, kwargs)
-    shape = (fp, a)
-    if shape not in _good:
-        # Built once, at once, for its errors only (and dropped): the queryset returned is
-        # deferred like every other, so that its key is the one later calls compute.
-        _orig["_filter_or_exclude"](self, negate, args, kwargs)
-        if len(_good) >= _GOOD_MAX:
-            _good.clear()
-        _good[shape] = True
-    clone = self._chain()
-    clone.__dict__["_fc_lazy"] = (clone._query, (("f", dict(kwargs)),), (fp, (("f", a),)))
+    desc = (fp, (("f", a),))
+    if shape_known(fp, a):
+        clone = self._chain()
+        clone.__dict__["_fc_lazy"] = (clone._query, (("f", dict(replay)),), desc)
+        return clone
+    # Seen for the first time: built now, as Django would (its errors raised here), and
+    # kept; the queryset still carries the description, so that its key is the one a
+    # deferred call computes, and the operations after it are deferred as usual.
+    clone = _orig["_filter_or_exclude"](self, negate, args, kwargs)
+    if len(_good) >= _GOOD_MAX:
+        _good.clear()
+    _good[(fp, a)] = True
+    clone.__dict__["_fc_lazy"] = (clone._query, (), desc)
     return clone
+
+
+def _cached_ops(qs):
+    ops = qs.__dict__.get("_cacheops")  # .cache() / .nocache()
+    if ops is None:
+        profile = _orig["profile"](qs.model)
+        ops = profile["ops"] if profile else ()
+    return ops
+
+
+def shape_known(fp, a) -> bool:
+    return (fp, a) in _good
 
 
 def __getitem__(self, k):
     lazy = self.__dict__.get("_fc_lazy")
-    if (lazy is not None and type(k) is slice and k.step is None and len(lazy[1]) == 1
+    if (lazy is not None and type(k) is slice and k.step is None and len(lazy[2][1]) == 1
             and self._result_cache is None
             and (k.start is None or (type(k.start) is int and k.start >= 0))
             and (k.stop is None or (type(k.stop) is int and k.stop >= 0))):

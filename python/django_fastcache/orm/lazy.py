@@ -47,7 +47,7 @@ def _replayable(model, kwargs: dict):
     for name, v in kwargs.items():
         if type(v) in _PLAIN:
             continue
-        if not isinstance(v, Model) or not _fk_to_pk(model, name):
+        if not isinstance(v, Model) or not fk_to_pk(model, name):
             return None
         if out is kwargs:
             out = dict(kwargs)
@@ -58,7 +58,9 @@ def _replayable(model, kwargs: dict):
 _fk_memo: dict = {}
 
 
-def _fk_to_pk(model, name: str) -> bool:
+def fk_to_pk(model, name: str) -> bool:
+    """Whether ``name`` is a foreign key of ``model`` to its related model's primary key
+    (so that an instance given for it stands for that key's value)."""
     got = _fk_memo.get((model, name))
     if got is None:
         try:

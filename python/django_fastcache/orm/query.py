@@ -138,6 +138,11 @@ def _get_key(qs, kwargs: dict):
     args = arguments(kwargs)
     if args is None:
         return None
+    for name, v in kwargs.items():
+        # An instance is described by its primary key: right for a foreign key to it, not
+        # for one to another field (Django then reads that field of the instance).
+        if isinstance(v, Model) and not lazy.fk_to_pk(qs.model, name):
+            return None
     p = _profile(qs.model)
     db = "" if p is None or p["db_agnostic"] else qs.db
     return _memo_key(("get", db, fp, args), "fastcache.orm.g:")

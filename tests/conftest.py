@@ -44,5 +44,7 @@ def pytest_configure(config):
         MIDDLEWARE=[],
         TEMPLATES=[{"BACKEND": "django.template.backends.django.DjangoTemplates",
                     "APP_DIRS": True}],
+        # test_orm.py runs once more with filter() deferred (ORM_TEST_LAZY=1).
+        FASTCACHE_ORM_LAZY_FILTER=os.environ.get("ORM_TEST_LAZY") == "1",
     )
     django.setup()

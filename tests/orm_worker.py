@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,11 +41,13 @@ else:
         CACHES={"default": {"BACKEND": "django_fastcache.cache.FastCache",
                             "LOCATION": cfg["redis"], "KEY_PREFIX": cfg.get("prefix", "orm"),
                             "OPTIONS": {"IGNORE_EXCEPTIONS": False}}},
-        CACHEOPS_REDIS=cfg["redis"], **common)
+        CACHEOPS_REDIS=cfg["redis"], FASTCACHE_ORM_STRICT=cfg.get("strict", False),
+        FASTCACHE_ORM_LAZY_FILTER=cfg.get("lazy", False), **common)
 django.setup()
 
 from django.db import connection  # noqa: E402
 from django.db.models import Q, Sum  # noqa: E402
+from django.db.models.query import ModelIterable  # noqa: E402
 from ormapp.models import Author, Post, Tag  # noqa: E402
 
 if cfg["lib"] == "cacheops":
@@ -73,6 +76,45 @@ QUERIES = {
     "by_author_name": lambda n: titles(Post.objects.filter(author__name=n)),
     "author_and_category": lambda a, c: titles(Post.objects.filter(author_id=a, category=c)),
 }
+
+
+# Slow computations for the dog-pile test: each reports how many computations this process
+# ran, and the cached function's value names the process that computed it.
+COMPUTED = {"query": 0, "function": 0}
+
+
+def locked_posts(a, delay):
+    real = ModelIterable.__iter__
+
+    def slow(self):
+        COMPUTED["query"] += 1
+        time.sleep(delay)
+        return real(self)
+
+    ModelIterable.__iter__ = slow
+    try:
+        return {"titles": titles(Post.objects.filter(author_id=a).cache(lock=True)),
+                "computed": COMPUTED["query"]}
+    finally:
+        ModelIterable.__iter__ = real
+
+
+if cfg["lib"] != "cacheops":
+    from django_fastcache.orm import cached  # noqa: E402
+
+    @cached(timeout=60, lock=True)
+    def expensive(x, delay):
+        COMPUTED["function"] += 1
+        time.sleep(delay)
+        return f"{x} by {os.getpid()}"
+
+
+def locked_function(x, delay):
+    return {"value": expensive(x, delay), "computed": COMPUTED["function"]}
+
+
+QUERIES["locked_posts"] = locked_posts
+QUERIES["locked_function"] = locked_function
 
 
 def save(pk, **fields):

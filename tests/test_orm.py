@@ -766,3 +766,202 @@ def test_decorators_cached_view_in_a_rolled_back_transaction(blog):
     with transaction.atomic():
         assert news(rf.get("/n2")).content == b"a1,b1"
     assert news(rf.get("/n2")).content == b"a1,b1" and len(calls) == 3  # stored at commit
+
+
+def test_get_hits_without_building_the_query(blog, reads, monkeypatch):
+    """A get() with plain keyword arguments is keyed on the queryset and the arguments:
+    a hit never reaches Django's filter(); misses, DoesNotExist and
+    MultipleObjectsReturned behave as in Django."""
+    from django.db.models import QuerySet
+
+    a, p1 = blog["a"], blog["p1"]
+    assert Post.objects.get(pk=p1.pk) == p1
+    assert Post.objects.get(author=blog["b"]).title == "b1"  # a model instance argument
+    assert Post.objects.values("title").get(pk=p1.pk) == {"title": "a1"}
+    assert reads.take() == ["miss"] * 3
+
+    def no_filter(*args, **kwargs):
+        raise AssertionError("a hit built the query")
+
+    monkeypatch.setattr(QuerySet, "_filter_or_exclude", no_filter)
+    got = Post.objects.get(pk=p1.pk)
+    assert got == p1 and got.title == "a1" and got._state.db == "default"
+    assert got._state.adding is False
+    assert Post.objects.get(author=blog["b"]).title == "b1"
+    assert Post.objects.values("title").get(pk=p1.pk) == {"title": "a1"}
+    assert reads.take() == ["hit"] * 3
+    monkeypatch.undo()
+    assert got.author == a
+    reads.take()
+
+    with pytest.raises(Post.DoesNotExist):
+        Post.objects.get(pk=10**6)
+    with pytest.raises(Post.DoesNotExist):
+        Post.objects.get(pk=10**6)
+    with pytest.raises(Post.MultipleObjectsReturned):
+        Post.objects.get(author=a)
+    with pytest.raises(Post.MultipleObjectsReturned):
+        Post.objects.get(author=a)
+    assert reads.take() == ["miss", "hit", "miss", "hit"]
+    p1.title = "edited"
+    p1.save()
+    assert Post.objects.get(pk=p1.pk).title == "edited"
+    assert Post.objects.get(pk=p1.pk).title == "edited"
+    assert reads.take() == ["miss", "hit"]
+    with transaction.atomic():  # a transaction that wrote reads its own writes
+        p1.title = "in txn"
+        p1.save()
+        assert Post.objects.get(pk=p1.pk).title == "in txn"
+        assert reads.take() == []
+
+
+def test_hits_keep_deferred_fields_and_annotations(blog, reads):
+    from django.db.models import F
+
+    a = blog["a"]
+    for _ in range(2):
+        only = list(Post.objects.filter(author=a).only("title"))
+        annotated = list(Post.objects.filter(author=a).annotate(double=F("views") * 2 + 1))
+    assert reads.take() == ["miss", "miss", "hit", "hit"]
+    assert [p.get_deferred_fields() for p in only] == [{"author_id", "category", "published",
+                                                        "views"}] * 2
+    assert [p.title for p in only] == ["a1", "a2"] and only[0].category == "news"
+    assert [p.double for p in annotated] == [1, 1]
+
+
+def test_models_with_init_receivers_are_built_by_from_db(blog, reads):
+    from django.db.models.signals import post_init
+
+    seen = []
+
+    def receiver(sender, instance, **kwargs):
+        seen.append(instance.title)
+
+    post_init.connect(receiver, sender=Post, weak=False, dispatch_uid="test_orm.init")
+    try:
+        list(Post.objects.filter(author=blog["a"]))
+        got = list(Post.objects.filter(author=blog["a"]))
+    finally:
+        post_init.disconnect(dispatch_uid="test_orm.init", sender=Post)
+    assert reads.take() == ["miss", "hit"]
+    assert seen == ["a1", "a2", "a1", "a2"] and got[0]._state.adding is False
+
+
+def test_rolled_back_writes_stop_costing_the_transaction_check(blog, reads):
+    from django_fastcache.orm import transaction as txn
+
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            Post.objects.create(author=blog["a"], title="gone")
+            assert txn.maybe_dirty()
+            raise RuntimeError
+    assert not txn.maybe_dirty()
+    with transaction.atomic():
+        Post.objects.create(author=blog["a"], title="kept")
+        assert txn.maybe_dirty()
+    assert not txn.maybe_dirty()
+
+
+def test_get_variants_through_the_argument_key(blog, reads, django_assert_num_queries):
+    a, p1 = blog["a"], blog["p1"]
+    for _ in range(2):
+        assert a.posts.get(title="a1") == p1  # a related manager's pending filter
+        assert Post.objects.using("default").get(pk=p1.pk) == p1
+        assert Post.objects.values_list("title", flat=True).get(pk=p1.pk) == "a1"
+        assert Post.objects.get(pk__in=Post.objects.filter(title="a1").values("pk")) == p1
+        assert Post.objects.filter(category="news").get(author=a) == p1
+    assert reads.take() == ["miss"] * 5 + ["hit"] * 5
+    Post.objects.select_related("author").get(pk=p1.pk)
+    with django_assert_num_queries(0):
+        got = Post.objects.select_related("author").get(pk=p1.pk)
+        assert got.author.name == "ann"  # the related object came with the hit
+    obj, created = Post.objects.get_or_create(title="a1", defaults={"author": a})
+    assert obj == p1 and not created
+    invalidate_model(Post)
+    assert reads.take() == ["miss", "hit"]
+    assert Post.objects.filter(category="news").get(author=a) == p1
+    assert reads.take() == ["miss"]
+
+
+@pytest.fixture
+def lazy(settings):
+    settings.FASTCACHE_ORM_LAZY_FILTER = True
+
+
+def test_lazy_filter_hit_builds_no_filter(blog, reads, lazy, monkeypatch):
+    """FASTCACHE_ORM_LAZY_FILTER: a hit on filter(**plain)[a:b] never builds the
+    filtered Query; a miss builds it exactly as Django would."""
+    from django.db.models.sql.query import Query
+
+    a = blog["a"]
+    assert titles(Post.objects.filter(author=a)[:1]) == ["a1"]
+    assert Post.objects.filter(author=a).count() == 2
+    assert reads.take() == ["miss", "miss"]
+    built = []
+    real = Query.add_q
+    monkeypatch.setattr(Query, "add_q", lambda self, q: built.append(q) or real(self, q))
+    assert titles(Post.objects.filter(author=a)[:1]) == ["a1"]
+    assert Post.objects.filter(author=a).count() == 2
+    assert reads.take() == ["hit", "hit"] and built == []
+    assert Post.objects.filter(author=a).cache(ops=["fetch"])[0:5].exists()  # not cached
+    assert reads.take() == [] and len(built) == 1  # so the filter was applied
+    qs = Post.objects.filter(author=a)[:5]
+    assert len(qs.query.where.children) == 1 and len(built) == 2  # .query applies it
+    assert [p.title for p in Post.objects.filter(author=a).order_by("-id")] == ["a2", "a1"]
+    assert [p.title for p in Post.objects.filter(author=a)[1:]] == ["a2"]
+    assert list(Post.objects.filter(author=a).values_list("title", flat=True)) == ["a1", "a2"]
+    with pytest.raises(TypeError):
+        Post.objects.filter(author=a)[:1].filter(title="a1")
+    import pickle
+
+    again = pickle.loads(pickle.dumps(Post.objects.filter(author=a)))
+    assert titles(again) == ["a1", "a2"] and titles(again.filter(title="a2")) == ["a2"]
+
+
+def test_lazy_filter_raises_where_django_does(blog, reads, lazy):
+    from django.core.exceptions import FieldError
+
+    for _ in range(2):
+        with pytest.raises(FieldError):
+            Post.objects.filter(nope=1)
+        with pytest.raises(ValueError):
+            Post.objects.filter(pk="not a number")
+    Post.objects.filter(pk=blog["p1"].pk)  # built once: known to build
+    assert titles(Post.objects.filter(pk=blog["p1"].pk)) == ["a1"]
+
+
+def test_lazy_filter_shared_queryset_across_threads(blog, reads, lazy):
+    qs = Post.objects.filter(category="news")
+    qs = Post.objects.filter(category="news")  # deferred: the first one built it
+    assert "_fc_lazy" in qs.__dict__
+    out, errors = [], []
+
+    def work():
+        try:
+            out.append((sorted(titles(qs.filter(author=blog["a"]))), qs.count(),
+                        sorted(titles(qs.exclude(author=blog["a"])))))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=_closing(work)) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(10)
+    assert not errors and out == [(["a1"], 2, ["b1"])] * 8
+
+
+def test_lazy_filter_reads_its_arguments_when_filter_is_called(blog, reads, lazy):
+    a, b = blog["a"], blog["b"]
+    ids = [blog["p1"].pk]
+    Post.objects.filter(author=a), Post.objects.filter(pk__in=ids)  # built once each
+    by_author = Post.objects.filter(author=a)
+    by_ids = Post.objects.filter(pk__in=ids)
+    a_pk = a.pk
+    a.pk = b.pk  # Django read a.pk when filter() was called
+    ids.append(blog["p3"].pk)  # and the list
+    try:
+        assert titles(by_author) == ["a1", "a2"]
+        assert titles(by_ids) == ["a1"]
+    finally:
+        a.pk = a_pk

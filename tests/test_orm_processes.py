@@ -16,8 +16,10 @@ pytestmark = pytest.mark.redis
 
 
 class Worker:
-    def __init__(self, lib: str, db: str, redis: str, prefix: str = "orm") -> None:
-        cfg = {"lib": lib, "db": db, "redis": redis, "prefix": prefix}
+    def __init__(self, lib: str, db: str, redis: str, prefix: str = "orm",
+                 strict: bool = False, lazy: bool = False) -> None:
+        cfg = {"lib": lib, "db": db, "redis": redis, "prefix": prefix, "strict": strict,
+               "lazy": lazy}
         self.proc = subprocess.Popen([sys.executable, str(HERE / "orm_worker.py"),
                                       json.dumps(cfg)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, cwd=HERE)
@@ -67,12 +69,15 @@ def test_two_processes_reader_never_stale_after_commit(clean_redis_server, db):
         assert reader.q("by_author", 1) == {"result": ["a1", "a2"], "hit": True}
         assert writer.q("by_author", 1) == {"result": ["a1", "a2"], "hit": True}  # shared
         worst = 0.0
+        stale = 0
         for i in range(20):
             writer.w("create", 1, f"n{i}")
             start = time.monotonic()
             # The counters moved in Redis before the writer answered; the reader's L1
-            # hears of it through the invalidation stream (asynchronous, bounded).
+            # hears of it through the invalidation stream (asynchronous), and a hit asks
+            # Redis while an invalidation is unread or unapplied in its process.
             while reader.q("by_author", 1)["result"][-1] != f"n{i}":
+                stale += 1
                 assert time.monotonic() - start < 2.0, "stale after commit"
             worst = max(worst, time.monotonic() - start)
             other = reader.q("by_author", 2)
@@ -83,10 +88,67 @@ def test_two_processes_reader_never_stale_after_commit(clean_redis_server, db):
         while reader.q("get", 1)["result"] != "a1!":
             assert time.monotonic() - start < 2.0
         print(f"worst delay between a commit and the other process seeing it: "
-              f"{worst * 1000:.2f} ms")
+              f"{worst * 1000:.2f} ms; stale reads after a commit: {stale}")
     finally:
         writer.close()
         reader.close()
+
+
+def test_strict_reader_is_never_stale_after_a_commit_returns(clean_redis_server, db):
+    """FASTCACHE_ORM_STRICT: a read that starts after another process's write returned
+    sees it at once (its hit checks the counters in Redis), where the default L1 may
+    serve the previous result for as long as the invalidation takes to arrive."""
+    writer = Worker("fastcache", db, clean_redis_server.url, strict=True)
+    reader = Worker("fastcache", db, clean_redis_server.url, strict=True)
+    try:
+        seed(writer)
+        assert reader.q("by_author", 1)["hit"] is False
+        assert reader.q("by_author", 1) == {"result": ["a1", "a2"], "hit": True}
+        assert reader.q("get", 1) == {"result": "a1", "hit": False}
+        assert reader.q("by_author", 2)["hit"] is False
+        for i in range(30):
+            writer.w("create", 1, f"n{i}")
+            assert reader.q("by_author", 1)["result"][-1] == f"n{i}", "stale after commit"
+            assert reader.q("by_author", 1)["hit"] is True  # still served from the L1
+            assert reader.q("by_author", 2) == {"result": ["b1"], "hit": True}
+            writer.w("save", 1, title=f"a1-{i}")
+            assert reader.q("get", 1)["result"] == f"a1-{i}", "stale after commit"
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_lock_one_process_computes_the_others_wait_for_its_result(clean_redis_server, db):
+    """lock=True across processes: of several processes missing at once, exactly one
+    computes (a lease in Redis); the others wait and get its result, for a cached
+    queryset and for a ``@cached(lock=True)`` function."""
+    # Strict: the reads right after the write below must see it (see the next test).
+    workers = [Worker("fastcache", db, clean_redis_server.url, strict=True) for _ in range(4)]
+    try:
+        seed(workers[0])
+
+        def all_at_once(name, *args):
+            for w in workers:  # every request is sent before any answer is read
+                w.proc.stdin.write(json.dumps({"op": "q", "name": name, "args": args}) + "\n")
+                w.proc.stdin.flush()
+            answers = [json.loads(w.proc.stdout.readline()) for w in workers]
+            assert all("error" not in a for a in answers), answers
+            return [a["result"] for a in answers]
+
+        got = all_at_once("locked_posts", 1, 0.5)
+        assert [g["titles"] for g in got] == [["a1", "a2"]] * 4
+        assert sum(g["computed"] for g in got) == 1, got
+        got = all_at_once("locked_function", "x", 0.5)
+        assert len({g["value"] for g in got}) == 1, got  # the computing process's value
+        assert sum(g["computed"] for g in got) == 1, got
+        # A write invalidates it; the next round again computes once.
+        workers[1].w("create", 1, "a3")
+        got = all_at_once("locked_posts", 1, 0.5)
+        assert [g["titles"] for g in got] == [["a1", "a2", "a3"]] * 4
+        assert sum(g["computed"] for g in got) == 2, got
+    finally:
+        for w in workers:
+            w.close()
 
 
 # The same script on both libraries: (name, args) queries and writes.
@@ -131,12 +193,13 @@ def run_script(w: Worker) -> list:
     return out
 
 
-def test_differential_against_cacheops(clean_redis_server, tmp_path):
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy_filter"])
+def test_differential_against_cacheops(clean_redis_server, tmp_path, lazy):
     pytest.importorskip("cacheops")
     results = {}
     for lib in ("cacheops", "fastcache"):
         clean_redis_server.command("FLUSHALL")
-        w = Worker(lib, str(tmp_path / f"{lib}.sqlite3"), clean_redis_server.url)
+        w = Worker(lib, str(tmp_path / f"{lib}.sqlite3"), clean_redis_server.url, lazy=lazy)
         try:
             results[lib] = run_script(w)
         finally:

@@ -58,6 +58,9 @@ class Store:
     def listener_stop(self) -> None: ...
     def listener_restart(self) -> None: ...
     def listener_stats(self) -> dict[str, Any]: ...  # state: "down" | "resetting" | "up"
+    def listener_pending(self) -> bool:
+        """Whether an invalidation may have reached this process and not been applied
+        yet (unread bytes on a listener socket, or a batch being applied): one poll."""
     def _check_invariants(self) -> str: ...
 
 class Engine:
@@ -198,3 +201,9 @@ class Limiter:
         pinned_bytes."""
 
 def get_limiter(name: str, max_bytes: int = ..., shards: int = ...) -> Limiter: ...
+
+def instances(cls: type, state_cls: type, db: str | None, dicts: list[dict]) -> list:
+    """Model instances from attribute dicts as unpickling builds them: for each dict, a
+    new ``state_cls`` whose ``__dict__`` is ``{"db": db, "adding": False}`` under
+    ``"_state"``, then ``cls.__new__(cls)`` with the dict as its ``__dict__``; no
+    ``__init__`` runs."""

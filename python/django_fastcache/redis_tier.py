@@ -445,6 +445,26 @@ class RedisTier:
     async def aget_many(self, keys: Iterable, version=None) -> dict:
         return await self._adrive(self._get_many_op(keys, version))
 
+    def get_many_from_redis(self, keys: Iterable, version=None) -> dict:
+        """``get_many`` from the primary, whatever the L1 holds, and without filling it
+        (one round trip, ``MGET`` only): for a reader that may not trust an invalidation
+        still in flight (the ORM cache's strict mode)."""
+        return self._drive(self._primary_get_many_op(list(keys), version))
+
+    def _primary_get_many_op(self, keys: list, version) -> Op:
+        if not keys:
+            return {}
+        finals = self.engine.keys_of(keys, version)
+        if self.clients.is_cluster and len(finals) > 1:
+            groups = list(_index_groups(finals).values())
+        else:
+            groups = [list(range(len(finals)))]
+        read = _ReadPlan(finals, None, groups,
+                         [("MGET", *(finals[i] for i in indexes)) for indexes in groups])
+        replies = yield Step(read.commands, False, True)
+        return {key: value for key, value in zip(keys, self._read_finish(read, replies),
+                                                 strict=True) if value is not _MISSING}
+
     def _get_many_op(self, keys: Iterable, version) -> Op:
         keys = list(keys)
         if not keys:

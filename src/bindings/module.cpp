@@ -32,4 +32,5 @@ PYBIND11_MODULE(_core, m) {
     fastcache::bindings::register_cache(m);
     fastcache::bindings::register_log(m);
     fastcache::bindings::register_limiter(m);
+    fastcache::bindings::register_orm(m);
 }

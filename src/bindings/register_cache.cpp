@@ -743,6 +743,9 @@ void register_cache(py::module_& m) {
             },
             "reset the L1 to bypassed now and make the listener reconnect")
         .def("listener_stats", &listener_stats)
+        .def(
+            "listener_pending", [](const PyStore& s) { return s.l1->listener.pending(); },
+            "whether an invalidation may be unread or unapplied in this process (one poll)")
         // For tests: "" or the first broken internal invariant (exact only when idle).
         .def("_check_invariants", [](const PyStore& s) { return s.store->check_invariants(); });
 

@@ -460,6 +460,13 @@ void Listener::serve_loop(std::vector<Link>& links, const ListenerConfig& cfg, s
         for (std::size_t i = 0; rc > 0 && i < links.size(); ++i) {
             if (!fds[i].revents) continue;
             Link& link = links[i];
+            // pending(): set before the bytes leave the socket, cleared once applied (or
+            // on the way out when this fails: the L1 is then reset anyway).
+            struct Applying {
+                std::atomic<int>& flag;
+                ~Applying() { flag.store(0, std::memory_order_seq_cst); }
+            } applying{applying_};
+            applying_.store(1, std::memory_order_seq_cst);
             receive(link.fd, link.reader, link.name);
             resp::Reply r;
             std::lock_guard<std::mutex> lock(work_mu_);
@@ -503,6 +510,22 @@ void Listener::serve_loop(std::vector<Link>& links, const ListenerConfig& cfg, s
             next_ping = t + cfg.ping_interval;
         }
     }
+}
+
+bool Listener::pending() const {
+    // The sockets first, then the flag: bytes that arrived before this call are either
+    // still in a socket, or were taken by a recv that the flag announced before it ran and
+    // withdraws only once they are applied.
+    {
+        std::lock_guard<std::mutex> lock(cfg_mu_);  // open_fds_ are closed under it
+        if (!open_fds_.empty()) {
+            pollfd fds[8];
+            const std::size_t n = std::min<std::size_t>(open_fds_.size(), 8);
+            for (std::size_t i = 0; i < n; ++i) fds[i] = {open_fds_[i], POLLIN, 0};
+            if (open_fds_.size() > n || ::poll(fds, n, 0) != 0) return true;
+        }
+    }
+    return applying_.load(std::memory_order_seq_cst) != 0;
 }
 
 // --- fork ------------------------------------------------------------------------------------

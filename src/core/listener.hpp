@@ -96,6 +96,13 @@ public:
     void reset_coherence(bool usable, Released& released);
     ListenerStats stats() const;
     bool running() const noexcept { return running_.load(std::memory_order_acquire); }
+    // Whether an invalidation may have reached this process and not been applied yet:
+    // bytes unread on one of the listener's sockets, or a batch being read or applied.
+    // A reader that gets true should not trust the L1 for this read (it asks Redis);
+    // false means every invalidation whose bytes were in this process's sockets when the
+    // call began has been applied. One poll(2) with no wait. Also true, conservatively,
+    // for a PONG or a handshake reply not read yet.
+    bool pending() const;
 
     // For the fork handlers (see the class comment).
     void before_fork() noexcept;
@@ -143,6 +150,7 @@ private:
     int wake_[2] = {-1, -1};
     std::vector<int> open_fds_;  // sockets of the running thread, for the fork handler
     std::atomic<int> state_{0};
+    std::atomic<int> applying_{0};  // set before a recv, cleared once its batch is applied
     std::atomic<std::uint64_t> connections_{0}, messages_{0}, keys_{0}, flushes_{0}, downs_{0},
         ups_{0}, starts_{0}, pings_{0};
 };

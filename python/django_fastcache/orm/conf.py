@@ -1,8 +1,10 @@
 """The ORM cache's settings, read as django-cacheops reads them (``CACHEOPS``,
 ``CACHEOPS_DEFAULTS``, ``CACHEOPS_ENABLED``, ``CACHEOPS_DEGRADE_ON_FAILURE``), plus
 ``FASTCACHE_ORM_CACHE``: the alias in ``CACHES`` the entries live in (default
-``"default"``). Read lazily, validated once at start-up (``validate()``, called from the
-app's ``ready()``), reset when a test changes a setting."""
+``"default"``), ``FASTCACHE_ORM_STRICT`` and ``FASTCACHE_ORM_LAZY_FILTER`` (default
+False, see ``strict()`` and ``lazy_filter()``). Read
+lazily, validated once at start-up (``validate()``, called from the app's ``ready()``),
+reset when a test changes a setting."""
 
 from __future__ import annotations
 
@@ -13,24 +15,32 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-__all__ = ["ALL_OPS", "cache_alias", "degrade_on_failure", "enabled", "model_profile",
-           "validate"]
+__all__ = ["ALL_OPS", "cache_alias", "degrade_on_failure", "enabled", "lazy_filter",
+           "model_profile", "strict", "validate"]
 
 ALL_OPS = frozenset({"get", "fetch", "count", "aggregate", "exists"})
 _PROFILE_KEYS = {"ops", "timeout", "local_get", "cache_on_save", "lock", "db_agnostic"}
 _SETTINGS = ("CACHEOPS", "CACHEOPS_DEFAULTS", "CACHEOPS_ENABLED", "CACHEOPS_DEGRADE_ON_FAILURE",
-             "CACHEOPS_REDIS", "FASTCACHE_ORM_CACHE", "CACHES")
+             "CACHEOPS_REDIS", "FASTCACHE_ORM_CACHE", "FASTCACHE_ORM_STRICT",
+             "FASTCACHE_ORM_LAZY_FILTER", "CACHES")
 
 _state: dict[str, Any] = {}
+# Moves whenever a setting above changes: what was derived from them (the cache instance a
+# thread keeps, invalidation.get_cache) is derived again.
+generation = 0
 
 
 @receiver(setting_changed)
 def _reset(*, setting: str, **kwargs) -> None:
+    global generation
     if setting in _SETTINGS:
         _state.clear()
-        from . import query
+        generation += 1
+        from . import lazy, query
 
         query.forget_profiles()
+        if setting == "FASTCACHE_ORM_LAZY_FILTER" and kwargs.get("value"):
+            lazy.install(query._profile)  # patched only once wanted (query.install())
 
 
 def _ops(value, where: str) -> frozenset:
@@ -108,18 +118,23 @@ def _load() -> dict:
         raise ImproperlyConfigured("CACHEOPS_REDIS must be a URL or a dict (it is accepted for "
                                    "compatibility and not used: the cache FASTCACHE_ORM_CACHE "
                                    "names decides where entries live)")
-    for flag in ("CACHEOPS_ENABLED", "CACHEOPS_DEGRADE_ON_FAILURE"):
+    for flag in ("CACHEOPS_ENABLED", "CACHEOPS_DEGRADE_ON_FAILURE", "FASTCACHE_ORM_STRICT",
+                 "FASTCACHE_ORM_LAZY_FILTER"):
         if not isinstance(getattr(settings, flag, False), bool):
             raise ImproperlyConfigured(f"{flag} must be True or False")
     _state.update(profiles=profiles, alias=alias,
                   enabled=getattr(settings, "CACHEOPS_ENABLED", True),
-                  degrade=getattr(settings, "CACHEOPS_DEGRADE_ON_FAILURE", False))
+                  degrade=getattr(settings, "CACHEOPS_DEGRADE_ON_FAILURE", False),
+                  strict=getattr(settings, "FASTCACHE_ORM_STRICT", False),
+                  lazy_filter=getattr(settings, "FASTCACHE_ORM_LAZY_FILTER", False))
     return _state
 
 
 def validate() -> None:
     """Reads and checks every setting; ImproperlyConfigured naming the bad one."""
+    global generation
     _state.clear()
+    generation += 1
     _load()
     from django.core.cache import caches
 
@@ -152,3 +167,15 @@ def degrade_on_failure() -> bool:
 
 def cache_alias() -> str:
     return _load()["alias"]
+
+
+def lazy_filter() -> bool:
+    """FASTCACHE_ORM_LAZY_FILTER: plain filter()s on cached models are applied only when
+    the Query is needed (a miss), not on a hit (lazy.py)."""
+    return _load()["lazy_filter"]
+
+
+def strict() -> bool:
+    """FASTCACHE_ORM_STRICT: on Redis, a hit checks its counters in Redis (one round trip)
+    instead of trusting the coherent L1, whose invalidations arrive asynchronously."""
+    return _load()["strict"]

@@ -34,8 +34,18 @@ _local = threading.local()
 _registry_lock = threading.Lock()
 
 
+_thread_cache = threading.local()
+
+
 def get_cache():
-    return caches[conf.cache_alias()]
+    """The backend entries live in. Kept per thread (Django's ``caches[alias]`` is an
+    asgiref Local lookup, microseconds on every hit) until a setting changes."""
+    got = getattr(_thread_cache, "v", None)
+    if got is not None and got[0] == conf.generation:
+        return got[1]
+    cache = caches[conf.cache_alias()]
+    _thread_cache.v = (conf.generation, cache)
+    return cache
 
 
 class _NoInvalidation(ContextDecorator):

@@ -2,10 +2,12 @@
 automatic caching of the ops a model's CACHEOPS profile names, installed on Django's
 ``QuerySet`` and ``Manager`` at start-up (as django-cacheops does).
 
-A cached query's key is a digest of its SQL and parameters (plus the op and the row
-shape); its entry is stored under the generation counters of its dependencies
-(tree.py, invalidation.py), so a hit is one cache lookup plus one ``get_many`` of the
-counters, and a write anywhere invalidates it without a scan.
+A cached query's key is a digest of its structure (fingerprint.py; of its SQL and
+parameters when the structure is not plain enough), plus the op and the row shape; a
+``get(**kwargs)`` is keyed on the queryset and its arguments before Django builds the
+filter. The entry is stored under the generation counters of its dependencies (tree.py,
+invalidation.py), so a hit is one L1 lookup plus one per counter, and a write anywhere
+invalidates it without a scan. docs/orm.md says what each part of a hit costs.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ from django.db.models.query import (
 )
 from django.db.models.signals import post_init, pre_init
 
+from .. import _core
 from .. import tags as _tags
-from . import conf
-from .fingerprint import fingerprint
+from . import conf, lazy
+from .fingerprint import arguments, fingerprint
 from .invalidation import get_cache, invalidate_dicts, register
 from .signals import cache_read
-from .transaction import dirty_tables, in_atomic, mark_dirty, store_after_commit
+from .transaction import dirty_tables, in_atomic, mark_dirty, maybe_dirty, store_after_commit
 from .tree import dependencies, query_tags
 
 __all__ = ["install"]
@@ -69,8 +72,8 @@ def _ops(qs) -> frozenset:
 def _should(qs, op: str) -> bool:
     if op not in _ops(qs) or not conf.enabled():
         return False
-    q = qs.query
-    return not (q.select_for_update or qs._for_write)
+    # _query: a deferred filter (lazy.py) does not change select_for_update
+    return not (qs._query.select_for_update or qs._for_write)
 
 
 def query_key(qs, op: str, extra: str = "") -> str:
@@ -84,6 +87,28 @@ def query_dependencies(qs) -> dict:
     return dependencies(qs.query, key_and_compiler(qs, "deps", compile_sql=True)[1])
 
 
+# Keys of query shapes seen lately: the structure (fingerprint.py) to its key, so that a
+# hit on a known shape costs one dict lookup instead of a repr and a digest. Bounded:
+# emptied when full (shapes are few; values within a shape are what fills it).
+_KEY_VERSION = "2"  # moved when the stored form changes: older entries are never read
+_keys: dict = {}
+_KEYS_MAX = 4096
+
+
+def _digest(prefix: str, *parts) -> str:
+    text = "|".join([_KEY_VERSION, *map(str, parts)])
+    return prefix + hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _memo_key(shape: tuple, prefix: str) -> str:
+    key = _keys.get(shape)
+    if key is None:
+        if len(_keys) >= _KEYS_MAX:
+            _keys.clear()
+        key = _keys[shape] = _digest(prefix, *map(repr, shape))
+    return key
+
+
 def key_and_compiler(qs, op: str, extra: str = "", compile_sql: bool = False) -> tuple:
     """(key, compiler): the compiler is None when the key came from the queryset's
     structure (fingerprint.py), unless ``compile_sql``."""
@@ -92,15 +117,35 @@ def key_and_compiler(qs, op: str, extra: str = "", compile_sql: bool = False) ->
     if not compile_sql:
         fp = fingerprint(qs)
         if fp is not None:
-            text = f"{op}|{db}|{fp!r}|{extra}"
-            digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
-            return "fastcache.orm.f:" + digest, None
+            return _memo_key((op, db, fp, extra), "fastcache.orm.f:"), None
     compiler = qs.query.get_compiler(qs.db)
     sql, params = compiler.as_sql()
     it = qs._iterable_class
-    text = f"{op}|{db}|{it.__qualname__}|{qs._fields}|{sql}|{params!r}|{extra}"
-    digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
-    return "fastcache.orm.q:" + digest, compiler
+    return _digest("fastcache.orm.q:", op, db, it.__qualname__, qs._fields, sql, repr(params),
+                   extra), compiler
+
+
+def _get_key(qs, kwargs: dict):
+    """The key of ``qs.get(**kwargs)`` made from the queryset and the arguments, before
+    Django turns them into a filtered query (which costs more than the rest of a hit);
+    None when they are not plain enough (fingerprint.py)."""
+    if (qs._deferred_filter is not None or qs._prefetch_related_lookups or qs._for_write
+            or qs._known_related_objects or qs._query.combinator):
+        return None
+    fp = fingerprint(qs)
+    if fp is None:
+        return None
+    args = arguments(kwargs)
+    if args is None:
+        return None
+    for name, v in kwargs.items():
+        # An instance is described by its primary key: right for a foreign key to it, not
+        # for one to another field (Django then reads that field of the instance).
+        if isinstance(v, Model) and not lazy.fk_to_pk(qs.model, name):
+            return None
+    p = _profile(qs.model)
+    db = "" if p is None or p["db_agnostic"] else qs.db
+    return _memo_key(("get", db, fp, args), "fastcache.orm.g:")
 
 
 def _settings(qs) -> tuple:
@@ -145,6 +190,11 @@ def lookup(cache, key):
     _, tags, gens, value = entry
     if len(tags) != len(gens):
         return MISS
+    if cache._tier is not None and ask_redis(cache._tier):
+        if strict_counters(cache, tags) != gens:
+            cache.delete(key)
+            return MISS
+        return value
     for tag, gen in zip(tags, gens, strict=True):
         if get(_tags.TAG_KEY_PREFIX + tag, None, None) != gen:
             cache.delete(key)
@@ -152,57 +202,118 @@ def lookup(cache, key):
     return value
 
 
-# Model instances are stored as rows of their concrete fields' values (a tuple of plain
-# values that the cache's L1 hands back without unpickling) and rebuilt with
-# Model.from_db on a hit: measured faster than unpickling instances (docs/orm.md).
+def ask_redis(tier) -> bool:
+    """Whether a hit's counters must come from Redis rather than the coherent L1: always
+    in strict mode; else only while an invalidation has reached this process and is not
+    applied yet (the native listener's sockets hold unread bytes, or it is applying a
+    batch: one poll(2)), which closes the window in which the listener thread has not
+    been scheduled yet (docs/orm.md, "Across processes")."""
+    if conf.strict():
+        return True
+    return tier.l1 and tier.store.listener_pending()
+
+
+def strict_counters(cache, tags) -> tuple:
+    """The counters of ``tags`` as Redis has them now (one round trip), not as the
+    coherent L1 may still have them while their invalidation is in flight."""
+    keys = [_tags.TAG_KEY_PREFIX + t for t in tags]
+    found = cache._tier.get_many_from_redis(keys)
+    return tuple([found.get(k) for k in keys])
+
+
+# Model instances are stored as their attribute dicts (the field values, and whatever else
+# the query set on them: annotations, extra selects; deferred fields are absent), which
+# the L1 hands back as fresh dicts without decoding anything, and rebuilt the way
+# unpickling does, without ``__init__`` (docs/orm.md, "Stored form").
 ROWS = "\x00fastcache.orm.rows"
-_attnames: dict = {}
 _MODEL_FROM_DB = Model.from_db.__func__
+# Django's ModelState is a plain class (class attributes, no __init__): it may be made by
+# the extension with its __dict__ set directly; a future one with an __init__ is called.
+_STATE_PLAIN = (ModelState.__init__ is object.__init__ and ModelState.__new__ is object.__new__)
+_plain_models: dict = {}
 
 
-def _fields_of(model) -> tuple:
-    names = _attnames.get(model)
-    if names is None:
-        names = _attnames[model] = tuple(f.attname for f in model._meta.concrete_fields)
-    return names
+def _plain(model) -> bool:
+    """Whether instances of ``model`` may be rebuilt from their ``__dict__``: not when it
+    overrides ``from_db`` or ``__new__``, or has ``pre_init``/``post_init`` receivers (ImageField's
+    dimensions, change trackers): those get ``from_db`` with the stored fields."""
+    seen = (len(pre_init.receivers), len(post_init.receivers))
+    got = _plain_models.get(model)
+    if got is None or got[0] != seen:
+        plain = (getattr(model.from_db, "__func__", None) is _MODEL_FROM_DB
+                 and model.__new__ is object.__new__
+                 and not pre_init.has_listeners(model) and not post_init.has_listeners(model))
+        got = _plain_models[model] = (seen, plain)
+    return got[1]
 
 
 def _rows_ok(qs) -> bool:
-    q = qs.query
-    return (qs._iterable_class is ModelIterable and not q.select_related and not q.annotations
-            and not q.extra_select and q.deferred_loading == (frozenset(), True)
-            and not qs._known_related_objects and not q.combinator)
+    return (qs._iterable_class is ModelIterable and not qs.query.select_related
+            and not qs._known_related_objects)
 
 
 def _as_rows(qs, objs: list):
+    """``objs`` as stored: their attribute dicts, or the instances themselves when a
+    dict would not do (related objects cached on them, memoryview values)."""
     if not _rows_ok(qs):
         return objs
-    names = _fields_of(qs.model)
-    return (ROWS, qs.db, [tuple([getattr(o, n) for n in names]) for o in objs])
-
-
-def _instances(model, db, rows) -> list:
-    """Instances from stored rows. As unpickling does, without calling ``__init__``
-    (which costs as much again): the field values go into ``__dict__`` and a fresh
-    ``_state`` says "loaded from ``db``". A model that overrides ``from_db`` or has
-    ``pre_init``/``post_init`` receivers (ImageField's dimensions) gets ``from_db``."""
-    names = _fields_of(model)
-    if (getattr(model.from_db, "__func__", None) is not _MODEL_FROM_DB
-            or pre_init.has_listeners(model) or post_init.has_listeners(model)):
-        return [model.from_db(db, names, row) for row in rows]
-    new, new_state = model.__new__, ModelState.__new__
-    state_dict = {"db": db, "adding": False}
+    model = qs.model
+    plain = _plain(model)
+    if not plain:
+        q = qs.query
+        names = [f.attname for f in model._meta.concrete_fields]
+        names += [*q.annotation_select, *q.extra_select]
     out = []
-    append = out.append
-    for row in rows:
-        state = new_state(ModelState)
-        state.__dict__ = state_dict.copy()
-        d = dict(zip(names, row, strict=True))
+    for o in objs:
+        od = o.__dict__
+        state = od.get("_state")
+        if type(o) is not model or state is None or state.__dict__.get("fields_cache"):
+            return objs
+        if plain:
+            d = od.copy()
+            del d["_state"]
+        else:
+            d = {n: od[n] for n in names if n in od}
+        for v in d.values():
+            if type(v) is memoryview:
+                return objs
+        out.append(d)
+    return (ROWS, out)
+
+
+def _instances(model, db, dicts: list) -> list:
+    """Instances from stored attribute dicts (fresh copies, owned here): as unpickling
+    does, without ``__init__`` (which costs as much again), a fresh ``_state`` saying
+    "loaded from ``db``"."""
+    if not _plain(model):
+        return [_from_db(model, db, d) for d in dicts]
+    if _STATE_PLAIN:
+        return _core.instances(model, ModelState, db, dicts)
+    out = []
+    for d in dicts:
+        state = ModelState()
+        state.db = db
+        state.adding = False
         d["_state"] = state
-        obj = new(model)
+        obj = model.__new__(model)
         obj.__dict__ = d
-        append(obj)
+        out.append(obj)
     return out
+
+
+def _from_db(model, db, d: dict):
+    names = [f.attname for f in model._meta.concrete_fields if f.attname in d]
+    obj = model.from_db(db, names, [d.pop(n) for n in names])
+    for k, v in d.items():
+        setattr(obj, k, v)
+    return obj
+
+
+def _value_of(qs, value):
+    """A stored value as the caller gets it: instances rebuilt from their dicts."""
+    if type(value) is tuple and len(value) == 2 and value[0] == ROWS:
+        return _instances(qs.model, qs.db, value[1])
+    return value
 
 
 def _deps(qs, compiler):
@@ -224,12 +335,15 @@ def _degrade(exc: Exception) -> None:
 
 
 def _cached(qs, op: str, compute, extra: str = ""):
-    try:
-        key, compiler = key_and_compiler(qs, op, extra)
-    except EmptyResultSet:
-        return compute()
+    key = qs.__dict__.get("_fastcache_key") if op == "fetch" else None  # get()'s clone
+    compiler = None
+    if key is None:
+        try:
+            key, compiler = key_and_compiler(qs, op, extra)
+        except EmptyResultSet:
+            return compute()
     deps = None
-    if connections[qs.db].in_atomic_block:
+    if maybe_dirty() and connections[qs.db].in_atomic_block:
         dirty = dirty_tables(qs.db)
         if dirty:
             deps = _deps(qs, compiler)
@@ -245,9 +359,7 @@ def _cached(qs, op: str, compute, extra: str = ""):
         return compute()
     if value is not MISS:
         cache_read.send(sender=qs.model, func=None, hit=True)
-        if type(value) is tuple and len(value) == 3 and value[0] == ROWS:
-            return _instances(qs.model, value[1], value[2])
-        return value
+        return _value_of(qs, value)
     cache_read.send(sender=qs.model, func=None, hit=False)
     if deps is None:
         deps = _deps(qs, compiler)
@@ -260,8 +372,17 @@ def _cached(qs, op: str, compute, extra: str = ""):
         _degrade(exc)
         return compute()
     if lock and gens is not None and not in_atomic():
-        got = cache.get_or_set(key, lambda: (_tags.ENVELOPE, tags, gens, compute()), timeout)
-        return got[3] if _tags.is_envelope(got) else got
+        computed = []
+
+        def make():
+            v = compute()
+            computed.append(v)
+            return (_tags.ENVELOPE, tags, gens, _as_rows(qs, v) if op == "fetch" else v)
+
+        got = cache.get_or_set(key, make, timeout)
+        if computed:  # this caller computed it: its own instances, not the stored form
+            return computed[0]
+        return _value_of(qs, got[3] if _tags.is_envelope(got) else got)
     value = compute()
     try:
         store(cache, key, _as_rows(qs, value) if op == "fetch" else value, tags, gens,
@@ -273,10 +394,16 @@ def _cached(qs, op: str, compute, extra: str = ""):
 
 # ---------------------------------------------------------------------- QuerySet methods
 
+_OURS = ("_cacheops", "_cachetimeout", "_cachelock", "_fastcache_key")
+
+
 def _clone(self, *args, **kwargs):
-    c = _orig["_clone"](self, *args, **kwargs)
+    if "_fc_lazy" in self.__dict__:
+        c = lazy.clone_lazy(self, _orig["_clone"], *args, **kwargs)
+    else:
+        c = _orig["_clone"](self, *args, **kwargs)
     d = self.__dict__
-    for name in ("_cacheops", "_cachetimeout", "_cachelock"):
+    for name in _OURS:
         if name in d:
             c.__dict__[name] = d[name]
     return c
@@ -363,9 +490,28 @@ def get(self, *args, **kwargs):
                 return obj
             except TypeError:
                 pass  # an unhashable argument: the shared cache instead
-        if "fetch" not in ops:
+        key = None
+        if not args and kwargs and not maybe_dirty() and self._result_cache is None:
+            key = _get_key(self, kwargs)
+            if key is not None:
+                try:
+                    value = lookup(get_cache(), key)
+                except Exception:  # noqa: BLE001 - the path below applies the policy
+                    value = MISS
+                if type(value) is tuple and len(value) == 2 and value[0] == ROWS \
+                        and len(value[1]) == 1:
+                    cache_read.send(sender=self.model, func=None, hit=True)
+                    return _instances(self.model, self.db, value[1])[0]
+                if type(value) is list and len(value) == 1:
+                    cache_read.send(sender=self.model, func=None, hit=True)
+                    return value[0]
+        # The general path: Django's get(), whose fetch is cached (under ``key`` when the
+        # arguments made one, so that the next call finds it above).
+        if key is not None or "fetch" not in ops:
             qs = self._chain()
             qs.__dict__["_cacheops"] = ops | {"fetch"}
+            if key is not None:
+                qs.__dict__["_fastcache_key"] = key
     return _orig["get"](qs, *args, **kwargs)
 
 
@@ -394,7 +540,8 @@ def cache_on_save(model, instance, profile: dict, using: str) -> None:
     """After a commit: stores ``instance`` as the result of ``.get(<field>=<value>)``."""
     field = "pk" if profile["cache_on_save"] is True else profile["cache_on_save"]
     value = getattr(instance, field)
-    qs = model._default_manager.using(using).filter(**{field: value})
+    base = model._default_manager.using(using).all()
+    qs = base.filter(**{field: value})
     if qs.query.can_filter() and not qs.query.distinct_fields:
         qs = qs.order_by()
     qs.query.set_limits(high=MAX_GET_RESULTS)
@@ -404,7 +551,12 @@ def cache_on_save(model, instance, profile: dict, using: str) -> None:
         if compiler is None:
             compiler = key_and_compiler(qs, "fetch", compile_sql=True)[1]
         tags, gens = prepare(cache, dependencies(qs.query, compiler))
-        store(cache, key, [instance], tags, gens, _settings(qs)[0])
+        rows = _as_rows(qs, [instance])
+        timeout = _settings(qs)[0]
+        store(cache, key, rows, tags, gens, timeout)
+        get_key = _get_key(base, {field: value})  # where get() looks first
+        if get_key is not None:
+            store(cache, get_key, rows, tags, gens, timeout)
     except Exception as exc:  # noqa: BLE001
         _degrade(exc)
 
@@ -436,6 +588,8 @@ def install() -> None:
     QuerySet.cache = cache
     QuerySet.nocache = nocache
     QuerySet.invalidated_update = invalidated_update
+    if conf.lazy_filter():
+        lazy.install(_profile)
     for name in ("cache", "nocache", "invalidated_update"):
         setattr(Manager, name, _manager_proxy(name))
     from django.db.models.signals import post_delete, post_save

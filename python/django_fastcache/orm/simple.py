@@ -99,6 +99,13 @@ class _OrmCached(_Cached):
             return self.func(*args, **kwargs)
         cache = self._cache()
         value, gens = _tags.get_tagged(cache, key, tags, self.version)
+        if value is not _tags.MISS and cache._tier is not None:
+            from .query import ask_redis, strict_counters
+
+            if ask_redis(cache._tier):
+                fresh = strict_counters(cache, tags)
+                if fresh != gens:
+                    value, gens = _tags.MISS, (None if None in fresh else fresh)
         cache_read.send(sender=None, func=self.func, hit=value is not _tags.MISS)
         if value is not _tags.MISS:
             return value
@@ -107,6 +114,8 @@ class _OrmCached(_Cached):
             from .query import prepare
 
             _, gens = prepare(cache, self._deps)
+            gens = _tags.generations(cache, tags, create=True)
+        elif gens is None:  # a counter never created yet (the first call after a flush)
             gens = _tags.generations(cache, tags, create=True)
         if self.lock and gens is not None:
             from .transaction import in_atomic

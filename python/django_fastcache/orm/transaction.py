@@ -19,19 +19,27 @@ from collections.abc import Callable, Iterable
 
 from django.db import connections, transaction
 
-__all__ = ["any_dirty", "dirty_tables", "in_atomic", "mark_dirty", "store_after_commit"]
+__all__ = ["any_dirty", "dirty_tables", "in_atomic", "mark_dirty", "maybe_dirty",
+           "store_after_commit"]
 
 
 # The aliases this thread has marked dirty, so that the common case (nothing written in
 # a transaction) costs one attribute read.
 _marked = threading.local()
 
+# Every mark that may still be live in this process, to its connection. While it is empty
+# (no transaction anywhere has written through the ORM) a cached read skips the
+# transaction checks with one truth test. A mark leaves on commit (it is called) or when a
+# check finds it dropped by a rollback (_prune).
+_live: dict = {}
+
 
 class _Marker:
     __slots__ = ()
 
     def __call__(self) -> None:
-        """Run on commit: nothing to do, its presence in run_on_commit is the signal."""
+        """Run on commit: its presence in run_on_commit was the signal; now it is over."""
+        _live.pop(self, None)
 
 
 def _alive(conn, marker) -> bool:
@@ -52,19 +60,45 @@ def mark_dirty(using: str, tables: Iterable[str]) -> None:
         if marker is None or not _alive(conn, marker):
             marker = state[table] = _Marker()
             transaction.on_commit(marker, using=using)
+            _live[marker] = conn
+
+
+def maybe_dirty() -> bool:
+    """False when no open transaction in this process has written (O(1), no connection
+    lookup); True means "ask dirty_tables"."""
+    if not _live:
+        return False
+    _prune()
+    return bool(_live)
+
+
+def _prune() -> None:
+    # Marks of committed transactions left on their own; a rollback drops its marks from
+    # run_on_commit without telling anyone: those whose connection has left its atomic
+    # block are dropped here (one flag read each, on any thread's connection). A mark
+    # that a savepoint rollback dropped inside a transaction still open stays until that
+    # transaction ends or dirty_tables() looks at its connection: meanwhile reads take
+    # the per-connection check, which is exact.
+    for marker, conn in list(_live.items()):
+        if not conn.in_atomic_block:
+            _live.pop(marker, None)
 
 
 def dirty_tables(using: str) -> set[str]:
+    if not _live:
+        return set()
     conn = connections[using]
     state = conn.__dict__.get("_fastcache_dirty")
     if not state:
         return set()
     if not conn.in_atomic_block:
+        for m in state.values():
+            _live.pop(m, None)
         state.clear()
         return set()
     live = {t for t, m in state.items() if _alive(conn, m)}
     for t in set(state) - live:
-        del state[t]
+        _live.pop(state.pop(t), None)
     return live
 
 
@@ -75,7 +109,7 @@ def _initialized():
 def any_dirty() -> bool:
     """Whether some open transaction (on any database) has written."""
     aliases = getattr(_marked, "aliases", None)
-    if not aliases:
+    if not aliases or not _live:
         return False
     for alias in list(aliases):
         if dirty_tables(alias):

@@ -696,7 +696,8 @@ private:
 // Pauses CPython's cyclic collector while a body is built. The builder makes a tree of
 // new objects that cannot hold a cycle, so a collection in between frees nothing, yet a
 // body of many small containers would trigger one every 700 of them: a 1 MiB body of
-// empty lists took 4x longer with the collector on.
+// empty lists took 4x longer with the collector on, and in a process with a large heap
+// (a full test run) an older-generation collection made one JSON body cost 170 ms.
 class GcPause {
 public:
     GcPause() : was_enabled_(PyGC_Disable()) {}
@@ -1207,7 +1208,11 @@ py::object decode(std::string_view data, const CodecOptions& o) {
         }
         py::object in = inflated ? inflated : bytes_of(rest);
         if (!in) throw_python();
-        PyObject* v = PyObject_CallOneArg(g.json_loads, in.ptr());
+        PyObject* v;
+        {
+            GcPause pause;  // as for msgpack: in a large heap a collection costs ~100 ms
+            v = PyObject_CallOneArg(g.json_loads, in.ptr());
+        }
         if (!v) throw_python();  // DecodeError from _bodies
         return py::reinterpret_steal<py::object>(v);
     }

@@ -79,12 +79,17 @@ def postgres():
         yield server
 
 
-@pytest.mark.slow
-def test_orm_scenarios_on_postgresql(postgres):
-    env = {**os.environ, "ORM_TEST_PG_PORT": str(postgres.port)}
+def run_orm_scenarios(**env: str) -> None:
+    """Runs test_orm.py's scenarios in a fresh interpreter with ``env`` added (the
+    settings they read at start-up); every one must pass, none may skip."""
     done = subprocess.run(
         [sys.executable, "-m", "pytest", str(HERE / "test_orm.py"), "-q", "-x",
-         "-p", "no:cacheprovider"], cwd=HERE.parent, env=env, capture_output=True,
-        text=True, timeout=600)
+         "-p", "no:cacheprovider"], cwd=HERE.parent, env={**os.environ, **env},
+        capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "skipped" not in done.stdout
+
+
+@pytest.mark.slow
+def test_orm_scenarios_on_postgresql(postgres):
+    run_orm_scenarios(ORM_TEST_PG_PORT=str(postgres.port))

@@ -267,20 +267,27 @@ def drf_wait(throttle, history):
     return None if available <= 0 else remaining / float(available)
 
 
-@pytest.mark.parametrize("rate", ["3/min", "5/sec", "2/hour"])
-def test_same_decisions_and_waits_as_drf_on_the_same_cache(store_cache, rate):
+def ours_and_drfs(store_cache, rate: str, seed: str, divisors: tuple, *,
+                  read_history: bool = False) -> tuple[list, list]:
+    """The same 300 seeded requests (two clients, gaps of 0, period/divisor or 2 periods)
+    through our AnonRateThrottle and DRF's on one cache, each from a cleared cache."""
     cache, name = store_cache
-    rng = random.Random(f"{name}{rate}")
+    rng = random.Random(f"{seed}{name}{rate}")
     d = limiter.parse_rate(rate).period
-    steps = [(rng.choice(["1.1.1.1", "2.2.2.2"]),
-              rng.choice([0.0, 0.0, d / 70, d / 11, d / 3, d * 2])) for _ in range(300)]
+    gaps = [0.0, 0.0, *(d / n for n in divisors), d * 2]
+    steps = [(rng.choice(["1.1.1.1", "2.2.2.2"]), rng.choice(gaps)) for _ in range(300)]
     theirs = type("Drf", (drf.AnonRateThrottle,), {"rate": rate, "cache": cache})
     ours = type("Ours", (AnonRateThrottle,), {"rate": rate, "cache": cache})
     cache.clear()
-    expected = run_sequence(theirs, steps)
+    expected = run_sequence(theirs, steps, read_history=read_history)
     cache.clear()
     reset_limits()
-    got = run_sequence(ours, steps)
+    return run_sequence(ours, steps, read_history=read_history), expected
+
+
+@pytest.mark.parametrize("rate", ["3/min", "5/sec", "2/hour"])
+def test_same_decisions_and_waits_as_drf_on_the_same_cache(store_cache, rate):
+    got, expected = ours_and_drfs(store_cache, rate, "", (70, 11, 3))
     assert [a for a, _ in got] == [a for a, _ in expected]
     assert sum(1 for a, _ in got if not a) > 10
     for (_, mine), (_, drfs) in zip(got, expected, strict=True):
@@ -296,18 +303,7 @@ def test_history_and_the_waits_read_from_it_are_drfs_on_the_same_cache(store_cac
     microsecond: on a clock that moves in whole microseconds (steps exact in binary, so
     DRF's float arithmetic is exact too, window boundaries included) the history and the
     waits DRF-style code computes from it are DRF's, equal to the last bit."""
-    cache, name = store_cache
-    rng = random.Random(f"history{name}{rate}")
-    d = limiter.parse_rate(rate).period
-    steps = [(rng.choice(["1.1.1.1", "2.2.2.2"]),
-              rng.choice([0.0, 0.0, d / 64, d / 16, d / 4, d * 2])) for _ in range(300)]
-    theirs = type("Drf", (drf.AnonRateThrottle,), {"rate": rate, "cache": cache})
-    ours = type("Ours", (AnonRateThrottle,), {"rate": rate, "cache": cache})
-    cache.clear()
-    expected = run_sequence(theirs, steps, read_history=True)
-    cache.clear()
-    reset_limits()
-    got = run_sequence(ours, steps, read_history=True)
+    got, expected = ours_and_drfs(store_cache, rate, "history", (64, 16, 4), read_history=True)
     assert sum(1 for row in got if not row[0]) > 10
     for step, (mine, drfs) in enumerate(zip(got, expected, strict=True)):
         # (allowed, history newest first, DRF's formula over it, wait())

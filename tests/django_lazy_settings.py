@@ -1,0 +1,67 @@
+"""Settings for Django's own ``tests/runtests.py`` (``--settings=django_lazy_settings``)
+with FASTCACHE_ORM_LAZY_FILTER installed into the process: test_orm_lazy_django_suite.py.
+
+runtests.py builds its own INSTALLED_APPS, so our app's ``ready()`` never runs: the
+runner below installs the lazy filter (lazy.install) alone, before the first test. Every model
+has a profile (``*.*``: a filter() is deferred only on a cached model) while
+CACHEOPS_ENABLED is False: nothing is read from or stored in a cache, only the lazy
+filter changes what Django does.
+
+FASTCACHE_SUITE_LAZY: "0" installs nothing (the baseline), "1" the lazy filter as it
+ships (a filter seen for the first time is built at once, lazy.py), "always" defers
+every filter it can, even the first time (Django's errors then come later: those tests
+are expected to differ; any other difference is one "1" has as well, on a repeat).
+FASTCACHE_SUITE_RESULT: a file the outcome of every test is written to (JSON).
+"""
+
+import json
+import os
+
+from django.test.runner import DiscoverRunner
+from test_sqlite import DATABASES, DEFAULT_AUTO_FIELD, PASSWORD_HASHERS, SECRET_KEY, USE_TZ
+
+MODE = os.environ.get("FASTCACHE_SUITE_LAZY", "1")
+
+__all__ = ["DATABASES", "DEFAULT_AUTO_FIELD", "PASSWORD_HASHERS", "SECRET_KEY", "USE_TZ"]
+
+CACHEOPS = {"*.*": {"ops": "all", "timeout": 60}}
+CACHEOPS_ENABLED = False
+FASTCACHE_ORM_LAZY_FILTER = MODE != "0"
+TEST_RUNNER = "django_lazy_settings.Runner"
+COUNTS = {"deferred": 0, "built": 0}
+
+
+class Runner(DiscoverRunner):
+    def setup_test_environment(self, **kwargs):
+        super().setup_test_environment(**kwargs)
+        if MODE == "0":
+            return
+        from django_fastcache.orm import lazy, query
+
+        # The lazy filter alone: query.install() would also add Manager methods and
+        # post_save/post_delete receivers (which turn Django's fast deletes off).
+        lazy.install(query._profile)
+        known = lazy.shape_known
+
+        def shape_known(fp, a):
+            # How many filter() calls were deferred and how many built at once.
+            got = True if MODE == "always" else known(fp, a)
+            COUNTS["deferred" if got else "built"] += 1
+            return got
+
+        lazy.shape_known = shape_known
+
+    def suite_result(self, suite, result, **kwargs):
+        path = os.environ.get("FASTCACHE_SUITE_RESULT")
+        if path:
+            outcome = {}
+            for name in ("errors", "failures", "unexpectedSuccesses"):
+                for item in getattr(result, name):
+                    test = item[0] if isinstance(item, tuple) else item
+                    outcome[test.id()] = name
+            with open(path, "w") as f:
+                json.dump({"run": result.testsRun, "skipped": len(result.skipped), **COUNTS,
+                           "bad": outcome,
+                           "tracebacks": {t.id(): tb for t, tb in
+                                          result.errors + result.failures}}, f, indent=1)
+        return super().suite_result(suite, result, **kwargs)

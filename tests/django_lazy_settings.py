@@ -18,6 +18,7 @@ import json
 import os
 
 from django.test.runner import DiscoverRunner
+from django.test.utils import iter_test_cases
 from test_sqlite import DATABASES, DEFAULT_AUTO_FIELD, PASSWORD_HASHERS, SECRET_KEY, USE_TZ
 
 MODE = os.environ.get("FASTCACHE_SUITE_LAZY", "1")
@@ -51,6 +52,10 @@ class Runner(DiscoverRunner):
 
         lazy.shape_known = shape_known
 
+    def run_suite(self, suite, **kwargs):
+        self.test_ids = [test.id() for test in iter_test_cases(suite)]  # run() empties it
+        return super().run_suite(suite, **kwargs)
+
     def suite_result(self, suite, result, **kwargs):
         path = os.environ.get("FASTCACHE_SUITE_RESULT")
         if path:
@@ -59,9 +64,16 @@ class Runner(DiscoverRunner):
                 for item in getattr(result, name):
                     test = item[0] if isinstance(item, tuple) else item
                     outcome[test.id()] = name
+            per_label = {}  # app label: [tests, skipped, failed]
+            skipped = {t.id() for t, _ in result.skipped}
+            for test_id in self.test_ids:
+                row = per_label.setdefault(test_id.split(".")[0], [0, 0, 0])
+                row[0] += 1
+                row[1] += test_id in skipped
+                row[2] += test_id in outcome
             with open(path, "w") as f:
                 json.dump({"run": result.testsRun, "skipped": len(result.skipped), **COUNTS,
-                           "bad": outcome,
+                           "bad": outcome, "per_label": per_label,
                            "tracebacks": {t.id(): tb for t, tb in
                                           result.errors + result.failures}}, f, indent=1)
         return super().suite_result(suite, result, **kwargs)

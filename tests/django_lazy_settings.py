@@ -11,6 +11,8 @@ FASTCACHE_SUITE_LAZY: "0" installs nothing (the baseline), "1" the lazy filter a
 ships (a filter seen for the first time is built at once, lazy.py), "always" defers
 every filter it can, even the first time (Django's errors then come later: those tests
 are expected to differ; any other difference is one "1" has as well, on a repeat).
+FASTCACHE_SUITE_PG_PORT: run on the PostgreSQL server listening there instead of SQLite
+(each mode in databases of its own, so that two runs may share the server).
 FASTCACHE_SUITE_RESULT: a file the outcome of every test is written to (JSON).
 """
 
@@ -22,6 +24,11 @@ from django.test.utils import iter_test_cases
 from test_sqlite import DATABASES, DEFAULT_AUTO_FIELD, PASSWORD_HASHERS, SECRET_KEY, USE_TZ
 
 MODE = os.environ.get("FASTCACHE_SUITE_LAZY", "1")
+PG_PORT = os.environ.get("FASTCACHE_SUITE_PG_PORT")
+if PG_PORT:  # a PostgreSQL started by the test (test_orm_pg.PostgresServer)
+    DATABASES = {alias: {"ENGINE": "django.db.backends.postgresql", "HOST": "127.0.0.1",
+                         "PORT": PG_PORT, "USER": "postgres", "NAME": f"{alias}_{MODE}"}
+                 for alias in ("default", "other")}
 
 __all__ = ["DATABASES", "DEFAULT_AUTO_FIELD", "PASSWORD_HASHERS", "SECRET_KEY", "USE_TZ"]
 

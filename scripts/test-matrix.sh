@@ -19,7 +19,8 @@ ENTRIES=(
 TESTS=${MATRIX_TESTS:-"tests/test_core_cpp.py tests/test_codec.py tests/test_cache_l1.py \
 tests/test_throttling_fastpath.py tests/test_throttling_algorithms.py tests/test_throttling_drf.py \
 tests/test_throttle_stores.py tests/test_throttle_async_setups.py \
-tests/test_redis_client.py tests/test_django_suite.py tests/test_log_compat.py"}
+tests/test_redis_client.py tests/test_django_suite.py tests/test_log_compat.py \
+tests/test_orm_lazy_django_suite.py"}
 
 find_python() {
   # pyenv's shims answer for every version name but run only the selected ones, so each

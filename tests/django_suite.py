@@ -21,30 +21,51 @@ VERSION = django.get_version()
 TARGET = ROOT / "build" / "django-tests" / VERSION
 
 
-def ensure() -> Path:
-    """The directory holding the ``cache`` test package; fetches it if needed."""
-    package = TARGET / "cache"
-    if (package / "tests.py").exists():
-        return TARGET
+def sdist() -> Path:
+    """The installed Django's source distribution, downloaded once into build/."""
     sdist_dir = ROOT / "build" / "django-sdist"
-    sdist = sdist_dir / f"django-{VERSION}.tar.gz"
-    if not sdist.exists():
+    path = sdist_dir / f"django-{VERSION}.tar.gz"
+    if not path.exists():
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:",
              "--no-deps", "--dest", str(sdist_dir), f"django=={VERSION}"],
             check=True, timeout=300,
         )
-    prefix = f"django-{VERSION}/tests/cache/"
-    package.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(sdist) as tar:
+    return path
+
+
+def extract(inside: str, dest: Path, recursive: bool = False) -> None:
+    """Writes the sdist's files under ``tests/<inside>`` (its direct files only, unless
+    ``recursive``) into ``dest``."""
+    prefix = f"django-{VERSION}/tests/{inside}"
+    with tarfile.open(sdist()) as tar:
         for member in tar.getmembers():
             if member.isfile() and member.name.startswith(prefix):
                 name = member.name[len(prefix):]
-                if "/" in name:
+                if ("/" in name and not recursive) or ".." in name.split("/"):
                     continue
-                data = tar.extractfile(member).read()
-                (package / name).write_bytes(data)
+                out = dest / name
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(tar.extractfile(member).read())
+
+
+def ensure() -> Path:
+    """The directory holding the ``cache`` test package; fetches it if needed."""
+    package = TARGET / "cache"
+    if not (package / "tests.py").exists():
+        extract("cache/", package)
     return TARGET
+
+
+def ensure_all() -> Path:
+    """Django's whole ``tests/`` directory (``runtests.py`` and every test app), extracted
+    once under build/django-tests/<version>/all/; returns that directory."""
+    tests = TARGET / "all"
+    marker = tests / ".complete"
+    if not marker.exists():
+        extract("", tests, recursive=True)
+        marker.touch()
+    return tests
 
 
 def install() -> bool:

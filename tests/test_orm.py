@@ -965,3 +965,27 @@ def test_lazy_filter_reads_its_arguments_when_filter_is_called(blog, reads, lazy
         assert titles(by_ids) == ["a1"]
     finally:
         a.pk = a_pk
+
+
+def test_lazy_filter_forgets_what_it_knew_when_lookups_change(blog, reads, lazy):
+    """A filter built once is deferred when seen again, unless a lookup was registered or
+    unregistered meanwhile: it may not build any more, and Django raises in filter()."""
+    from django.core.exceptions import FieldError
+    from django.db.models import CharField
+    from django.db.models.functions import Upper
+    from django.test.utils import register_lookup
+
+    with register_lookup(CharField, Upper):
+        Post.objects.filter(title__upper="A1")  # built: known from now on
+        assert "_fc_lazy" in Post.objects.filter(title__upper="A1").__dict__
+        assert titles(Post.objects.filter(title__upper="A1")) == ["a1"]
+    with pytest.raises(FieldError):
+        Post.objects.filter(title__upper="A1")
+
+
+def test_lazy_filter_keeps_an_instance_of_another_model_eager(blog, reads, lazy):
+    # Django rejects it in filter(); it is never replayed as its primary key.
+    tag = Tag.objects.create(name="t")
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            Post.objects.filter(author=tag)

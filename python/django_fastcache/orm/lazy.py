@@ -13,7 +13,8 @@ Django raises a bad lookup's error (``FieldError``, ``ValueError``, ``Validation
 from ``filter()`` itself. A deferred filter would raise it later, so the first time a
 filter (the same query before it, the same names, types and values) is seen in this
 process it is built at once (and kept: nothing is built twice); once it has been built
-without error it is known to build again, and is deferred from then on.
+without error it is known to build again, and is deferred from then on (until a lookup
+is registered or unregistered: what is known is forgotten then).
 Replaying never mutates what another thread may read: it works on a copy and swaps it in.
 """
 
@@ -40,14 +41,15 @@ _cloning = threading.local()  # the lazy queryset being cloned by this thread, i
 def _replayable(model, kwargs: dict):
     """The arguments to apply later, as Django would read them now; None when some value
     could change meanwhile in a way Django would not have seen: a list given to __in may
-    be mutated, a model instance's fields may be. An instance given for a foreign key to
-    its model's primary key is replayed as that key's value now (the same lookup, the
-    same SQL); any other instance keeps the filter eager."""
+    be mutated, a model instance's fields may be. An instance of the related model given
+    for a foreign key to its primary key is replayed as that key's value now (the same
+    lookup, the same SQL); any other instance (one of another model, which Django
+    rejects) keeps the filter eager."""
     out = kwargs
     for name, v in kwargs.items():
         if type(v) in _PLAIN:
             continue
-        if not isinstance(v, Model) or not fk_to_pk(model, name):
+        if not isinstance(v, Model) or fk_target(model, name) is not v._meta.concrete_model:
             return None
         if out is kwargs:
             out = dict(kwargs)
@@ -58,20 +60,28 @@ def _replayable(model, kwargs: dict):
 _fk_memo: dict = {}
 
 
-def fk_to_pk(model, name: str) -> bool:
-    """Whether ``name`` is a foreign key of ``model`` to its related model's primary key
-    (so that an instance given for it stands for that key's value)."""
-    got = _fk_memo.get((model, name))
-    if got is None:
-        try:
-            field = model._meta.get_field(name)
-        except FieldDoesNotExist:
-            got = False
-        else:
-            got = (isinstance(field, ForeignKey)
-                   and field.target_field is field.related_model._meta.pk)
-        _fk_memo[(model, name)] = got
+def fk_target(model, name: str):
+    """The concrete related model when ``name`` is a foreign key of ``model`` to that
+    model's primary key (so that an instance given for it stands for that key's value),
+    else None."""
+    try:
+        return _fk_memo[(model, name)]
+    except KeyError:
+        pass
+    try:
+        field = model._meta.get_field(name)
+    except FieldDoesNotExist:
+        got = None
+    else:
+        got = (field.related_model._meta.concrete_model
+               if isinstance(field, ForeignKey)
+               and field.target_field is field.related_model._meta.pk else None)
+    _fk_memo[(model, name)] = got
     return got
+
+
+def fk_to_pk(model, name: str) -> bool:
+    return fk_target(model, name) is not None
 
 
 def _filter_or_exclude(self, negate, args, kwargs):
@@ -127,13 +137,15 @@ def __getitem__(self, k):
     return _orig["__getitem__"](self, k)
 
 
-def clone_lazy(self, clone, *args, **kwargs):
+def _clone(self, *args, **kwargs):
     """``QuerySet._clone`` of a lazy queryset: Django's, given the Query before the
     deferred operations, which the clone records in turn."""
-    lazy = self.__dict__["_fc_lazy"]
+    lazy = self.__dict__.get("_fc_lazy")
+    if lazy is None:
+        return _orig["_clone"](self, *args, **kwargs)
     _cloning.qs = self
     try:
-        c = clone(self, *args, **kwargs)
+        c = _orig["_clone"](self, *args, **kwargs)
     finally:
         _cloning.qs = None
     c.__dict__["_fc_lazy"] = (c._query, lazy[1], lazy[2])
@@ -173,6 +185,31 @@ def __getstate__(self):
     return _orig["__getstate__"](self)
 
 
+def _forgetting(method):
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        finally:
+            _good.clear()
+
+    return wrapper
+
+
+def _forget_on_lookup_changes() -> None:
+    """A filter that built once may not build again (or build otherwise) after a lookup
+    or transform is registered or unregistered: what was learnt about filters is
+    forgotten then, so that the next one is built (its errors raised) in filter()."""
+    from django.db.models.query_utils import RegisterLookupMixin
+
+    for name in ("register_lookup", "_unregister_lookup"):
+        d = RegisterLookupMixin.__dict__[name]
+        if hasattr(d, "class_method") and hasattr(d, "instance_method"):  # Django >= 4.2
+            d.class_method = _forgetting(d.class_method)
+            d.instance_method = _forgetting(d.instance_method)
+        else:
+            setattr(RegisterLookupMixin, name, classmethod(_forgetting(d.__func__)))
+
+
 def install(profile) -> None:
     """Patches QuerySet (once; only when the setting is on: the ``query`` property it
     wraps is read on every queryset operation). ``profile``: query._profile."""
@@ -183,7 +220,10 @@ def install(profile) -> None:
     _orig["__getitem__"] = QuerySet.__getitem__
     _orig["query"] = QuerySet.__dict__["query"]
     _orig["__getstate__"] = QuerySet.__getstate__
+    _orig["_clone"] = QuerySet._clone  # query.py's, when it is installed first
+    QuerySet._clone = _clone
     QuerySet._filter_or_exclude = _filter_or_exclude
     QuerySet.__getitem__ = __getitem__
     QuerySet.__getstate__ = __getstate__
     QuerySet.query = property(_get_query, _set_query)
+    _forget_on_lookup_changes()

@@ -398,10 +398,7 @@ _OURS = ("_cacheops", "_cachetimeout", "_cachelock", "_fastcache_key")
 
 
 def _clone(self, *args, **kwargs):
-    if "_fc_lazy" in self.__dict__:
-        c = lazy.clone_lazy(self, _orig["_clone"], *args, **kwargs)
-    else:
-        c = _orig["_clone"](self, *args, **kwargs)
+    c = _orig["_clone"](self, *args, **kwargs)  # a lazy queryset's: lazy._clone
     d = self.__dict__
     for name in _OURS:
         if name in d:

@@ -6,8 +6,9 @@ For SQLite (a file) and PostgreSQL (started here with initdb/pg_ctl on a free po
 one redis-server (started here): ``Post.objects.filter(author=a)[:20]`` (20 instances)
 and ``Post.objects.get(pk=...)`` uncached, as a hit of ours on the embedded default (no
 server), on Redis (the coherent L1), on Redis with FASTCACHE_ORM_STRICT (each hit checks
-its counters in Redis), on Redis with FASTCACHE_ORM_LAZY_FILTER (a hit builds no filter)
-and as a hit of cacheops' on the same Redis; then the time a
+its counters in Redis), on Redis with FASTCACHE_ORM_LAZY_FILTER=False ("eager": a hit
+builds the filter as Django does; the default defers it) and as a hit of cacheops' on
+the same Redis; then the time a
 ``save()`` takes with each library's invalidation minus the same save inside the library's
 ``no_invalidation``. Each library runs in its own process (both patch QuerySet); a last
 process with neither measures what building the querysets costs in plain Django, the part
@@ -63,7 +64,7 @@ def worker(cfg: dict) -> dict:
                            CACHES={"default": {"BACKEND": "django_fastcache.cache.FastCache",
                                                "LOCATION": location, "KEY_PREFIX": "bench"}},
                            FASTCACHE_ORM_STRICT=lib == "fastcache-strict",
-                           FASTCACHE_ORM_LAZY_FILTER=lib == "fastcache-lazy", **common)
+                           FASTCACHE_ORM_LAZY_FILTER=lib != "fastcache-eager", **common)
     django.setup()
     from django.db import connection
     from ormapp.models import Author, Post, Tag
@@ -181,7 +182,7 @@ def main() -> None:
                   f"Python {sys.version.split()[0]}; µs per operation (best of 5)\n")
             rows = ["list hit", "get hit", "list uncached", "get uncached", "save",
                     "save quiet", "save cost"]
-            libs = ["fastcache", "fastcache-redis", "fastcache-strict", "fastcache-lazy",
+            libs = ["fastcache", "fastcache-redis", "fastcache-strict", "fastcache-eager",
                     "cacheops"]
             for name, extra in dbs:
                 results = {}
@@ -191,8 +192,8 @@ def main() -> None:
                            "create": i == 0, **extra}
                     results[lib] = run(lib, cfg)
                 print(f"{name}:")
-                print(f"  {'':<16}{'fastcache L1':>13}{'Redis':>8}{'strict':>8}{'lazy':>8}"
-                      f"{'cacheops':>10}{'cacheops/Redis':>16}{'cacheops/lazy':>15}")
+                print(f"  {'':<16}{'fastcache L1':>13}{'Redis':>8}{'strict':>8}{'eager':>8}"
+                      f"{'cacheops':>10}{'cacheops/Redis':>16}{'cacheops/eager':>15}")
                 for row in rows:
                     f, fr, fs, fl, c = (results[lib][row] for lib in libs)
                     ratio = f"{c / fr:>15.1f}x" if fr > 0 and c > 0 else f"{'-':>16}"
@@ -203,18 +204,20 @@ def main() -> None:
                       f"{plain['list build']:.1f}, what get(pk=) builds "
                       f"{plain['get build']:.1f}; uncached list {plain['list uncached']:.1f}, "
                       f"get {plain['get uncached']:.1f}")
-                # The user's own queryset building is paid on every hit by both libraries:
-                # cacheops' hit over it is the best ratio any cache could reach.
-                ours = results["fastcache-redis"]["list hit"]
+                # With filter() built (FASTCACHE_ORM_LAZY_FILTER=False) the user's own
+                # queryset building is paid on every hit by both libraries: cacheops' hit
+                # over it is the best ratio such a cache could reach.
+                ours = results["fastcache-eager"]["list hit"]
                 theirs = results["cacheops"]["list hit"]
                 build = plain["list build"]
-                print(f"  list hit: ours {ours:.1f} = Django's building {build:.1f} "
+                print(f"  eager list hit: ours {ours:.1f} = Django's building {build:.1f} "
                       f"({build / ours:.0%}) + ours {ours - build:.1f}; 10x needs "
                       f"<= {theirs / 10:.1f}; a zero-cost cache would reach "
                       f"{theirs / build:.1f}x")
-                lazy = results["fastcache-lazy"]["list hit"]
-                print(f"  list hit with FASTCACHE_ORM_LAZY_FILTER (no filter built): {lazy:.1f}, "
-                      f"{theirs / lazy:.1f}x cacheops'")
+                lazy = results["fastcache-redis"]["list hit"]
+                print(f"  list hit as shipped (filter deferred, not built on a hit): {lazy:.1f}, "
+                      f"{theirs / lazy:.1f}x cacheops' (target >= 10x: "
+                      f"{'met' if theirs / lazy >= 10 else 'NOT met'})")
                 ours = results["fastcache-redis"]["get hit"]
                 theirs = results["cacheops"]["get hit"]
                 print(f"  get hit: ours {ours:.1f} (Django's filter() is not built on a hit); "

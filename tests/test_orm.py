@@ -888,6 +888,16 @@ def lazy(settings):
     settings.FASTCACHE_ORM_LAZY_FILTER = True
 
 
+def test_the_lazy_filter_is_on_unless_a_site_turns_it_off(settings):
+    from django_fastcache.orm import conf
+
+    del settings.FASTCACHE_ORM_LAZY_FILTER  # this suite sets it; a site usually does not
+    conf._state.clear()  # (a deletion sends no setting_changed)
+    assert conf.lazy_filter() is True
+    settings.FASTCACHE_ORM_LAZY_FILTER = False
+    assert conf.lazy_filter() is False
+
+
 def test_lazy_filter_hit_builds_no_filter(blog, reads, lazy, monkeypatch):
     """FASTCACHE_ORM_LAZY_FILTER: a hit on filter(**plain)[a:b] never builds the
     filtered Query; a miss builds it exactly as Django would."""

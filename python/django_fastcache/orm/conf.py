@@ -1,8 +1,8 @@
 """The ORM cache's settings, read as django-cacheops reads them (``CACHEOPS``,
 ``CACHEOPS_DEFAULTS``, ``CACHEOPS_ENABLED``, ``CACHEOPS_DEGRADE_ON_FAILURE``), plus
 ``FASTCACHE_ORM_CACHE``: the alias in ``CACHES`` the entries live in (default
-``"default"``), ``FASTCACHE_ORM_STRICT`` and ``FASTCACHE_ORM_LAZY_FILTER`` (default
-False, see ``strict()`` and ``lazy_filter()``). Read
+``"default"``), ``FASTCACHE_ORM_STRICT`` (default False, see ``strict()``) and
+``FASTCACHE_ORM_LAZY_FILTER`` (default True, see ``lazy_filter()``). Read
 lazily, validated once at start-up (``validate()``, called from the app's ``ready()``),
 reset when a test changes a setting."""
 
@@ -126,7 +126,7 @@ def _load() -> dict:
                   enabled=getattr(settings, "CACHEOPS_ENABLED", True),
                   degrade=getattr(settings, "CACHEOPS_DEGRADE_ON_FAILURE", False),
                   strict=getattr(settings, "FASTCACHE_ORM_STRICT", False),
-                  lazy_filter=getattr(settings, "FASTCACHE_ORM_LAZY_FILTER", False))
+                  lazy_filter=getattr(settings, "FASTCACHE_ORM_LAZY_FILTER", True))
     return _state
 
 

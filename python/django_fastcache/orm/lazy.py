@@ -1,6 +1,7 @@
-"""Deferred ``filter()`` for cached querysets (``FASTCACHE_ORM_LAZY_FILTER``, off by
-default): building a filter (Django's ``add_q``) costs more than the rest of a cache hit
-together, so a hit that never needs the filtered Query should not build it.
+"""Deferred ``filter()`` for cached querysets (``FASTCACHE_ORM_LAZY_FILTER``, on by
+default; Django's own ORM tests end alike with and without it, see docs/orm.md):
+building a filter (Django's ``add_q``) costs more than the rest of a cache hit together,
+so a hit that never needs the filtered Query should not build it.
 
 ``Manager.filter(**kwargs)`` with plain values (or saved model instances), and a slice
 taken right after it, are recorded on the queryset (``_fc_lazy``: a Query, the

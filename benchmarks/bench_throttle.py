@@ -7,7 +7,11 @@ request (authenticated as anonymous, as DRF does before throttling).
 Stores: DRF on LocMemCache, on django-redis and on Django's RedisCache; ours in-process
 (the embedded FastCache's C++ table), on a FastCache with a Redis LOCATION, and through
 django-redis's and Django RedisCache's own clients (one EVALSHA each), and the peek
-(``throttle.peek(request)``, counting nothing). All Redis alternatives use one
+(``throttle.peek(request)``, counting nothing). Our Redis rows run as shipped: a FastCache
+answers repeated denials from the process (``FASTCACHE_THROTTLE["DENIAL_MEMO"]``, on for
+FastCache by default); django-redis and Django's RedisCache are measured both as shipped
+(memo off: their ``clear()`` is a FLUSHDB) and with ``DENIAL_MEMO = True`` ("+ memo").
+All Redis alternatives use one
 redis-server. After the table, an exactness run: 16 threads x 40 checks of one client
 against a limit of 100 on each Redis store (exact means 100 allowed). Histories of 100
 and 10,000 entries, in two regimes: "allowed" (the window
@@ -39,6 +43,9 @@ settings.configure(
     INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth"],
     CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}},
     REST_FRAMEWORK={"NUM_PROXIES": None},
+    # On for every store; the as-shipped django-redis and RedisCache rows turn it off on
+    # their own store below (their default).
+    FASTCACHE_THROTTLE={"DENIAL_MEMO": True},
     SECRET_KEY="bench-not-secret",  # FastCache signs pickles with a key derived from it
 )
 django.setup()
@@ -126,6 +133,12 @@ def main():
         # the prefix) must not be woken by django-redis's writes of DRF's history.
         fastcache_redis = FastCache(server.url, {"KEY_PREFIX": "fcbench"})
         dj_rediscache = RedisCache(server.url, {})
+        # The as-shipped rows: no memo on django-redis and Django's RedisCache (the
+        # default); the "+ memo" rows use other instances of the same caches.
+        limiter._store_for(dj_redis)._memo = None
+        limiter._store_for(dj_rediscache)._memo = None
+        dj_redis_memo = DjangoRedisCache(server.url, {})
+        dj_rediscache_memo = RedisCache(server.url, {})
         locmem = LocMemCache("bench", {})
         embedded = FastCache("bench-embedded", {})
         dedicated = client.connection_pool.get_connection()
@@ -163,6 +176,10 @@ def main():
                     ("ours, Django RedisCache", throttling.AnonRateThrottle, dj_rediscache,
                      redis_attrs, 300),
                     ("ours, Redis", throttling.AnonRateThrottle, fastcache_redis, redis_attrs, 300),
+                    ("ours, django-redis + memo", throttling.AnonRateThrottle, dj_redis_memo,
+                     redis_attrs, 300),
+                    ("ours, Django RedisCache + memo", throttling.AnonRateThrottle,
+                     dj_rediscache_memo, redis_attrs, 300),
                 ]
                 limiter.clear_local()
                 client.flushall()
@@ -198,6 +215,12 @@ def main():
                 rows.append((f"  ratio DRF / ours, both RedisCache [{regime}]", history,
                              results["DRF, Django RedisCache"]
                              / results["ours, Django RedisCache"]))
+                rows.append((f"  ratio DRF / ours + memo, django-redis [{regime}]", history,
+                             results["DRF, django-redis"]
+                             / results["ours, django-redis + memo"]))
+                rows.append((f"  ratio DRF / ours + memo, RedisCache [{regime}]", history,
+                             results["DRF, Django RedisCache"]
+                             / results["ours, Django RedisCache + memo"]))
                 rows.append((f"  ratio ours Redis / PING [{regime}]", history,
                              results["ours, Redis"] / ping))
         dedicated.disconnect()
@@ -207,7 +230,11 @@ def main():
                                   ("DRF, Django RedisCache", drf.AnonRateThrottle, dj_rediscache),
                                   ("ours, Django RedisCache", throttling.AnonRateThrottle,
                                    dj_rediscache),
-                                  ("ours, Redis", throttling.AnonRateThrottle, fastcache_redis)):
+                                  ("ours, Redis", throttling.AnonRateThrottle, fastcache_redis),
+                                  ("ours, django-redis + memo", throttling.AnonRateThrottle,
+                                   dj_redis_memo),
+                                  ("ours, Django RedisCache + memo", throttling.AnonRateThrottle,
+                                   dj_rediscache_memo)):
             client.flushall()
             exact.append((name, storm(type("S", (base,), {"cache": cache, "rate": "100/hour"}),
                                       request)))

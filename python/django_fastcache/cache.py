@@ -506,6 +506,12 @@ class FastCache(StructureCommands, BaseCache):
             from . import limiter
 
             limiter.clear_embedded(self._location)
+        else:
+            # Denials the throttles remember (_denials.py) go now, not when the listener
+            # hears of the deletes: a check right after clear() asks Redis.
+            from . import _denials
+
+            _denials.forget_all()
 
     def invalidate_tags(self, *tags: str) -> None:
         """Makes every entry stored with any of ``tags`` a miss: one atomic increment per

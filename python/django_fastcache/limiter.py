@@ -21,6 +21,10 @@ Settings (all optional), read lazily from ``settings.FASTCACHE_THROTTLE``::
         "RULES": [],                  # RateLimitMiddleware's per-path rules
         "ENABLED": True,              # False: no limit applies (tests, incidents)
         "BLOCKED": None,              # plain-Django 429: a view or exception class path
+        "DENIAL_MEMO": None,          # repeated denials answered in the process while
+                                      # Redis tracking says nothing changed (_denials.py):
+                                      # None: on FastCache; True: also on django-redis and
+                                      # Django's RedisCache; False: off
     }
 """
 
@@ -88,6 +92,7 @@ _DEFAULTS: dict[str, Any] = {
     "TRUSTED_PROXIES": None,
     "IPV6_PREFIX": 64,
     "BLOCKED": None,
+    "DENIAL_MEMO": None,
 }
 
 # ---------------------------------------------------------------------------- rates
@@ -453,7 +458,7 @@ class RedisStore:
     kind = "redis"
 
     def __init__(self, client: Any, breaker: Any, make_key: Any = None,
-                 async_client: Any = None, wire: Any = None) -> None:
+                 async_client: Any = None, wire: Any = None, *, fastcache: bool = False) -> None:
         from redis.exceptions import NoScriptError
 
         from .wire import Script, Wire
@@ -467,6 +472,33 @@ class RedisStore:
         self.make_key = make_key
         self._async_client = async_client
         self._noscript = NoScriptError
+        self._fastcache = fastcache  # a FastCache's: its clear() forgets denials at once
+        self._memo: Any = False  # False: not looked up yet; None: none for this store
+
+    def memo(self) -> Any:
+        """The :class:`~._denials.DenialMemo` of this store's server and key prefix, or
+        None: where it cannot hold, or as ``FASTCACHE_THROTTLE["DENIAL_MEMO"]`` says (None,
+        the default: on a FastCache only, whose ``clear()`` drops the memo at once; True:
+        also on django-redis and Django's RedisCache, whose ``clear()`` (``FLUSHDB``) this
+        process sees when its invalidation arrives; False: never)."""
+        memo = self._memo
+        if memo is False:
+            from . import _denials
+
+            memo = None
+            setting = throttle_setting("DENIAL_MEMO")
+            if setting not in (None, True, False):
+                raise ImproperlyConfigured(
+                    f'FASTCACHE_THROTTLE["DENIAL_MEMO"] must be None, True or False, not '
+                    f"{setting!r}")
+            wanted = self._fastcache if setting is None else setting
+            if wanted and type(self) is RedisStore:
+                try:
+                    memo = _denials.memo_for(self.client, self.make_key, self.prefix)
+                except Exception:  # noqa: BLE001 - an odd client: every check asks Redis
+                    memo = None
+            self._memo = memo
+        return memo
 
     def key(self, key: str, policy: Policy) -> str:
         suffix = _SUFFIXES.get((policy.algorithm, policy.period_us))
@@ -519,6 +551,19 @@ class RedisStore:
               failure_mode: str | None) -> Decision:
         breaker = self.breaker
         if breaker is None or breaker.allow():
+            memo = self._memo if now is None else None
+            if memo is False:
+                memo = self.memo()
+            if memo is not None:
+                try:
+                    rkey = self.key(key, policy)
+                    known = memo.get(rkey, cost, policy.limit, policy.burst)
+                    if known is not None:  # still denied, and Redis says nothing changed
+                        return _tuple_new(Decision, (False, *known, policy, "redis"))
+                    token = memo.token(rkey)
+                    sent = time.monotonic()
+                except Exception:  # noqa: BLE001 - a key it cannot hold: ask Redis
+                    memo = None
             try:
                 allowed, remaining, retry, reset = self.hit(
                     key, policy, cost, None if now is None else round(now * 1_000_000))
@@ -528,6 +573,9 @@ class RedisStore:
                 return _on_failure(exc, key, policy, cost, now, failure_mode)
             if breaker is not None:
                 breaker.record_success()
+            if memo is not None and allowed != 1:
+                memo.put(rkey, token, cost, policy.limit, policy.burst, remaining, retry, reset,
+                         sent)
             return _tuple_new(Decision, (allowed == 1, remaining, retry, reset, policy, "redis"))
         return _on_failure(None, key, policy, cost, now, failure_mode)
 
@@ -537,8 +585,18 @@ class RedisStore:
         breaker = self.breaker
         if breaker is not None and not breaker.allow():
             return _on_failure(None, key, policy, cost, now, failure_mode)
+        memo = self.memo() if now is None else None
         try:
             rkey = self.key(key, policy)
+            if memo is not None:
+                try:
+                    known = memo.get(rkey, cost, policy.limit, policy.burst)
+                    if known is not None:  # still denied, and Redis says nothing changed
+                        return Decision(False, *known, policy, "redis")
+                    token = memo.token(rkey)
+                    sent = time.monotonic()
+                except Exception:  # noqa: BLE001 - a key it cannot hold: ask Redis
+                    memo = None
             client = self.async_client_for(rkey)
             if client is None:  # no asyncio twin for this client: a worker thread
                 from asgiref.sync import sync_to_async
@@ -553,6 +611,9 @@ class RedisStore:
             return _on_failure(exc, key, policy, cost, now, failure_mode)
         if breaker is not None:
             breaker.record_success()
+        if memo is not None and allowed != 1:
+            memo.put(rkey, token, cost, policy.limit, policy.burst, remaining, retry, reset,
+                     sent)
         return Decision(allowed == 1, remaining, retry, reset, policy, "redis")
 
     def peek(self, key: str, policy: Policy, now: float | None) -> Decision:
@@ -561,6 +622,14 @@ class RedisStore:
         return _peeked(reply, policy, "redis")
 
     def reset(self, key: str, policy: Policy | None = None) -> None:
+        try:
+            self._reset(key, policy)
+        finally:
+            memo = self._memo
+            if memo:  # its listener would drop the entries too; this process sees it now
+                memo.forget()
+
+    def _reset(self, key: str, policy: Policy | None) -> None:
         if policy is not None:
             rkey = self.key(key, policy)
             self.client_for(rkey).delete(rkey)
@@ -1007,7 +1076,8 @@ def _store_of(cache: Any) -> Any:
         async_client = getattr(cache, "redis_async_client", None)
         # A FastCache's own wire: one set of held connections for cache and limiter.
         wire = getattr(getattr(cache, "_tier", None), "wire", None)
-        return RedisStore(client, getattr(cache, "breaker", None), make_key, async_client, wire)
+        return RedisStore(client, getattr(cache, "breaker", None), make_key, async_client, wire,
+                          fastcache=True)
     module = type(cache).__module__
     if module.startswith("django_redis."):
         inner = getattr(cache, "client", None)
@@ -1154,6 +1224,24 @@ def _warn_redis_down(exc: BaseException, mode: str) -> None:
                        type(exc).__name__, exc, mode)
 
 
+def _safe_key(key: str) -> str:
+    """``key``, or, when it is not valid UTF-8 text (lone surrogates, which JSON escapes
+    such as ``"\\udc80"`` can carry into a custom identity), a readable form plus a digest
+    that keeps such keys apart: no store can encode it, and a client must not turn it into
+    a server error or a Redis failure that trips the circuit breaker."""
+    if key.isascii():
+        return key
+    try:
+        key.encode("utf-8")
+        return key
+    except UnicodeEncodeError:
+        import hashlib
+
+        data = key.encode("utf-8", "surrogatepass")
+        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+        return f"{data.decode('utf-8', 'replace')}#{digest}"
+
+
 def check(cache: Any, key: str, policy: Policy, cost: int = 1, *,
           now: float | None = None, failure_mode: str | None = None) -> Decision:
     """One atomic check of ``cost`` units against ``policy`` for ``key`` in the store of
@@ -1168,6 +1256,7 @@ async def acheck(cache: Any, key: str, policy: Policy, cost: int = 1, *,
     """:func:`check` for async code: Redis through ``redis.asyncio`` on the running loop."""
     if not (_enabled[0] if _enabled and _enabled_override[0] is None else enabled()):
         return Decision(True, policy.limit, 0, 0, policy, "disabled")
+    key = _safe_key(key)
     store = _store_for(cache)
     if store is None:
         return _fallback_check(key, policy, cost, now)
@@ -1178,6 +1267,7 @@ def peek(cache: Any, key: str, policy: Policy, *, now: float | None = None) -> D
     """The state of ``key`` under ``policy`` without counting: ``remaining`` units,
     ``reset_after`` seconds until the quota is whole, ``allowed`` whether a request of
     cost 1 would pass now. Raises Redis errors (an operator call, not a request path)."""
+    key = _safe_key(key)
     store = _store_for(cache)
     if store is None:
         local_limiter()
@@ -1189,6 +1279,7 @@ def peek(cache: Any, key: str, policy: Policy, *, now: float | None = None) -> D
 def reset(cache: Any, key: str, policy: Policy | None = None) -> None:
     """Forgets what ``key`` spent under ``policy`` (every algorithm's state when None) in
     the store of ``cache``, and in this process's failure-mode table."""
+    key = _safe_key(key)
     store = _store_for(cache)
     if store is not None:
         store.reset(key, policy)
@@ -1210,6 +1301,8 @@ def _check(cache: Any, key: str, policy: Policy, cost: int, now: float | None,
     # check() with positional arguments: the throttles' per-request path.
     if not (_enabled[0] if _enabled and _enabled_override[0] is None else enabled()):
         return Decision(True, policy.limit, 0, 0, policy, "disabled")
+    if not key.isascii():
+        key = _safe_key(key)
     found = _stores.get(id(cache))
     store = found[1] if found is not None and found[0] is cache else _store_for(cache)
     if store is None:
@@ -1301,6 +1394,10 @@ def check_throttle_settings(app_configs: Any = None, **kwargs: Any) -> list[chec
         errors.append(checks.Error(
             f"FASTCACHE_THROTTLE['FAILURE_MODE'] must be one of {FAILURE_MODES}, not {mode!r}",
             id="fastcache.E103"))
+    if conf.get("DENIAL_MEMO") not in (None, True, False):
+        errors.append(checks.Error(
+            f"FASTCACHE_THROTTLE['DENIAL_MEMO'] must be None, True or False, not "
+            f"{conf['DENIAL_MEMO']!r}", id="fastcache.E107"))
     from .ratelimit import compile_rules
 
     try:

@@ -265,6 +265,7 @@ _headers_enabled = limiter.headers_enabled
 
 
 def _store_history(cache: Any, key: str, policy: limiter.Policy, now: float | None) -> list:
+    key = limiter._safe_key(key)
     store = limiter._store_for(cache)
     if store is None:
         store = limiter.LocalStore(limiter.local_limiter(), "throttle")

@@ -16,6 +16,7 @@ from django.test import override_settings
 from django_fastcache import _denials, limiter
 from django_fastcache.cache import FastCache
 from django_redis.cache import RedisCache as DjangoRedisCache
+from redis_servers import RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -315,3 +316,38 @@ def test_a_hung_server_is_not_hidden_by_the_memo(raw, clean_redis_server):
     finally:
         os.kill(pid, 18)  # SIGCONT
     wait_usable(memo, 30)
+
+
+@pytest.mark.parametrize("kind", ["fastcache-redis", "django-redis"])
+def test_over_a_unix_socket_too(kind, raw, clean_redis_server):
+    cache = build(kind, f"unix://{clean_redis_server.unix_path}?db=0", prefix="unix")
+    policy = limiter.make_policy("2/m")
+    memo = denied_with_memo(cache, "u", policy)
+    assert memo.endpoint == ("", 0, clean_redis_server.unix_path)
+    before = evalsha_calls(raw)
+    assert not any(limiter.check(cache, "u", policy).allowed for _ in range(50))
+    assert evalsha_calls(raw) == before
+    raw.delete(limiter._store_for(cache).key("u", policy))
+    deadline = time.monotonic() + 1
+    while memo.get(limiter._store_for(cache).key("u", policy), 1, 2, policy.burst) is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.0002)
+    assert limiter.check(cache, "u", policy).allowed
+
+
+def test_on_a_server_with_a_password():
+    with RedisServer(password="s3cret pass") as server:
+        with override_settings(FASTCACHE_THROTTLE={"DENIAL_MEMO": True}):
+            cache = build("django-redis", server.url, prefix="auth")
+            policy = limiter.make_policy("1/m")
+            try:
+                memo = denied_with_memo(cache, "p", policy)
+                assert memo.stats()["state"] == "up"
+                raw = redis.Redis.from_url(server.url)
+                before = evalsha_calls(raw)
+                assert not limiter.check(cache, "p", policy).allowed
+                assert evalsha_calls(raw) == before
+                raw.close()
+            finally:
+                _denials.close_all()
+                limiter._stores.clear()

@@ -61,8 +61,8 @@ class DenialMemo:
     """Denials of one Redis server's throttle keys under one key prefix.
 
     Thread-safe: the store and its listener are the core's; ``_start`` runs under a lock
-    once per process (again in a forked child, whose store the core's fork handler has
-    left bypassed and without a thread)."""
+    once per process (again in a forked child: the core's fork handler leaves its store
+    bypassed and without a thread, this module's empties it and forgets the start)."""
 
     def __init__(self, endpoint: tuple[str, int, str], username: str, password: str,
                  prefix: str, connect_timeout: float) -> None:
@@ -75,33 +75,30 @@ class DenialMemo:
         self.engine = _core.Engine(store=self.store, key_prefix="", version=1, key_func=None,
                                    default_timeout=300, default_sentinel=object(),
                                    key_warning=UserWarning, codec=_core.Codec(pickle="forbid"))
-        self._pid: int | None = None
+        self._started = False  # in this process (a forked child starts its own)
         self._retry_at = 0.0
         self._lock = threading.Lock()
         self.store.reset(False)
 
     def _start(self) -> None:
         with self._lock:
-            pid = os.getpid()
-            if self._pid == pid or time.monotonic() < self._retry_at:
+            if self._started or time.monotonic() < self._retry_at:
                 return
             self._retry_at = time.monotonic() + 1.0
-            if self._pid is not None:  # a forked child: the copied entries go
-                self.store.reset(False)
             username, password = self._auth
             self.store.listener_configure(
                 endpoints=[self.endpoint], username=username, password=password,
                 prefixes=[self.prefix], connect_timeout=self._connect_timeout,
                 ping_interval=_PING_INTERVAL, pong_deadline=_PONG_DEADLINE)
             self.store.listener_start()
-            self._pid = pid
+            self._started = True
 
     def get(self, rkey: str, cost: int, limit: int, burst: int) -> tuple[int, int, int] | None:
         """``(remaining, retry_after_us, reset_after_us)`` of a denial of ``cost`` under
         ``limit`` and ``burst`` that still holds for ``rkey``, or None (then the check asks
         Redis). Throttles of one period and algorithm with other limits share a key (as
         they share DRF's history): each is answered only from its own denial."""
-        if self._pid != os.getpid():
+        if not self._started:
             self._start()
             return None
         store = self.store
@@ -132,7 +129,7 @@ class DenialMemo:
 
     def forget(self) -> None:
         """Drops every entry now (this process's own reset: not left to the listener)."""
-        if self._pid == os.getpid():
+        if self._started:
             self.store.reset(self.store.usable)
 
     def stats(self) -> dict[str, Any]:
@@ -144,19 +141,23 @@ class DenialMemo:
     def close(self) -> None:
         """Stops the listener (tests)."""
         with self._lock:
-            if self._pid == os.getpid():
+            if self._started:
                 self.store.listener_stop()
-            self._pid = None
+            self._started = False
             self.store.reset(False)
 
 
 def _after_fork_in_child() -> None:
-    # A lock a parent thread held at fork() stays held in the child: new ones. The core's
-    # fork handler has already left each store bypassed, without a thread.
+    # The core's fork handler has already left each store bypassed, without a thread: the
+    # copied entries go, and the child's first check starts its own listener. A lock a
+    # parent thread held at fork() stays held in the child: new ones.
     global _memos_lock
     _memos_lock = threading.Lock()
     for memo in _memos.values():
         memo._lock = threading.Lock()
+        memo._started = False
+        memo._retry_at = 0.0
+        memo.store.reset(False)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -177,10 +178,10 @@ def memo_for(client: Any, make_key: Any, throttle_prefix: str) -> DenialMemo | N
         endpoint = (str(kw.get("host") or "localhost"), int(kw.get("port") or 6379), "")
     # The prefix every throttle key of this cache starts with; a KEY_FUNCTION that does not
     # put its prefix first cannot be tracked by prefix.
-    base = make_key(f"{throttle_prefix}:") if make_key is not None else f"{throttle_prefix}:"
+    made = make_key if make_key is not None else str
+    base = made(f"{throttle_prefix}:")
     for sample in ("{a}:sl:1s", "{zz}:gc:60s"):
-        full = make_key(f"{throttle_prefix}:{sample}") if make_key is not None else \
-            f"{throttle_prefix}:{sample}"
+        full = made(f"{throttle_prefix}:{sample}")
         if not full.startswith(base) or full[len(base):] != sample:
             return None
     username = kw.get("username") or ""

@@ -414,6 +414,14 @@ def _counted_history(store: Any, key: str, policy: Policy, now: float) -> list[f
     return [newest] * used
 
 
+def _denial_memo_setting(value: Any) -> bool | None:
+    """``FASTCACHE_THROTTLE["DENIAL_MEMO"]``, validated."""
+    if value not in (None, True, False):
+        raise ImproperlyConfigured(
+            f"FASTCACHE_THROTTLE['DENIAL_MEMO'] must be None, True or False, not {value!r}")
+    return value
+
+
 def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
@@ -486,11 +494,7 @@ class RedisStore:
             from . import _denials
 
             memo = None
-            setting = throttle_setting("DENIAL_MEMO")
-            if setting not in (None, True, False):
-                raise ImproperlyConfigured(
-                    f'FASTCACHE_THROTTLE["DENIAL_MEMO"] must be None, True or False, not '
-                    f"{setting!r}")
+            setting = _denial_memo_setting(throttle_setting("DENIAL_MEMO"))
             wanted = self._fastcache if setting is None else setting
             if wanted and type(self) is RedisStore:
                 try:
@@ -551,21 +555,11 @@ class RedisStore:
               failure_mode: str | None) -> Decision:
         breaker = self.breaker
         if breaker is None or breaker.allow():
-            memo = self._memo if now is None else None
-            if memo is False:
-                memo = self.memo()
-            if memo is not None:
-                try:
-                    rkey = self.key(key, policy)
-                    known = memo.get(rkey, cost, policy.limit, policy.burst)
-                    if known is not None:  # still denied, and Redis says nothing changed
-                        return _tuple_new(Decision, (False, *known, policy, "redis"))
-                    token = memo.token(rkey)
-                    sent = time.monotonic()
-                except Exception:  # noqa: BLE001 - a key it cannot hold: ask Redis
-                    memo = None
+            known, pending = self._recall(key, policy, cost, now)
+            if known is not None:
+                return known
             try:
-                allowed, remaining, retry, reset = self.hit(
+                reply = self.hit(
                     key, policy, cost, None if now is None else round(now * 1_000_000))
             except Exception as exc:  # noqa: BLE001 - no Redis failure may reach the view
                 if breaker is not None:
@@ -573,10 +567,7 @@ class RedisStore:
                 return _on_failure(exc, key, policy, cost, now, failure_mode)
             if breaker is not None:
                 breaker.record_success()
-            if memo is not None and allowed != 1:
-                memo.put(rkey, token, cost, policy.limit, policy.burst, remaining, retry, reset,
-                         sent)
-            return _tuple_new(Decision, (allowed == 1, remaining, retry, reset, policy, "redis"))
+            return self._decided(reply, policy, cost, pending)
         return _on_failure(None, key, policy, cost, now, failure_mode)
 
     async def acheck(self, key: str, policy: Policy, cost: int, now: float | None,
@@ -585,25 +576,18 @@ class RedisStore:
         breaker = self.breaker
         if breaker is not None and not breaker.allow():
             return _on_failure(None, key, policy, cost, now, failure_mode)
-        memo = self.memo() if now is None else None
+        known, pending = self._recall(key, policy, cost, now)
+        if known is not None:
+            return known
         try:
             rkey = self.key(key, policy)
-            if memo is not None:
-                try:
-                    known = memo.get(rkey, cost, policy.limit, policy.burst)
-                    if known is not None:  # still denied, and Redis says nothing changed
-                        return Decision(False, *known, policy, "redis")
-                    token = memo.token(rkey)
-                    sent = time.monotonic()
-                except Exception:  # noqa: BLE001 - a key it cannot hold: ask Redis
-                    memo = None
             client = self.async_client_for(rkey)
             if client is None:  # no asyncio twin for this client: a worker thread
                 from asgiref.sync import sync_to_async
 
                 return await sync_to_async(self.check, thread_sensitive=False)(
                     key, policy, cost, now, failure_mode)
-            allowed, remaining, retry, reset = await self._aeval(
+            reply = await self._aeval(
                 client, rkey, policy, cost, None if now is None else round(now * 1_000_000))
         except Exception as exc:  # noqa: BLE001 - no Redis failure may reach the view
             if breaker is not None:
@@ -611,10 +595,38 @@ class RedisStore:
             return _on_failure(exc, key, policy, cost, now, failure_mode)
         if breaker is not None:
             breaker.record_success()
-        if memo is not None and allowed != 1:
+        return self._decided(reply, policy, cost, pending)
+
+    def _recall(self, key: str, policy: Policy, cost: int,
+                now: float | None) -> tuple[Decision | None, tuple | None]:
+        """Before a check's I/O: ``(decision, None)`` when the denial memo answers it;
+        else ``(None, pending)``, ``pending`` being what :meth:`_decided` needs to keep a
+        denial from the reply (None without a memo: a clock of the throttle's own, or
+        none for this store)."""
+        memo = self._memo if now is None else None
+        if memo is False:
+            memo = self.memo()
+        if memo is None:
+            return None, None
+        try:
+            rkey = self.key(key, policy)
+            known = memo.get(rkey, cost, policy.limit, policy.burst)
+            if known is not None:  # still denied, and Redis says nothing changed
+                return _tuple_new(Decision, (False, *known, policy, "redis")), None
+            return None, (memo, rkey, memo.token(rkey), time.monotonic())
+        except Exception:  # noqa: BLE001 - a key it cannot hold: ask Redis
+            return None, None
+
+    @staticmethod
+    def _decided(reply: Any, policy: Policy, cost: int, pending: tuple | None) -> Decision:
+        """After a check's I/O: the decision of the script's ``reply``, a denial kept in
+        the memo under the token taken before the I/O (:meth:`_recall`)."""
+        allowed, remaining, retry, reset = reply
+        if pending is not None and allowed != 1:
+            memo, rkey, token, sent = pending
             memo.put(rkey, token, cost, policy.limit, policy.burst, remaining, retry, reset,
                      sent)
-        return Decision(allowed == 1, remaining, retry, reset, policy, "redis")
+        return _tuple_new(Decision, (allowed == 1, remaining, retry, reset, policy, "redis"))
 
     def peek(self, key: str, policy: Policy, now: float | None) -> Decision:
         reply = self.hit(key, policy, _peek_cost(policy),
@@ -1394,10 +1406,10 @@ def check_throttle_settings(app_configs: Any = None, **kwargs: Any) -> list[chec
         errors.append(checks.Error(
             f"FASTCACHE_THROTTLE['FAILURE_MODE'] must be one of {FAILURE_MODES}, not {mode!r}",
             id="fastcache.E103"))
-    if conf.get("DENIAL_MEMO") not in (None, True, False):
-        errors.append(checks.Error(
-            f"FASTCACHE_THROTTLE['DENIAL_MEMO'] must be None, True or False, not "
-            f"{conf['DENIAL_MEMO']!r}", id="fastcache.E107"))
+    try:
+        _denial_memo_setting(conf.get("DENIAL_MEMO"))
+    except ImproperlyConfigured as exc:
+        errors.append(checks.Error(str(exc), id="fastcache.E107"))
     from .ratelimit import compile_rules
 
     try:

@@ -351,3 +351,27 @@ def test_on_a_server_with_a_password():
             finally:
                 _denials.close_all()
                 limiter._stores.clear()
+
+
+@pytest.mark.parametrize("kind", ["fastcache-redis", "django-redis"])
+def test_a_server_killed_and_restarted_empty_forgets_every_denial(kind):
+    """SIGKILL, then a new empty server on the same port: the state is gone, and no
+    denial held from before may answer for it."""
+    with RedisServer() as server:
+        with override_settings(FASTCACHE_THROTTLE={"DENIAL_MEMO": True}):
+            cache = build(kind, server.url, prefix="restart")
+            policy = limiter.make_policy("1/m")
+            try:
+                memo = denied_with_memo(cache, "k", policy)
+                server.kill()
+                server.start()  # same port, no data
+                deadline = time.monotonic() + 30
+                while not limiter.check(cache, "k", policy).allowed:
+                    # Refused only by the failure mode or the breaker while it reconnects,
+                    # never from memory: the listener took the memo down with the link.
+                    assert not memo.store.usable or memo.stats()["entries"] == 0
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+            finally:
+                _denials.close_all()
+                limiter._stores.clear()
